@@ -1,0 +1,3 @@
+"""caduceus: a DICOM orchestrator."""
+
+__version__ = "0.1.0"

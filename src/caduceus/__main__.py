@@ -1,0 +1,3 @@
+from caduceus.cli.main import app
+
+app()

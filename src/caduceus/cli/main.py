@@ -1,0 +1,127 @@
+"""The `caduceus` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from caduceus.core.settings import Settings
+
+app = typer.Typer(help="caduceus: a DICOM orchestrator.", no_args_is_help=True)
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run() -> None:
+    """Start every service (receiver, ...) and keep them running until Ctrl-C."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.core.storage import DataRoot
+    from caduceus.supervisor.services import SERVICES
+    from caduceus.supervisor.supervisor import Supervisor
+
+    setup_logging("supervisor")
+    settings = _settings()
+    DataRoot(settings.home).create()
+    open_database(settings, migrate=True).dispose()
+    raise typer.Exit(Supervisor(SERVICES).run())
+
+
+@app.command()
+def receiver() -> None:
+    """Run the DICOM receiver (C-STORE and C-ECHO SCP) alone."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.receiver.server import serve
+
+    setup_logging("receiver")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    from caduceus.core.database import open_database
+
+    open_database(_settings(), migrate=True).dispose()
+    console.print("database is up to date")
+
+
+@app.command()
+def settings() -> None:
+    """Show the effective settings (secrets masked)."""
+    print(json.dumps(_settings().public_dict(), indent=2))
+
+
+@app.command()
+def series(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    limit: Annotated[int, typer.Option(help="How many series, newest first.")] = 100,
+) -> None:
+    """List the series that arrived, newest first."""
+    from caduceus.core.database import open_database
+    from caduceus.core.queries import list_series
+
+    engine = open_database(_settings(), migrate=True)
+    rows = list_series(engine, limit)
+    engine.dispose()
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = Table(
+        "patient", "study", "series", "mod", "description", "images", "sender", "first", "last"
+    )
+    for row in rows:
+        table.add_row(
+            f"{row['patient_name']} ({row['patient_id']})",
+            row["study_uid"],
+            row["series_uid"],
+            row["modality"],
+            row["series_description"],
+            str(row["instances"]),
+            ", ".join(f"{s['ae_title']}@{s['host']}" for s in row["senders"]),
+            str(row["first_received_at"])[:19],
+            str(row["last_received_at"])[:19],
+        )
+    console.print(table)
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders.", exists=True)],
+    host: Annotated[str, typer.Option(help="Receiver's host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Receiver's port.")] = 11112,
+    called_aet: Annotated[str, typer.Option(help="Receiver's AE title.")] = "CADUCEUS",
+    calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "CADUCEUS_SCU",
+) -> None:
+    """Send files or folders with C-STORE."""
+    from caduceus.cli.send import send as do_send
+
+    try:
+        report = do_send(paths, host, port, called_aet, calling_aet, sys.stderr.isatty())
+    except (ConnectionError, ValueError, OSError) as exc:
+        console.print(f"[red]send failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for line in report.skipped:
+        console.print(f"[yellow]skipped (not DICOM):[/yellow] {line}")
+    for path, reason in report.failed.items():
+        console.print(f"[red]failed:[/red] {path}: {reason}")
+    console.print(f"sent {report.sent}, failed {len(report.failed)}, skipped {len(report.skipped)}")
+    if report.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,19 @@
+"""INSERT ... ON CONFLICT for the two backends we support."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def insert_or_update(
+    dialect: str, table: Table, values: dict[str, Any], key: str, update: list[str]
+) -> Any:
+    """An upsert on the unique column key that updates the named columns and returns the id."""
+    module = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(table).values(**values)
+    return stmt.on_conflict_do_update(
+        index_elements=[key], set_={col: stmt.excluded[col] for col in update}
+    ).returning(table.c.id)

@@ -1,0 +1,283 @@
+"""One association, from A-ASSOCIATE-RQ to release or abort, on a blocking socket."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from caduceus.core.storage import DataRoot, TempFiles
+from caduceus.receiver import dimse, negotiation, pdu, records, status
+from caduceus.receiver.store import Discard, InstanceWriter, Outcome, StoreContext
+
+log = logging.getLogger("caduceus.receiver")
+
+MAX_ASSOCIATE_RQ = 1024 * 1024
+MAX_COMMAND = 64 * 1024
+# Bytes a peer may send beyond our advertised maximum PDU length before we call it an attack.
+PDU_SLACK = 1024
+
+
+class Sink(Protocol):
+    def write(self, data: memoryview) -> None: ...
+    def abandon(self) -> None: ...
+    def finish(self) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    root: DataRoot
+    temp_files: TempFiles
+    engine: Engine
+    policy: negotiation.Policy
+    fsync: bool
+    disk_reserve_bytes: int
+    network_timeout: float
+
+
+class AssociationHandler:
+    def __init__(self, sock: socket.socket, config: ReceiverConfig, busy: bool = False):
+        self.sock = sock
+        self.config = config
+        self.busy = busy
+        self.peer_host, self.peer_port = sock.getpeername()[:2]
+        self.reader = pdu.SocketReader(sock)
+        self.association_id: int | None = None
+        self.negotiated: negotiation.Negotiated | None = None
+        self.stored = 0
+        self.failed = 0
+        self.bytes_stored = 0
+        self.command = bytearray()
+        self.current: Sink | None = None
+        self.current_request: dimse.Command | None = None
+        self.current_context = 0
+        self.store_context: StoreContext | None = None
+
+    def run(self) -> None:
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.config.network_timeout)
+        end_status, reason = "aborted", ""
+        try:
+            if not self._associate():
+                return
+            end_status, reason = self._serve()
+        except pdu.PeerClosed as exc:
+            end_status, reason = "aborted", str(exc)
+        except pdu.ProtocolError as exc:
+            end_status, reason = "aborted", f"protocol error: {exc}"
+            self._send(pdu.a_abort(2, 0))
+        except Exception as exc:
+            log.exception("association from %s failed", self.peer_host)
+            end_status, reason = "aborted", f"internal error: {type(exc).__name__}"
+            self._send(pdu.a_abort(2, 0))
+        finally:
+            if self.current is not None:
+                self.current.abandon()
+                self.failed += 1
+                reason = reason + " (an instance in transfer was discarded)"
+            self._close(end_status, reason)
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def _close(self, end_status: str, reason: str) -> None:
+        try:
+            self.sock.close()
+        finally:
+            if self.association_id is not None:
+                try:
+                    records.close_association(
+                        self.config.engine,
+                        self.association_id,
+                        end_status,
+                        reason,
+                        self.stored,
+                        self.failed,
+                        self.bytes_stored,
+                    )
+                except Exception:
+                    log.exception("could not record the end of association %s", self.association_id)
+            log.info(
+                "association %s from %s ended: %s %s (%d stored, %d failed)",
+                self.association_id,
+                self.peer_host,
+                end_status,
+                reason,
+                self.stored,
+                self.failed,
+            )
+
+    def _associate(self) -> bool:
+        pdu_type, length = pdu.PDU_HEADER.unpack(self.reader.read(6))
+        if pdu_type != pdu.A_ASSOCIATE_RQ or length > MAX_ASSOCIATE_RQ:
+            self._send(pdu.a_abort(2, 0))
+            return False
+        body = self.reader.read(length)
+        try:
+            rq = negotiation.decode_request(pdu.PDU_HEADER.pack(pdu_type, length) + body)
+        except Exception:
+            self._send(pdu.a_abort(2, 0))
+            return False
+        calling = rq.calling_ae_title.strip()
+        called = rq.called_ae_title.strip()
+        try:
+            if self.busy:
+                raise negotiation.Rejection(
+                    negotiation.reject_pdu(negotiation.REJECT_BUSY), "too many associations"
+                )
+            ac, self.negotiated = negotiation.negotiate(rq, self.config.policy, self.peer_host)
+        except negotiation.Rejection as rejection:
+            self._send(rejection.pdu)
+            log.warning("rejected association from %s@%s: %s", calling, self.peer_host, rejection)
+            records.open_association(
+                self.config.engine,
+                calling,
+                called,
+                self.peer_host,
+                self.peer_port,
+                "rejected",
+                rejection.reason,
+            )
+            return False
+        self.association_id = records.open_association(
+            self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
+        )
+        self.store_context = StoreContext(
+            root=self.config.root,
+            temp_files=self.config.temp_files,
+            engine=self.config.engine,
+            fsync=self.config.fsync,
+            association_id=self.association_id,
+            calling_aet=calling,
+            called_aet=called,
+            peer_host=self.peer_host,
+        )
+        self.sock.sendall(ac)
+        return True
+
+    def _serve(self) -> tuple[str, str]:
+        read = self.reader.read
+        max_pdu = self.config.policy.max_pdu or (1 << 32)
+        while True:
+            pdu_type, length = pdu.PDU_HEADER.unpack(read(6))
+            if pdu_type == pdu.P_DATA_TF:
+                if length > max_pdu + PDU_SLACK:
+                    raise pdu.ProtocolError(f"PDU of {length} bytes exceeds our maximum")
+                self._p_data(length)
+            elif pdu_type == pdu.A_RELEASE_RQ:
+                read(length)
+                if self.current is not None or self.command:
+                    raise pdu.ProtocolError("release requested in the middle of a message")
+                self.sock.sendall(pdu.a_release_rp())
+                return "released", ""
+            elif pdu_type == pdu.A_ABORT:
+                body = read(length)
+                source = body[2] if len(body) >= 4 else -1
+                return "aborted", f"the peer aborted the association (source {source})"
+            else:
+                raise pdu.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
+
+    def _p_data(self, length: int) -> None:
+        reader = self.reader
+        while length > 0:
+            if length < 6:
+                raise pdu.ProtocolError("P-DATA-TF with a truncated PDV")
+            pdv_length, context_id, control = pdu.PDV_HEADER.unpack(reader.read(6))
+            if pdv_length < 2 or pdv_length + 4 > length:
+                raise pdu.ProtocolError("PDV length does not fit its PDU")
+            length -= 4 + pdv_length
+            payload = pdv_length - 2
+            is_command, last = bool(control & 0x01), bool(control & 0x02)
+            if is_command:
+                if self.current is not None:
+                    raise pdu.ProtocolError("command fragment while a dataset is in transfer")
+                if len(self.command) + payload > MAX_COMMAND:
+                    raise pdu.ProtocolError("DIMSE command set too large")
+                self.command += reader.read(payload)
+                if last:
+                    command = bytes(self.command)
+                    self.command.clear()
+                    self._on_command(context_id, dimse.parse_command(command))
+            else:
+                if self.current is None or context_id != self.current_context:
+                    raise pdu.ProtocolError("dataset fragment without a command for it")
+                reader.pump(payload, self.current.write)
+                if last:
+                    self._on_dataset_end()
+
+    def _on_command(self, context_id: int, command: dimse.Command) -> None:
+        assert self.negotiated is not None
+        context = self.negotiated.contexts.get(context_id)
+        if context is None:
+            raise pdu.ProtocolError(f"message on presentation context {context_id} not accepted")
+        if command.command_field == dimse.C_ECHO_RQ:
+            self._respond(context_id, command, status.SUCCESS, context.abstract_syntax)
+        elif command.command_field == dimse.C_STORE_RQ:
+            if not command.has_dataset:
+                raise pdu.ProtocolError("C-STORE request without a dataset")
+            self.current = self._sink_for(command, context)
+            self.current_request = command
+            self.current_context = context_id
+        elif command.command_field == dimse.C_CANCEL_RQ:
+            return
+        else:
+            if command.has_dataset:
+                raise pdu.ProtocolError(f"unsupported command 0x{command.command_field:04X}")
+            self._respond(context_id, command, status.UNRECOGNIZED_OPERATION)
+
+    def _sink_for(self, command: dimse.Command, context: negotiation.AcceptedContext) -> Sink:
+        if command.affected_sop_class != context.abstract_syntax:
+            return Discard(
+                status.SOP_CLASS_NOT_SUPPORTED,
+                "SOP class differs from the presentation context's abstract syntax",
+            )
+        if self.config.disk_reserve_bytes and (
+            self.config.root.free_bytes() < self.config.disk_reserve_bytes
+        ):
+            return Discard(status.OUT_OF_RESOURCES, "out of resources: disk space below reserve")
+        assert self.store_context is not None
+        return InstanceWriter(
+            self.store_context,
+            command.affected_sop_class,
+            command.affected_sop_instance,
+            context.transfer_syntax,
+        )
+
+    def _on_dataset_end(self) -> None:
+        assert self.current is not None and self.current_request is not None
+        sink, request = self.current, self.current_request
+        outcome = sink.finish()
+        self.current = None
+        if outcome.status == status.SUCCESS:
+            self.stored += 1
+            if isinstance(sink, InstanceWriter):
+                self.bytes_stored += sink.size
+        else:
+            self.failed += 1
+        self._respond(
+            self.current_context,
+            request,
+            outcome.status,
+            request.affected_sop_class,
+            request.affected_sop_instance,
+            outcome.comment,
+        )
+
+    def _respond(
+        self,
+        context_id: int,
+        request: dimse.Command,
+        code: int,
+        sop_class: str = "",
+        sop_instance: str = "",
+        comment: str = "",
+    ) -> None:
+        assert self.negotiated is not None
+        message = dimse.encode_response(request, code, sop_class, sop_instance, comment)
+        for data in pdu.p_data_pdus(context_id, True, message, self.negotiated.peer_max_pdu):
+            self.sock.sendall(data)

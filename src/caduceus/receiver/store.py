@@ -1,0 +1,290 @@
+"""Writing one received instance: stream to a temporary file, check, publish, record.
+
+A success status is returned only when the file is on disk under its final name and its record
+is committed: that is the promise a C-STORE success makes to the sender.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import UID
+from sqlalchemy import Engine
+
+from caduceus.core.dicom.header import WANTED_TAGS, Header, decode_header
+from caduceus.core.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from caduceus.core.dicom.names import safe_name
+from caduceus.core.dicom.structure import MalformedDataset, scan
+from caduceus.core.storage import DataRoot, TempFiles, fsync_dir
+from caduceus.receiver import records, status
+
+log = logging.getLogger("caduceus.receiver")
+
+PREAMBLE = bytes(128) + b"DICM"
+_LONG_META_VRS = {b"OB"}
+
+
+def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    if vr in _LONG_META_VRS:
+        return struct.pack("<HH2sHI", 2, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, elem, vr, len(value)) + value
+
+
+def file_meta(sop_class: str, sop_instance: str, syntax: str, calling: str, called: str) -> bytes:
+    """The File Meta Information group (PS3.10 7.1) for a received instance."""
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", sop_class.encode("ascii", "replace")),
+            _meta_element(0x0003, b"UI", sop_instance.encode("ascii", "replace")),
+            _meta_element(0x0010, b"UI", syntax.encode("ascii")),
+            _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION.encode("ascii")),
+            _meta_element(0x0016, b"AE", calling.encode("ascii", "replace")),
+            _meta_element(0x0017, b"AE", calling.encode("ascii", "replace")),
+            _meta_element(0x0018, b"AE", called.encode("ascii", "replace")),
+        )
+    )
+    return PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    comment: str = ""
+    instance_id: int | None = None
+
+
+class Refused(Exception):
+    def __init__(self, code: int, comment: str):
+        super().__init__(comment)
+        self.code = code
+        self.comment = comment
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContext:
+    root: DataRoot
+    temp_files: TempFiles
+    engine: Engine
+    fsync: bool
+    association_id: int
+    calling_aet: str
+    called_aet: str
+    peer_host: str
+
+
+class InstanceWriter:
+    """Receives one dataset's bytes as they arrive from the network."""
+
+    def __init__(self, ctx: StoreContext, sop_class: str, sop_instance: str, syntax: UID):
+        self.ctx = ctx
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        self.syntax = syntax
+        self.failure: Refused | None = None
+        self.meta = file_meta(sop_class, sop_instance, syntax, ctx.calling_aet, ctx.called_aet)
+        self.size = 0
+        fd, self.temp = ctx.temp_files.take()
+        self.fd: int | None = fd
+        self._write(memoryview(self.meta))
+
+    def _write(self, data: memoryview) -> None:
+        if self.fd is None:
+            return  # already failed: the rest of the dataset is read and dropped
+        try:
+            while data:
+                written = os.write(self.fd, data)
+                data = data[written:]
+                self.size += written
+        except OSError as exc:
+            code = (
+                status.OUT_OF_RESOURCES
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else (status.PROCESSING_FAILURE)
+            )
+            self.failure = Refused(code, f"cannot write: {os.strerror(exc.errno or 0)}")
+            self._discard()
+
+    write = _write
+
+    def _discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.temp.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """The association ended before the dataset did: nothing of it is kept."""
+        self._discard()
+
+    def finish(self) -> Outcome:
+        if self.failure is not None:
+            self._refusal_event(self.failure, kept=None)
+            return Outcome(self.failure.code, self.failure.comment)
+        assert self.fd is not None
+        try:
+            if self.ctx.fsync:
+                os.fdatasync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            header = self._check()
+        except Refused as refused:
+            kept = self._quarantine()
+            self._refusal_event(refused, kept=kept)
+            return Outcome(refused.code, refused.comment)
+        except OSError as exc:
+            self._discard()
+            return Outcome(status.PROCESSING_FAILURE, f"cannot store: {exc.strerror}")
+        return self._publish(header)
+
+    def _check(self) -> Header:
+        start = len(self.meta)
+        with open(self.temp, "rb") as fh:
+            if self.size - start < 8:
+                raise Refused(status.CANNOT_DECODE, "dataset is empty")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                data: bytes | memoryview = memoryview(mm)
+                try:
+                    if self.syntax.is_deflated:
+                        data = _inflate(mm[start:])
+                        start = 0
+                    layout = scan(
+                        data,
+                        self.syntax.is_implicit_VR,
+                        self.syntax.is_little_endian,
+                        start,
+                        WANTED_TAGS,
+                    )
+                    header = decode_header(layout.values)
+                except (MalformedDataset, zlib.error) as exc:
+                    raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
+                except (ValueError, LookupError) as exc:
+                    raise Refused(status.CANNOT_DECODE, f"header cannot be decoded: {exc}") from exc
+                finally:
+                    if isinstance(data, memoryview):
+                        data.release()
+        missing = [
+            name
+            for name, value in (
+                ("StudyInstanceUID", header.study_uid),
+                ("SeriesInstanceUID", header.series_uid),
+                ("SOPInstanceUID", header.sop_instance_uid),
+            )
+            if not value
+        ]
+        if missing:
+            raise Refused(status.MISSING_ATTRIBUTE, "dataset lacks " + ", ".join(missing))
+        if header.sop_instance_uid != self.sop_instance:
+            raise Refused(
+                status.INSTANCE_MISMATCH,
+                "SOPInstanceUID in dataset differs from the C-STORE request",
+            )
+        if header.sop_class_uid and header.sop_class_uid != self.sop_class:
+            raise Refused(
+                status.SOP_CLASS_MISMATCH, "SOPClassUID in dataset differs from the C-STORE request"
+            )
+        return header
+
+    def _publish(self, header: Header) -> Outcome:
+        root = self.ctx.root
+        final = final_path(root, header.series_uid, header.sop_instance_uid)
+        folder = final.parent
+        try:
+            folder.mkdir(exist_ok=True)
+            # A duplicate replaces the file that the existing record points at.
+            replacing = final.exists()
+            os.rename(self.temp, final)
+            if self.ctx.fsync:
+                fsync_dir(folder)
+        except OSError as exc:
+            self._discard()
+            return Outcome(status.PROCESSING_FAILURE, f"cannot store: {exc.strerror}")
+        relative = root.relative(final)
+        try:
+            instance_id, previous = records.record_instance(
+                self.ctx.engine,
+                header,
+                transfer_syntax=str(self.syntax),
+                path=relative,
+                size=self.size,
+                association_id=self.ctx.association_id,
+                series_folder=folder.name,
+            )
+        except Exception as exc:
+            log.exception("database write failed for a received instance")
+            if not replacing:
+                final.unlink(missing_ok=True)
+            return Outcome(status.PROCESSING_FAILURE, f"database unavailable: {type(exc).__name__}")
+        if previous is not None and previous.path != relative:
+            (root.home / previous.path).unlink(missing_ok=True)
+        return Outcome(status.SUCCESS, instance_id=instance_id)
+
+    def _quarantine(self) -> str | None:
+        try:
+            target = self.ctx.root.quarantine_path()
+            os.rename(self.temp, target)
+            return self.ctx.root.relative(target)
+        except OSError:
+            self._discard()
+            return None
+
+    def _refusal_event(self, refused: Refused, kept: str | None) -> None:
+        log.warning(
+            "refused instance from %s@%s: %s",
+            self.ctx.calling_aet,
+            self.ctx.peer_host,
+            refused.comment,
+        )
+        try:
+            records.record_refusal(
+                self.ctx.engine,
+                self.ctx.association_id,
+                refused.comment,
+                {
+                    "status": f"0x{refused.code:04X}",
+                    "sop_class_uid": self.sop_class,
+                    "sop_instance_uid": self.sop_instance,
+                    "transfer_syntax": str(self.syntax),
+                    "calling_aet": self.ctx.calling_aet,
+                    "peer": self.ctx.peer_host,
+                    "size_bytes": self.size,
+                    "quarantined_as": kept,
+                },
+            )
+        except Exception:
+            log.exception("could not record a refused instance")
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    return inflater.decompress(data) + inflater.flush()
+
+
+class Discard:
+    """Reads and drops a dataset that was refused before its first byte arrived."""
+
+    def __init__(self, code: int, comment: str):
+        self.outcome = Outcome(code, comment)
+
+    def write(self, data: memoryview) -> None:
+        return None
+
+    def abandon(self) -> None:
+        return None
+
+    def finish(self) -> Outcome:
+        return self.outcome
+
+
+def final_path(root: DataRoot, series_uid: str, sop_instance_uid: str) -> Path:
+    return root.incoming / safe_name(series_uid) / f"{safe_name(sop_instance_uid)}.dcm"

@@ -1,0 +1,88 @@
+"""Starts each service as its own process, restarts one that dies, and stops all on a signal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger("caduceus.supervisor")
+
+STOP_GRACE = 20.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start: float = 0.0
+    failures: int = field(default=0)
+
+
+class Supervisor:
+    def __init__(self, services: tuple[str, ...], env: dict[str, str] | None = None):
+        self.children = [Child(name) for name in services]
+        self.env = env or dict(os.environ)
+        self.stopping = False
+
+    def _command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "caduceus", name]
+
+    def _start(self, child: Child) -> None:
+        child.process = subprocess.Popen(self._command(child.name), env=self.env)
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for child in self.children:
+            self._start(child)
+        while not self.stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for child in self.children:
+                process = child.process
+                if process is not None and process.poll() is not None:
+                    # A service that keeps dying is restarted ever more slowly, up to a limit.
+                    lived = now - child.started_at
+                    child.failures = 0 if lived > 60 else child.failures + 1
+                    delay = min(MAX_BACKOFF, 0.5 * 2 ** min(child.failures, 6))
+                    log.error(
+                        "%s exited with code %s; restarting in %.1fs",
+                        child.name,
+                        process.returncode,
+                        delay,
+                    )
+                    child.process = None
+                    child.next_start = now + delay
+                    child.restarts += 1
+                if child.process is None and now >= child.next_start and not self.stopping:
+                    self._start(child)
+        return self._stop_all()
+
+    def _stop_all(self) -> int:
+        log.info("stopping all services")
+        running = [c.process for c in self.children if c.process and c.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("pid %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.wait()
+        return 0
