@@ -13,7 +13,12 @@ from rich.table import Table
 
 from caduceus.core.settings import Settings
 
-app = typer.Typer(help="caduceus: a DICOM orchestrator.", no_args_is_help=True)
+# Locals in a traceback could hold a database password: never print them.
+app = typer.Typer(
+    help="caduceus: a DICOM orchestrator.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 console = Console()
 
 
@@ -84,20 +89,18 @@ def series(
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
-    table = Table(
-        "patient", "study", "series", "mod", "description", "images", "sender", "first", "last"
-    )
+    table = Table(title=f"{len(rows)} series, newest first (UIDs with --json)")
+    for column in ("patient", "study", "series", "mod", "images", "sender", "last arrival"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
-            f"{row['patient_name']} ({row['patient_id']})",
-            row["study_uid"],
-            row["series_uid"],
+            f"{row['patient_name']}\n{row['patient_id']}",
+            f"{row['study_date']} {row['study_description']}".strip(),
+            f"{row['series_number']} {row['series_description']}".strip(),
             row["modality"],
-            row["series_description"],
             str(row["instances"]),
-            ", ".join(f"{s['ae_title']}@{s['host']}" for s in row["senders"]),
-            str(row["first_received_at"])[:19],
-            str(row["last_received_at"])[:19],
+            "\n".join(f"{s['ae_title']}@{s['host']}" for s in row["senders"]),
+            str(row["last_received_at"])[:19].replace("T", " "),
         )
     console.print(table)
 

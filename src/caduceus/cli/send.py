@@ -10,6 +10,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from caduceus.core.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
@@ -67,6 +68,9 @@ def send(
         return report
     if len(pairs) > MAX_CONTEXTS:
         raise ValueError(f"{len(pairs)} SOP class/transfer syntax pairs exceed {MAX_CONTEXTS}")
+    # Send each file's dataset bytes as they are, in PDU-sized chunks: nothing is decoded or
+    # re-encoded, and memory stays flat however large the file.
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_aet)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION

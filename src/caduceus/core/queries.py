@@ -6,7 +6,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import BigInteger, Engine, cast, func, select
 
 from caduceus.core.db.models import ASSOCIATIONS, INSTANCES, SERIES, STUDIES
 
@@ -15,7 +15,11 @@ def list_series(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
     """The most recently received series, newest first, with their senders."""
     se, st, inst, assoc = SERIES, STUDIES, INSTANCES, ASSOCIATIONS
     counts = (
-        select(inst.c.series_id, func.count().label("n"), func.sum(inst.c.size_bytes).label("b"))
+        select(
+            inst.c.series_id,
+            func.count().label("n"),
+            cast(func.sum(inst.c.size_bytes), BigInteger).label("b"),
+        )
         .group_by(inst.c.series_id)
         .subquery()
     )

@@ -55,18 +55,22 @@ class _Walker:
             raise MalformedDataset(f"sequences nested deeper than {MAX_DEPTH} at byte {pos}")
         buf = self.buf
         wanted = self.wanted if out is not None else ()
-        head = self.implicit_head if implicit else self.explicit_head
+        explicit_head, implicit_head = self.explicit_head, self.implicit_head
         while pos < end:
             if pos + 8 > end:
                 raise MalformedDataset(f"dataset truncated in an element header at byte {pos}")
-            group, elem, vr, length = head(buf, pos)
+            element_start = pos
+            if implicit:
+                group, elem, length = implicit_head(buf, pos)
+                vr = b""
+            else:
+                group, elem, vr, length = explicit_head(buf, pos)
             tag = (group << 16) | elem
             if group == 0xFFFE:
                 if tag == ITEM_DELIMITER and in_item:
                     return pos + 8
                 raise MalformedDataset(f"unexpected item tag {tag:08X} at byte {pos}")
             if implicit:
-                vr = b""
                 pos += 8
             elif vr in LONG_VRS:
                 if pos + 12 > end:
@@ -78,7 +82,7 @@ class _Walker:
             else:
                 raise MalformedDataset(f"invalid VR {vr!r} in element {tag:08X} at byte {pos}")
             if out is not None and tag in PIXEL_TAGS and out.header_end < 0:
-                out.header_end = pos - (8 if implicit or vr not in LONG_VRS else 12)
+                out.header_end = element_start
             if length == UNDEFINED:
                 if tag in PIXEL_TAGS:
                     pos = self.fragments(pos, end)

@@ -1,0 +1,70 @@
+"""Fixtures: a database per test (SQLite, and PostgreSQL when configured), caduceus processes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+from tests.support.processes import Caduceus, free_port, postgres_admin_engine
+
+POSTGRES_URL = os.environ.get("CADUCEUS_TEST_POSTGRES_URL", "")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database. PostgreSQL runs when CADUCEUS_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'caduceus.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("CADUCEUS_TEST_POSTGRES_URL is not set (CI sets it)")
+    name = f"caduceus_test_{uuid.uuid4().hex[:12]}"
+    admin = postgres_admin_engine(POSTGRES_URL)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'caduceus.db'}"
+
+
+@pytest.fixture
+def caduceus_factory(tmp_path: Path) -> Iterator[list[Caduceus]]:
+    started: list[Caduceus] = []
+    yield started
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus]) -> Caduceus:
+    """`caduceus receiver` running on a free port against a fresh database."""
+    instance = Caduceus(home=tmp_path / "home", database_url=database_url, port=free_port())
+    caduceus_factory.append(instance)
+    return instance.start()
+
+
+@pytest.fixture(scope="session")
+def small_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("small-series")
+    return write_series(folder, SeriesSpec(count=10, rows=32, columns=32, patient_name="Doe^Jane"))
+
+
+def pytest_report_header() -> str:
+    backend = "sqlite + postgresql" if POSTGRES_URL else "sqlite only"
+    return f"caduceus database backends: {backend}"

@@ -1,0 +1,130 @@
+"""Starting caduceus and reference tools as real processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine
+
+from caduceus.core.db.engine import make_engine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (CI installs it)")
+    return path
+
+
+@dataclass
+class Caduceus:
+    """A caduceus command running as its own process, with its own home and database."""
+
+    home: Path
+    database_url: str
+    port: int
+    ae_title: str = "CADUCEUS"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CADUCEUS_")}
+        env.update(
+            CADUCEUS_HOME=str(self.home),
+            CADUCEUS_DATABASE_URL=self.database_url,
+            CADUCEUS_DICOM_PORT=str(self.port),
+            CADUCEUS_DICOM_HOST="127.0.0.1",
+            CADUCEUS_AE_TITLE=self.ae_title,
+            CADUCEUS_RECEIVER_DISK_RESERVE_MB="0",
+            # Tests measure behaviour, not durability on power loss; fsync only slows them.
+            CADUCEUS_FSYNC="false",
+            CADUCEUS_RECEIVER_WORKERS="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, command: str = "receiver") -> Caduceus:
+        self.log_path = self.home / f"{command}.log"
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "caduceus", command],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, process=self.process)
+        return self
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "caduceus", *args],
+            env={**self.env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"caduceus {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def engine(self) -> Engine:
+        return make_engine(self.database_url.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def run(cmd: list[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+
+
+def postgres_admin_engine(url: str) -> Engine:
+    return create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
