@@ -34,9 +34,10 @@ Every measurement is done in two modes:
   (storescp and Orthanc, both of which read the variable through DCMTK's network library), so
   Nagle's algorithm is off on both ends.
 * default: no ``TCP_NODELAY`` in any environment; DCMTK's default socket options. Here Nagle's
-  algorithm plus delayed ACKs stall storescp and Orthanc at about 20 images/s, so for them the
-  small series is cut to its first 500 images (the table says so). caduceus sets TCP_NODELAY
-  and TCP_QUICKACK on its own sockets and always gets the full series.
+  algorithm plus delayed ACKs stall storescp and Orthanc at 10-20 images/s, so for them the
+  small series is cut to its first 500 images, also in the multi-sender scenario (the table
+  says so). caduceus sets TCP_NODELAY and TCP_QUICKACK on its own sockets and always gets the
+  full series.
 
 Finally a multi-sender scenario: four storescu processes at once, each with a quarter of the small
 series, into caduceus with 1 and with 2 worker processes, and into ``storescp --fork`` for
@@ -47,9 +48,11 @@ How to read the output
 images/s is the comparable figure (the image counts differ between some rows). MB/s is the size of
 the files sent per second. "peak RSS" is the largest sum of VmRSS over the receiver's process tree
 (the process and all its descendants), sampled every 50 ms during the send; for caduceus with
-several workers it counts pages shared between the forked processes more than once, so it is an
-upper bound. MB means 2**20 bytes. The ratio table divides caduceus's images/s by the other
-receiver's for the same mode and series: above 1 means caduceus is faster.
+several workers it counts pages shared between the forked processes once per process, so it
+overstates. "peak PSS" is the same sum of proportional set sizes (shared pages divided among
+their sharers): the tree's real footprint. MB means 2**20 bytes. The ratio table divides
+caduceus's images/s by the other receiver's for the same mode and series: above 1 means caduceus
+is faster.
 
 Results are also written as JSON to bench/results/receive-<timestamp>.json.
 """
@@ -103,7 +106,8 @@ CT_NAME = "CT 512x512"
 SMALL_NAME = "small 64x64"
 MULTI_NAME = f"small 64x64, {SENDERS} senders"
 
-console = Console()
+# Without a terminal rich would wrap the tables at 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=170)
 
 
 class BenchError(Exception):
@@ -298,41 +302,54 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def rss_kib(pid: int) -> int:
+def proc_kib(path: str, key: str) -> int:
+    """A "Key:   123 kB" value from a /proc file, 0 if the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return 0
 
 
-class PeakRss:
-    """Samples the RSS of a process tree in a background thread; `peak_mib` is the maximum."""
+class PeakMemory:
+    """Samples a process tree's summed VmRSS (and PSS) in a background thread, keeps the peaks.
+
+    RSS counts pages shared between forked processes once per process; PSS splits them among
+    the sharers, so summed PSS is the tree's real footprint.
+    """
 
     def __init__(self, pid: int, interval: float = RSS_INTERVAL):
         self.pid = pid
         self.interval = interval
-        self.peak_kib = 0
+        self.peak_rss_kib = 0
+        self.peak_pss_kib = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     @property
-    def peak_mib(self) -> float:
-        return self.peak_kib / 1024
+    def peak_rss_mib(self) -> float:
+        return self.peak_rss_kib / 1024
+
+    @property
+    def peak_pss_mib(self) -> float:
+        return self.peak_pss_kib / 1024
 
     def sample(self) -> None:
-        total = sum(rss_kib(pid) for pid in process_tree(self.pid))
-        self.peak_kib = max(self.peak_kib, total)
+        tree = process_tree(self.pid)
+        rss = sum(proc_kib(f"/proc/{pid}/status", "VmRSS:") for pid in tree)
+        pss = sum(proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:") for pid in tree)
+        self.peak_rss_kib = max(self.peak_rss_kib, rss)
+        self.peak_pss_kib = max(self.peak_pss_kib, pss)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> PeakMemory:
         self.sample()
         self._thread.start()
         return self
@@ -549,6 +566,7 @@ class Result:
     size_bytes: int
     seconds: float | None = None
     peak_rss_mb: float | None = None
+    peak_pss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -593,9 +611,10 @@ def measure(job: Job, scratch: Path) -> Result:
         with running(job.kind, workdir, nodelay, job.workers) as receiver:
             result.receiver = receiver.label
             result.notes.extend(receiver.notes)
-            with PeakRss(receiver.process.pid) as rss:
+            with PeakMemory(receiver.process.pid) as memory:
                 result.seconds = send(payload, receiver, nodelay, workdir)
-            result.peak_rss_mb = rss.peak_mib
+            result.peak_rss_mb = memory.peak_rss_mib
+            result.peak_pss_mb = memory.peak_pss_mib
             got = wait_count(receiver, payload.images)
             if got != payload.images:
                 raise BenchError(f"{receiver.label} holds {got} of {payload.images} images")
@@ -636,7 +655,8 @@ def progress_line(index: int, total: int, result: Result) -> str:
         return f"{head} [red]FAILED[/red]: {result.error}"
     return (
         f"{head} {result.images:>6} images in {result.seconds:7.2f} s = "
-        f"{result.images_per_s:8.1f} images/s, peak RSS {result.peak_rss_mb:6.1f} MB"
+        f"{result.images_per_s:8.1f} images/s, peak RSS {result.peak_rss_mb:6.1f} MB, "
+        f"PSS {result.peak_pss_mb:6.1f} MB"
     )
 
 
@@ -651,12 +671,12 @@ def results_table(results: list[Result]) -> Table:
     table = Table(title="Receive benchmark (storescu -> receiver over loopback)")
     for name in ("receiver", "mode", "series"):
         table.add_column(name)
-    for name in ("images", "seconds", "images/s", "MB/s", "peak RSS MB"):
+    for name in ("images", "seconds", "images/s", "MB/s", "peak RSS MB", "peak PSS MB"):
         table.add_column(name, justify="right")
     table.add_column("notes")
     for r in results:
         if r.error:
-            failed = ("[red]failed[/red]", "", "", "", r.error.splitlines()[0])
+            failed = ("[red]failed[/red]", "", "", "", "", r.error.splitlines()[0])
             table.add_row(r.receiver, r.mode, r.series, str(r.images), *failed)
             continue
         table.add_row(
@@ -668,6 +688,7 @@ def results_table(results: list[Result]) -> Table:
             fmt(r.images_per_s),
             fmt(r.mb_per_s),
             fmt(r.peak_rss_mb),
+            fmt(r.peak_pss_mb),
             "; ".join(n for n in r.notes if not n.startswith("storescu env")),
         )
     return table
@@ -712,7 +733,8 @@ def print_legend(limit: int) -> None:
         f"In default mode storescp and Orthanc get only the first {limit} small images "
         "(Nagle + delayed-ACK stalls make them crawl); compare images/s, not seconds.\n"
         "caduceus runs with fsync on (its default); storescp never fsyncs; Orthanc uses its "
-        "defaults (SyncStorageArea on). peak RSS sums VmRSS over the receiver's process tree; "
+        "defaults (SyncStorageArea on). peak RSS/PSS: summed over the receiver's process tree "
+        "(RSS counts pages shared by forked workers once per process, PSS splits them); "
         "MB = 2**20 bytes."
     )
 
@@ -777,21 +799,16 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(args: argparse.Namespace) -> list[Result]:
-    corpus = generate_corpus(args.ct, args.small)
-    jobs = plan(corpus, args.workers)
-    results: list[Result] = []
+def run(jobs: list[Job], results: list[Result]) -> None:
+    """Measure every job in turn, appending to results (so an interruption keeps them)."""
     scratch = Path(tempfile.mkdtemp(prefix="caduceus-bench-"))
     try:
         for index, job in enumerate(jobs, 1):
             result = measure(job, scratch)
             results.append(result)
             console.print(progress_line(index, len(jobs), result), highlight=False)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; reporting what was measured[/yellow]")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -799,13 +816,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_tools()
     signal.signal(signal.SIGTERM, _terminate)
     started = datetime.now()
-    results = run(args)
+    results: list[Result] = []
+    interrupted = False
+    try:
+        run(plan(generate_corpus(args.ct, args.small), args.workers), results)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted; reporting what was measured so far[/yellow]")
     console.print()
     print_legend(DEFAULT_MODE_LIMIT)
     console.print(results_table(results))
     console.print(ratio_table(ratios(results)))
     path = write_json(results, args, started)
     console.print(f"results written to {path}")
+    if interrupted:
+        return 130
     return 1 if any(r.error for r in results) else 0
 
 

@@ -42,9 +42,21 @@ def test_echoscu_gets_an_answer(receiver: Caduceus) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_storescu_series_is_stored_byte_for_byte(receiver: Caduceus, small_series: list[Path]) -> None:
+def test_storescu_series_is_stored_byte_for_byte(
+    receiver: Caduceus, small_series: list[Path]
+) -> None:
     folder = small_series[0].parent
-    result = run([require("storescu"), "-aec", "CADUCEUS", "+sd", "127.0.0.1", str(receiver.port), str(folder)])
+    result = run(
+        [
+            require("storescu"),
+            "-aec",
+            "CADUCEUS",
+            "+sd",
+            "127.0.0.1",
+            str(receiver.port),
+            str(folder),
+        ]
+    )
     assert result.returncode == 0, result.stderr
 
     rows = stored_instances(receiver.engine())
@@ -72,8 +84,19 @@ def test_storescu_series_is_stored_byte_for_byte(receiver: Caduceus, small_serie
 
 
 def test_series_command_lists_what_arrived(receiver: Caduceus, small_series: list[Path]) -> None:
-    run([require("storescu"), "-aet", "MODALITY1", "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port),
-         *map(str, small_series[:4])], check=True)
+    run(
+        [
+            require("storescu"),
+            "-aet",
+            "MODALITY1",
+            "-aec",
+            "CADUCEUS",
+            "127.0.0.1",
+            str(receiver.port),
+            *map(str, small_series[:4]),
+        ],
+        check=True,
+    )
     listing = json.loads(receiver.cli("series", "--json").stdout)
     assert len(listing) == 1
     series = listing[0]
@@ -113,7 +136,9 @@ def test_each_transfer_syntax_is_kept_byte_for_byte(
 @pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_RLE.dcm", "image_dfl.dcm"])
 def test_dcmsend_compressed_files_keep_their_syntax(receiver: Caduceus, name: str) -> None:
     original = Path(get_testdata_file(name))
-    result = run([require("dcmsend"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port), str(original)])
+    result = run(
+        [require("dcmsend"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port), str(original)]
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     [row] = stored_instances(receiver.engine())
     stored = receiver.home / row["path"]
@@ -131,12 +156,18 @@ def test_real_scanner_samples_in_nine_syntaxes(
     # The samples share one SOP Instance UID: send each alone and compare each time.
     for sample in sorted(SHARED_SAMPLES.glob("*.dcm")):
         meta = dcmread(sample, stop_before_pixels=True).file_meta
-        assoc = _associate(receiver.port, [(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])])
+        assoc = _associate(
+            receiver.port, [(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])]
+        )
         assert assoc.is_established
         assert assoc.send_c_store(sample).Status == 0
         assoc.release()
         rows = stored_instances(receiver.engine())
-        [row] = [r for r in rows if r["sop_instance_uid"] == dcmread(sample, stop_before_pixels=True).SOPInstanceUID]
+        [row] = [
+            r
+            for r in rows
+            if r["sop_instance_uid"] == dcmread(sample, stop_before_pixels=True).SOPInstanceUID
+        ]
         assert row["transfer_syntax_uid"] == transfer_syntax(sample)
         assert dataset_bytes(receiver.home / row["path"]) == dataset_bytes(sample)
 
@@ -168,7 +199,10 @@ def test_the_senders_preferred_syntax_is_accepted(receiver: Caduceus) -> None:
 def test_pynetdicom_store_and_unsupported_service(receiver: Caduceus) -> None:
     find = "1.2.840.10008.5.1.4.1.2.1.1"  # Patient Root Query/Retrieve - FIND: not offered
     ct_file = Path(get_testdata_file("CT_small.dcm"))
-    assoc = _associate(receiver.port, [("1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian]), (find, [ImplicitVRLittleEndian])])
+    assoc = _associate(
+        receiver.port,
+        [("1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian]), (find, [ImplicitVRLittleEndian])],
+    )
     assert assoc.is_established
     assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == ["1.2.840.10008.5.1.4.1.1.2"]
     assert [cx.abstract_syntax for cx in assoc.rejected_contexts] == [find]
@@ -179,7 +213,9 @@ def test_pynetdicom_store_and_unsupported_service(receiver: Caduceus) -> None:
     assert row["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.2"
 
 
-def test_private_sop_class_is_stored(receiver: Caduceus, small_series: list[Path], tmp_path: Path) -> None:
+def test_private_sop_class_is_stored(
+    receiver: Caduceus, small_series: list[Path], tmp_path: Path
+) -> None:
     ds = dcmread(small_series[0])
     private = "1.3.12.2.1107.5.9.1"  # a vendor's private storage class
     ds.SOPClassUID = private
@@ -201,7 +237,9 @@ def test_four_senders_at_once_with_two_workers(
     from caduceus.core.dicom.synthetic import SeriesSpec, write_series
     from tests.support.processes import free_port
 
-    receiver = Caduceus(tmp_path / "home", database_url, free_port(), extra_env={"CADUCEUS_RECEIVER_WORKERS": "2"})
+    receiver = Caduceus(
+        tmp_path / "home", database_url, free_port(), extra_env={"CADUCEUS_RECEIVER_WORKERS": "2"}
+    )
     caduceus_factory.append(receiver)
     receiver.start()
     folders = []
@@ -212,8 +250,19 @@ def test_four_senders_at_once_with_two_workers(
     import subprocess
 
     senders = [
-        subprocess.Popen([require("storescu"), "-aec", "CADUCEUS", "+sd", "127.0.0.1", str(receiver.port), str(f)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [
+                require("storescu"),
+                "-aec",
+                "CADUCEUS",
+                "+sd",
+                "127.0.0.1",
+                str(receiver.port),
+                str(f),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         for f in folders
     ]
     for sender in senders:

@@ -53,7 +53,9 @@ class RawSCU:
         self.called = called
         self.calling = calling
 
-    def associate(self, sop_class: str = CT_IMAGE_STORAGE, syntax: str = ExplicitVRLittleEndian) -> bytes:
+    def associate(
+        self, sop_class: str = CT_IMAGE_STORAGE, syntax: str = ExplicitVRLittleEndian
+    ) -> bytes:
         primitive = A_ASSOCIATE()
         primitive.application_context_name = "1.2.840.10008.3.1.1.1"
         primitive.calling_ae_title = self.calling

@@ -2,7 +2,8 @@
 
     <home>/incoming/<series>/<instance>.dcm   received instances, by series
     <home>/tmp/                               files being written (same file system, so a
-                                              rename publishes them atomically)
+                                              rename publishes them atomically), and a few
+                                              empty ones created ahead of need
     <home>/quarantine/<yyyymmdd>/             instances the receiver refused, for inspection
 
 Folder and file names come from caduceus.core.dicom.names.safe_name, never from raw values.

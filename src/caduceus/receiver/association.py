@@ -132,8 +132,8 @@ class AssociationHandler:
                 )
             ac, self.negotiated = negotiation.negotiate(rq, self.config.policy, self.peer_host)
         except negotiation.Rejection as rejection:
-            self._send(rejection.pdu)
             log.warning("rejected association from %s@%s: %s", calling, self.peer_host, rejection)
+            # Recorded before the peer hears of it, so the history is never behind the network.
             records.open_association(
                 self.config.engine,
                 calling,
@@ -143,6 +143,7 @@ class AssociationHandler:
                 "rejected",
                 rejection.reason,
             )
+            self._send(rejection.pdu)
             return False
         self.association_id = records.open_association(
             self.config.engine, calling, called, self.peer_host, self.peer_port, "open"

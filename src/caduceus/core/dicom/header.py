@@ -62,8 +62,13 @@ class Header:
     instance_number: str
 
 
+def _clean(value: str) -> str:
+    # NUL pads UIDs; inside a value it is garbage that PostgreSQL text cannot even hold.
+    return value.replace("\x00", "").strip(" ")
+
+
 def _ascii(raw: bytes) -> str:
-    return raw.decode("ascii", "replace").strip(" \x00")
+    return _clean(raw.decode("ascii", "replace"))
 
 
 def decode_header(values: dict[int, bytes]) -> Header:
@@ -76,9 +81,9 @@ def decode_header(values: dict[int, bytes]) -> Header:
         if not raw:
             decoded[name] = ""
         elif keyword in _PERSON:
-            decoded[name] = str(PersonName(raw, encodings)).strip(" \x00")
+            decoded[name] = _clean(str(PersonName(raw, encodings)))
         elif keyword in _TEXT:
-            decoded[name] = decode_bytes(raw, encodings, {0x5C}).strip(" \x00")
+            decoded[name] = _clean(decode_bytes(raw, encodings, {0x5C}))
         else:
             decoded[name] = _ascii(raw)
     return Header(**decoded)

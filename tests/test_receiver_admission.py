@@ -1,0 +1,142 @@
+"""Who may send, and what happens when the disk is too full to take more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+
+from caduceus.core.db.models import ASSOCIATIONS, EVENTS
+from tests.support.dicomfiles import dataset_bytes, stored_instances
+from tests.support.processes import Caduceus, free_port, require, run
+
+
+def start(tmp_path: Path, url: str, started: list[Caduceus], **env: str) -> Caduceus:
+    receiver = Caduceus(tmp_path / "home", url, free_port(), extra_env=env)
+    started.append(receiver)
+    return receiver.start()
+
+
+def echo(receiver: Caduceus, calling: str = "ECHOSCU", called: str = "CADUCEUS") -> str:
+    result = run(
+        [require("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(receiver.port)]
+    )
+    return "ok" if result.returncode == 0 else result.stderr + result.stdout
+
+
+def test_wrong_called_ae_title_is_rejected(receiver: Caduceus) -> None:
+    answer = echo(receiver, called="SOMEONEELSE")
+    assert "Called AE Title Not Recognized" in answer
+    with receiver.engine().connect() as conn:
+        row = conn.execute(select(ASSOCIATIONS)).one()
+    assert row.status == "rejected"
+    assert "SOMEONEELSE" in row.reason
+
+
+def test_allow_list_of_calling_ae_titles_and_hosts(
+    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
+) -> None:
+    receiver = start(
+        tmp_path,
+        sqlite_url,
+        caduceus_factory,
+        CADUCEUS_RECEIVER_ALLOWED_CALLING_AETS='["SCANNER1", "PACS@127.0.0.1", "WS@10.9.9.9"]',
+    )
+    assert echo(receiver, calling="SCANNER1") == "ok"
+    assert echo(receiver, calling="PACS") == "ok"
+    assert "Calling AE Title Not Recognized" in echo(receiver, calling="INTRUDER")
+    # WS is allowed only from another address.
+    assert "Calling AE Title Not Recognized" in echo(receiver, calling="WS")
+    with receiver.engine().connect() as conn:
+        rejected = conn.execute(select(EVENTS).where(EVENTS.c.kind == "association.rejected")).all()
+    assert sorted(e.details["calling_aet"] for e in rejected) == ["INTRUDER", "WS"]
+
+
+def test_called_ae_check_can_be_turned_off(
+    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
+) -> None:
+    receiver = start(
+        tmp_path, sqlite_url, caduceus_factory, CADUCEUS_RECEIVER_CHECK_CALLED_AET="false"
+    )
+    assert echo(receiver, called="ANYTHING") == "ok"
+
+
+def test_full_disk_refuses_with_out_of_resources(
+    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus], small_series: list[Path]
+) -> None:
+    # A reserve larger than any disk: every instance finds the disk "full".
+    receiver = start(
+        tmp_path, sqlite_url, caduceus_factory, CADUCEUS_RECEIVER_DISK_RESERVE_MB="1000000000"
+    )
+    result = run(
+        [
+            require("storescu"),
+            "-v",
+            "-aec",
+            "CADUCEUS",
+            "127.0.0.1",
+            str(receiver.port),
+            str(small_series[0]),
+        ]
+    )
+    assert "Refused: OutOfResources" in result.stderr
+    assert stored_instances(receiver.engine()) == []
+    assert [p for p in (receiver.home / "tmp").iterdir() if p.stat().st_size] == []
+    # C-ECHO still works: a full disk does not take the receiver down.
+    assert echo(receiver) == "ok"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB file system (tmpfs), so writes fail with ENOSPC as on a full disk."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    result = run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)])
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        run(["umount", "-l", str(mountpoint)])
+
+
+def test_disk_filling_up_mid_series_fails_cleanly(
+    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus], tiny_disk: Path
+) -> None:
+    series = write_series(
+        tmp_path / "big", SeriesSpec(count=8, rows=512, columns=512)
+    )  # ~0.5 MB each
+    receiver = Caduceus(tiny_disk / "home", sqlite_url, free_port())
+    caduceus_factory.append(receiver)
+    receiver.start()
+    result = run(
+        [
+            require("storescu"),
+            "-v",
+            "-aec",
+            "CADUCEUS",
+            "127.0.0.1",
+            str(receiver.port),
+            *map(str, series),
+        ]
+    )
+    assert "Refused: OutOfResources" in result.stderr
+    rows = stored_instances(receiver.engine())
+    assert 0 < len(rows) < len(series)
+    # What was acknowledged is complete and intact.
+    originals = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in series}
+    for row in rows:
+        assert dataset_bytes(receiver.home / row["path"]) == dataset_bytes(
+            originals[row["sop_instance_uid"]]
+        )
+    # No partly written file is left behind, and the receiver still answers.
+    assert [p for p in (receiver.home / "tmp").iterdir() if p.stat().st_size] == []
+    assert echo(receiver) == "ok"
+    with receiver.engine().connect() as conn:
+        refused = conn.execute(select(EVENTS).where(EVENTS.c.kind == "instance.refused")).all()
+    assert refused and all("No space left" in e.message for e in refused)

@@ -1,0 +1,248 @@
+"""Bad input gets a clear DICOM status or an abort, loses nothing, and harms no other sender."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from sqlalchemy import select
+
+from caduceus.core.db.models import ASSOCIATIONS, EVENTS
+from tests.support.dicomfiles import dataset_bytes, stored_instances
+from tests.support.processes import Caduceus, require, run
+from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
+
+
+def echo_works(receiver: Caduceus) -> bool:
+    return (
+        run([require("echoscu"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)]).returncode
+        == 0
+    )
+
+
+def temp_files(receiver: Caduceus) -> list[Path]:
+    """Partly written files. (The receiver keeps a few empty files ready to write into.)"""
+    return [p for p in (receiver.home / "tmp").iterdir() if p.stat().st_size > 0]
+
+
+def events(receiver: Caduceus, kind: str) -> list[dict[str, object]]:
+    with receiver.engine().connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(EVENTS).where(EVENTS.c.kind == kind))]
+
+
+def associations(receiver: Caduceus) -> list[dict[str, object]]:
+    with receiver.engine().connect() as conn:
+        return [
+            dict(r._mapping) for r in conn.execute(select(ASSOCIATIONS).order_by(ASSOCIATIONS.c.id))
+        ]
+
+
+def wait_closed(receiver: Caduceus, count: int = 1) -> list[dict[str, object]]:
+    """Associations are closed in the database just after the socket closes: wait for it."""
+    import time
+
+    deadline = time.monotonic() + 10
+    rows = associations(receiver)
+    while time.monotonic() < deadline:
+        rows = associations(receiver)
+        if len(rows) >= count and all(r["status"] != "open" for r in rows):
+            return rows
+        time.sleep(0.05)
+    return rows
+
+
+def test_garbage_bytes_are_dropped_and_others_still_served(receiver: Caduceus) -> None:
+    with socket.create_connection(("127.0.0.1", receiver.port)) as sock:
+        sock.sendall(os.urandom(4096))
+        sock.settimeout(10)
+        try:
+            reply = sock.recv(100)
+        except ConnectionResetError:
+            reply = b""
+    # Either an A-ABORT PDU (type 7) or a closed connection; never anything else.
+    assert reply == b"" or reply[0] == 0x07
+    assert echo_works(receiver)
+    assert stored_instances(receiver.engine()) == []
+
+
+def test_abort_in_the_middle_of_an_instance_leaves_nothing(
+    receiver: Caduceus, small_series: list[Path]
+) -> None:
+    original = small_series[0]
+    data = dataset_bytes(original)
+    uid = dcmread(original).SOPInstanceUID
+    scu = RawSCU(receiver.port)
+    assert scu.associate()[0] == 0x02  # A-ASSOCIATE-AC
+    scu.send(p_data(1, c_store_command(CT_IMAGE_STORAGE, uid), command=True, last=True))
+    scu.send(p_data(1, data[: len(data) // 2], command=False, last=False))
+    scu.send(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT from the service user
+    scu.close()
+    [association] = wait_closed(receiver)
+    assert association["status"] == "aborted"
+    assert "discarded" in str(association["reason"])
+    assert stored_instances(receiver.engine()) == []
+    assert temp_files(receiver) == []
+    assert list((receiver.home / "incoming").iterdir()) == []
+    assert echo_works(receiver)
+
+
+def test_connection_dropped_mid_instance_leaves_nothing(
+    receiver: Caduceus, small_series: list[Path]
+) -> None:
+    data = dataset_bytes(small_series[1])
+    uid = dcmread(small_series[1]).SOPInstanceUID
+    scu = RawSCU(receiver.port)
+    scu.associate()
+    scu.send(p_data(1, c_store_command(CT_IMAGE_STORAGE, uid), command=True, last=True))
+    scu.send(p_data(1, data[:1000], command=False, last=False))
+    scu.close()  # no A-ABORT, no release: the cable was pulled
+    [association] = wait_closed(receiver)
+    assert association["status"] == "aborted"
+    assert stored_instances(receiver.engine()) == []
+    assert temp_files(receiver) == []
+
+
+def test_truncated_dataset_is_refused_and_quarantined(
+    receiver: Caduceus, small_series: list[Path]
+) -> None:
+    data = dataset_bytes(small_series[2])
+    uid = dcmread(small_series[2]).SOPInstanceUID
+    scu = RawSCU(receiver.port)
+    scu.associate()
+    scu.send(p_data(1, c_store_command(CT_IMAGE_STORAGE, uid), command=True, last=True))
+    scu.send(p_data(1, data[:-100], command=False, last=True))  # says "last", but is not whole
+    status, comment = scu.store_response_status()
+    assert status == 0xC210
+    assert "truncated" in comment
+    # The association goes on: the next, complete instance is stored.
+    good = small_series[3]
+    scu.send(
+        p_data(
+            1,
+            c_store_command(CT_IMAGE_STORAGE, dcmread(good).SOPInstanceUID, 2),
+            command=True,
+            last=True,
+        )
+    )
+    scu.send(p_data(1, dataset_bytes(good), command=False, last=True))
+    assert scu.store_response_status()[0] == 0x0000
+    assert scu.release()[0] == 0x06
+    scu.close()
+    rows = stored_instances(receiver.engine())
+    assert [r["sop_instance_uid"] for r in rows] == [dcmread(good).SOPInstanceUID]
+    [refusal] = events(receiver, "instance.refused")
+    assert "truncated" in str(refusal["message"])
+    details = refusal["details"]
+    assert isinstance(details, dict) and details["status"] == "0xC210"
+    kept = receiver.home / details["quarantined_as"]
+    assert kept.read_bytes().endswith(data[:-100])
+    [association] = wait_closed(receiver)
+    assert association["instances_failed"] == 1 and association["instances_stored"] == 1
+
+
+def test_unparseable_header_is_refused(receiver: Caduceus) -> None:
+    scu = RawSCU(receiver.port)
+    scu.associate()
+    scu.send(p_data(1, c_store_command(CT_IMAGE_STORAGE, "1.2.3.4"), command=True, last=True))
+    scu.send(p_data(1, b"\x08\x00\x16\x00ZZ\x04\x00" + os.urandom(64), command=False, last=True))
+    status, comment = scu.store_response_status()
+    scu.release()
+    scu.close()
+    assert status == 0xC210
+    assert "malformed" in comment
+    assert stored_instances(receiver.engine()) == []
+
+
+def test_dataset_without_series_uid_is_refused(
+    receiver: Caduceus, small_series: list[Path], tmp_path: Path
+) -> None:
+    ds = dcmread(small_series[4])
+    del ds.SeriesInstanceUID
+    path = tmp_path / "no-series.dcm"
+    ds.save_as(path)
+    ae = AE()
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="CADUCEUS")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xC211
+    assert "SeriesInstanceUID" in status.ErrorComment
+    assert stored_instances(receiver.engine()) == []
+
+
+def test_duplicate_keeps_the_newest_and_records_both(
+    receiver: Caduceus, small_series: list[Path], tmp_path: Path
+) -> None:
+    first = dcmread(small_series[5])
+    second = dcmread(small_series[5])
+    second.SeriesDescription = "RESENT"
+    ae = AE()
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    for ds in (first, second):
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="CADUCEUS")
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+    [row] = stored_instances(receiver.engine())
+    assert dcmread(receiver.home / row["path"]).SeriesDescription == "RESENT"
+    [duplicate] = events(receiver, "instance.duplicate")
+    details = duplicate["details"]
+    assert isinstance(details, dict)
+    assert details["sop_instance_uid"] == first.SOPInstanceUID
+    assert details["previous"]["association_id"] != row["association_id"]
+    assert details["kept"]["size_bytes"] == row["size_bytes"]
+    # Only one file for that instance remains on disk.
+    files = list((receiver.home / "incoming").rglob("*.dcm"))
+    assert files == [receiver.home / row["path"]]
+
+
+@pytest.mark.parametrize(
+    "sop_uid,series_uid",
+    [("../../../evil", "1.2.3"), ("1.2.3\n\x01/..", "../../outside"), (".", "/etc")],
+)
+def test_hostile_uids_cannot_place_files_outside_the_data_root(
+    receiver: Caduceus,
+    small_series: list[Path],
+    sop_uid: str,
+    series_uid: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydicom import config
+
+    monkeypatch.setattr(config.settings, "writing_validation_mode", config.IGNORE)
+    ds = dcmread(small_series[6])
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid
+    ae = AE()
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="CADUCEUS")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0
+    [row] = stored_instances(receiver.engine())
+    assert row["sop_instance_uid"] == sop_uid
+    stored = (receiver.home / row["path"]).resolve()
+    assert stored.is_relative_to((receiver.home / "incoming").resolve())
+    assert stored.parent.parent == (receiver.home / "incoming").resolve()
+    assert all(c.isalnum() or c in ".-" for c in stored.name.removesuffix(".dcm"))
+    assert dcmread(stored).SOPInstanceUID == sop_uid
+
+
+def test_sop_class_differing_from_context_is_refused(
+    receiver: Caduceus, small_series: list[Path]
+) -> None:
+    uid = dcmread(small_series[7]).SOPInstanceUID
+    scu = RawSCU(receiver.port)
+    scu.associate()
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    scu.send(p_data(1, c_store_command(mr, uid), command=True, last=True))
+    scu.send(p_data(1, dataset_bytes(small_series[7]), command=False, last=True))
+    status, _ = scu.store_response_status()
+    scu.release()
+    scu.close()
+    assert status == 0x0122
+    assert stored_instances(receiver.engine()) == []

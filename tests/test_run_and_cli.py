@@ -1,0 +1,145 @@
+"""`caduceus run` as a supervisor, the settings, and the command line tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect
+
+from caduceus.core.db.engine import make_engine
+from caduceus.core.db.migrate import alembic_config, upgrade
+from tests.support.dicomfiles import stored_instances
+from tests.support.processes import Caduceus, free_port, require, run, wait_for_port
+
+CADUCEUS = [sys.executable, "-m", "caduceus"]
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def receiver_pid(supervisor_pid: int) -> int:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in children(supervisor_pid):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"receiver" in cmdline:
+                return child
+        time.sleep(0.1)
+    raise AssertionError("the supervisor started no receiver")
+
+
+def test_run_starts_restarts_and_stops_the_services(
+    tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus], small_series: list[Path]
+) -> None:
+    instance = Caduceus(tmp_path / "home", database_url, free_port())
+    caduceus_factory.append(instance)
+    instance.start("run")
+    assert instance.process is not None
+    echo = [require("echoscu"), "-aec", "CADUCEUS", "127.0.0.1", str(instance.port)]
+    assert run(echo).returncode == 0
+
+    # A service that dies is started again.
+    first = receiver_pid(instance.process.pid)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        second = receiver_pid(instance.process.pid)
+        if second != first:
+            break
+        time.sleep(0.2)
+    assert second != first
+    wait_for_port(instance.port)
+    result = run(
+        [
+            require("storescu"),
+            "-aec",
+            "CADUCEUS",
+            "127.0.0.1",
+            str(instance.port),
+            *map(str, small_series[:3]),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(stored_instances(instance.engine())) == 3
+
+    # SIGTERM stops everything cleanly.
+    assert instance.stop() == 0
+    assert (
+        not Path(f"/proc/{second}").exists()
+        or b"zombie" in Path(f"/proc/{second}/status").read_bytes()
+    )
+    assert "exited with code -9; restarting" in instance.log()
+
+
+def test_settings_from_file_and_environment(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "caduceus.toml").write_text('ae_title = "FROMFILE"\ndicom_port = 4242\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADUCEUS_")}
+    env["CADUCEUS_HOME"] = str(home)
+    shown = json.loads(run([*CADUCEUS, "settings"], env=env).stdout)
+    assert shown["ae_title"] == "FROMFILE" and shown["dicom_port"] == 4242
+    env["CADUCEUS_AE_TITLE"] = "FROMENV"  # the environment wins over the file
+    env["CADUCEUS_DATABASE_URL"] = "postgresql://caduceus:s3cret@db.example/caduceus"
+    shown = json.loads(run([*CADUCEUS, "settings"], env=env).stdout)
+    assert shown["ae_title"] == "FROMENV"
+    assert "s3cret" not in json.dumps(shown)
+    env["CADUCEUS_AE_TITLE"] = "WAY_TOO_LONG_AE_TITLE"
+    result = run([*CADUCEUS, "settings"], env=env)
+    assert result.returncode == 2
+    assert "ae_title" in result.stdout and "16" in result.stdout
+
+
+def test_send_command_sends_a_folder(receiver: Caduceus, small_series: list[Path]) -> None:
+    result = receiver.cli("send", str(small_series[0].parent), "--port", str(receiver.port))
+    assert f"sent {len(small_series)}, failed 0" in result.stdout
+    assert len(stored_instances(receiver.engine())) == len(small_series)
+
+
+def test_send_command_reports_an_unreachable_receiver(
+    tmp_path: Path, small_series: list[Path]
+) -> None:
+    port = free_port()
+    result = run([*CADUCEUS, "send", str(small_series[0]), "--port", str(port)])
+    assert result.returncode == 1
+    assert "send failed" in result.stdout and str(port) in result.stdout
+
+
+def test_send_command_skips_files_that_are_not_dicom(
+    receiver: Caduceus, tmp_path: Path, small_series: list[Path]
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "a.dcm").write_bytes(small_series[0].read_bytes())
+    result = receiver.cli("send", str(folder), "--port", str(receiver.port))
+    assert "sent 1, failed 0, skipped 1" in result.stdout
+    assert "notes.txt" in result.stdout
+
+
+def test_migrations_match_the_models_and_run_twice(database_url: str) -> None:
+    engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    upgrade(engine)
+    upgrade(engine)  # a second run (another service starting) changes nothing
+    assert {"associations", "studies", "series", "instances", "events", "alembic_version"} <= set(
+        inspect(engine).get_table_names()
+    )
+    command.check(alembic_config(engine))  # raises if the models and migrations disagree
+    command.downgrade(alembic_config(engine), "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["series", "--help"], ["send", "--help"]])
+def test_help_works(args: list[str]) -> None:
+    result = run([*CADUCEUS, *args])
+    assert result.returncode == 0 and "Usage" in result.stdout
