@@ -9,9 +9,8 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from caduceus.core.dicom.synthetic import SeriesSpec, write_series
-
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
+from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from tests.support.dicomfiles import dataset_bytes, stored_instances
 from tests.support.processes import Caduceus, free_port, require, run
 
