@@ -40,7 +40,18 @@ def wait_for_port(
 
 
 def require(tool: str) -> str:
-    path = shutil.which(tool)
+    """The path of a system tool such as DCMTK's storescu, or skip the test without it.
+
+    The virtualenv's own bin folder is left out: pynetdicom installs console scripts with the
+    same names as DCMTK's (storescu, echoscu, ...), and the tests mean DCMTK's.
+    """
+    venv_bin = Path(sys.prefix) / "bin"
+    search = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if d and Path(d).resolve() != venv_bin.resolve()
+    )
+    path = shutil.which(tool, path=search)
     if path is None:
         pytest.skip(f"{tool} is not installed (CI installs it)")
     return path
