@@ -619,10 +619,19 @@ def measure(job: Job, scratch: Path) -> Result:
             if got != payload.images:
                 raise BenchError(f"{receiver.label} holds {got} of {payload.images} images")
     except BenchError as exc:
-        result.error = str(exc)
+        result.error = f"{exc}\n(logs kept in {keep_logs(workdir)})"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def keep_logs(workdir: Path) -> Path:
+    """Copy a failed measurement's logs (receiver, senders) to bench/results/failed/."""
+    target = RESULTS_DIR / "failed" / f"{datetime.now():%Y%m%d-%H%M%S}-{workdir.name}"
+    target.mkdir(parents=True, exist_ok=True)
+    for log in workdir.glob("*.log"):
+        shutil.copy2(log, target / log.name)
+    return target
 
 
 def plan(corpus: Corpus, workers: int) -> list[Job]:

@@ -246,3 +246,35 @@ def test_sop_class_differing_from_context_is_refused(
     scu.close()
     assert status == 0x0122
     assert stored_instances(receiver.engine()) == []
+
+
+def test_the_same_instance_from_two_senders_at_once(
+    tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus], small_series: list[Path]
+) -> None:
+    """A sender retrying while its first attempt is still being stored must not lose the image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.processes import free_port
+
+    receiver = Caduceus(
+        tmp_path / "home", database_url, free_port(), extra_env={"CADUCEUS_RECEIVER_WORKERS": "2"}
+    )
+    caduceus_factory.append(receiver)
+    receiver.start()
+    ds = dcmread(small_series[8])
+
+    def send_repeatedly(_: int) -> list[int]:
+        ae = AE()
+        ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="CADUCEUS")
+        statuses = [int(assoc.send_c_store(ds).Status) for _ in range(15)]
+        assoc.release()
+        return statuses
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [s for batch in pool.map(send_repeatedly, range(4)) for s in batch]
+    assert statuses == [0] * 60
+    [row] = stored_instances(receiver.engine())
+    assert dataset_bytes(receiver.home / row["path"]) == dataset_bytes(small_series[8])
+    assert len(events(receiver, "instance.duplicate")) == 59
+    assert list((receiver.home / "incoming").rglob("*.dcm")) == [receiver.home / row["path"]]

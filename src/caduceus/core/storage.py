@@ -111,10 +111,15 @@ class TempFiles:
                 item[1].unlink(missing_ok=True)
 
     def take(self) -> tuple[int, Path]:
-        try:
-            return self.ready.get_nowait()
-        except queue.Empty:
-            return self._create()
+        while True:
+            try:
+                fd, path = self.ready.get_nowait()
+            except queue.Empty:
+                return self._create()
+            # Another process sharing the data root may have purged it as stale.
+            if os.fstat(fd).st_nlink > 0:
+                return fd, path
+            os.close(fd)
 
     def close(self) -> None:
         self.closed.set()

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, insert, select, update
 
 from caduceus.core.db.models import ASSOCIATIONS, INSTANCES, SERIES, STUDIES
-from caduceus.core.db.upsert import insert_or_update
+from caduceus.core.db.upsert import insert_or_ignore, insert_or_update
 from caduceus.core.dicom.header import Header
 from caduceus.core.events import record_event
 
@@ -137,8 +137,10 @@ def _statements(dialect: str) -> dict[str, Any]:
             INSTANCES.c.size_bytes,
             INSTANCES.c.received_at,
             INSTANCES.c.association_id,
-        ).where(INSTANCES.c.sop_instance_uid == bindparam("sop_instance_uid")),
-        "insert": insert(INSTANCES).returning(INSTANCES.c.id),
+        )
+        .where(INSTANCES.c.sop_instance_uid == bindparam("sop_instance_uid"))
+        .with_for_update(),
+        "insert": insert_or_ignore(dialect, INSTANCES, "sop_instance_uid"),
         "update": update(INSTANCES).where(INSTANCES.c.id == bindparam("old_id")),
     }
 
@@ -188,12 +190,12 @@ def record_instance(
             "size_bytes": size,
             "received_at": at,
         }
-        old = conn.execute(sql["find"], {"sop_instance_uid": header.sop_instance_uid}).first()
-        if old is None:
-            instance_id = conn.execute(
-                sql["insert"], {"sop_instance_uid": header.sop_instance_uid, **values}
-            ).scalar_one()
+        instance_id = conn.execute(
+            sql["insert"], {"sop_instance_uid": header.sop_instance_uid, **values}
+        ).scalar()
+        if instance_id is not None:
             return int(instance_id), None
+        old = conn.execute(sql["find"], {"sop_instance_uid": header.sop_instance_uid}).one()
         conn.execute(sql["update"], {"old_id": old.id, **values})
         previous = Previous(old.path, old.size_bytes, old.received_at, old.association_id)
         record_event(

@@ -201,8 +201,6 @@ class InstanceWriter:
         folder = final.parent
         try:
             folder.mkdir(exist_ok=True)
-            # A duplicate replaces the file that the existing record points at.
-            replacing = final.exists()
             os.rename(self.temp, final)
             if self.ctx.fsync:
                 fsync_dir(folder)
@@ -221,9 +219,10 @@ class InstanceWriter:
                 series_folder=folder.name,
             )
         except Exception as exc:
+            # The file stays: it is complete but unrecorded, so nothing refers to it, and the
+            # sender's retry replaces it. Removing it could remove the same instance that a
+            # concurrent association has just stored and recorded.
             log.exception("database write failed for a received instance")
-            if not replacing:
-                final.unlink(missing_ok=True)
             return Outcome(status.PROCESSING_FAILURE, f"database unavailable: {type(exc).__name__}")
         if previous is not None and previous.path != relative:
             (root.home / previous.path).unlink(missing_ok=True)

@@ -17,3 +17,13 @@ def insert_or_update(
     return stmt.on_conflict_do_update(
         index_elements=[key], set_={col: stmt.excluded[col] for col in update}
     ).returning(table.c.id)
+
+
+def insert_or_ignore(dialect: str, table: Table, key: str) -> Any:
+    """An insert that does nothing when the unique column key exists, returning the new id.
+
+    Unlike a look-up followed by an insert, two concurrent writers of the same key never
+    fail: the second waits for the first to commit and then inserts nothing.
+    """
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c.id)
