@@ -82,6 +82,7 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
@@ -549,7 +550,9 @@ def send(payload: Payload, receiver: Receiver, nodelay: bool, logs: Path) -> flo
             stop(process, timeout=5)
     for process, log in senders:
         if process.returncode != 0:
-            raise BenchError(f"storescu exited with {process.returncode}:\n{tail(log)}")
+            errors = [line for line in tail(log).splitlines() if line.startswith("E:")]
+            summary = " ".join(line.removeprefix("E:").strip() for line in errors[-2:])
+            raise BenchError(f"storescu exited with {process.returncode}: {summary}\n{tail(log)}")
     return elapsed
 
 
@@ -661,7 +664,7 @@ def plan(corpus: Corpus, workers: int) -> list[Job]:
 def progress_line(index: int, total: int, result: Result) -> str:
     head = f"[{index}/{total}] {result.receiver:<22} {result.mode:<8} {result.series:<26}"
     if result.error:
-        return f"{head} [red]FAILED[/red]: {result.error}"
+        return f"{head} [red]FAILED[/red]: {escape(result.error)}"
     return (
         f"{head} {result.images:>6} images in {result.seconds:7.2f} s = "
         f"{result.images_per_s:8.1f} images/s, peak RSS {result.peak_rss_mb:6.1f} MB, "
@@ -685,7 +688,7 @@ def results_table(results: list[Result]) -> Table:
     table.add_column("notes")
     for r in results:
         if r.error:
-            failed = ("[red]failed[/red]", "", "", "", "", r.error.splitlines()[0])
+            failed = ("[red]failed[/red]", "", "", "", "", escape(r.error.splitlines()[0]))
             table.add_row(r.receiver, r.mode, r.series, str(r.images), *failed)
             continue
         table.add_row(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -26,10 +25,19 @@ class DataRoot:
         self.incoming = self.home / "incoming"
         self.tmp = self.home / "tmp"
         self.quarantine = self.home / "quarantine"
+        # Folders this process has made or seen, so that most writes skip a mkdir.
+        self._known: dict[Path, None] = {}
 
     def create(self) -> None:
         for folder in (self.home, self.incoming, self.tmp, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def ensure_folder(self, folder: Path) -> None:
+        if folder not in self._known:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._known[folder] = None
+            if len(self._known) > 10_000:
+                del self._known[next(iter(self._known))]
 
     def temp_path(self, suffix: str = ".part") -> Path:
         return self.tmp / f"{uuid.uuid4().hex}{suffix}"
@@ -75,40 +83,28 @@ def fsync_dir(path: Path) -> None:
 
 
 class TempFiles:
-    """Pre-created temporary files, handed out ready to write.
+    """Temporary files created ahead of need, handed out ready to write.
 
     Creating a file has to wait for the file system's journal, and right after an fsync (which
-    every received instance causes) that wait is long. A background thread creates the files
-    ahead of need, so the receive path does not wait for the journal twice.
+    every received instance causes) that wait is long. An association creates the file for its
+    next instance right after answering the previous one, while the sender is busy preparing
+    and sending the next request, so the wait overlaps with the network instead of adding to it.
     """
 
-    def __init__(self, root: DataRoot, depth: int = 8):
+    def __init__(self, root: DataRoot):
         self.root = root
-        self.ready: queue.Queue[tuple[int, Path]] = queue.Queue(maxsize=depth)
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._fill, name="temp-files", daemon=True)
-        self.thread.start()
+        self.ready: queue.SimpleQueue[tuple[int, Path]] = queue.SimpleQueue()
 
     def _create(self) -> tuple[int, Path]:
         path = self.root.temp_path()
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), path
 
-    def _fill(self) -> None:
-        while not self.closed.is_set():
-            try:
-                item = self._create()
-            except OSError:
-                time.sleep(1.0)  # disk full or similar: the taker creates its own and reports
-                continue
-            while not self.closed.is_set():
-                try:
-                    self.ready.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            else:
-                os.close(item[0])
-                item[1].unlink(missing_ok=True)
+    def prepare(self) -> None:
+        """Create one file for a coming instance; failure is left for take() to report."""
+        try:
+            self.ready.put(self._create())
+        except OSError:
+            return
 
     def take(self) -> tuple[int, Path]:
         while True:
@@ -122,11 +118,10 @@ class TempFiles:
             os.close(fd)
 
     def close(self) -> None:
-        self.closed.set()
         while True:
             try:
                 fd, path = self.ready.get_nowait()
             except queue.Empty:
-                break
+                return
             os.close(fd)
             path.unlink(missing_ok=True)

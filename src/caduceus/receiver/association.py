@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Engine
 
+from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver import dimse, negotiation, pdu, records, status
 from caduceus.receiver.store import Discard, InstanceWriter, Outcome, StoreContext
@@ -33,6 +35,7 @@ class ReceiverConfig:
     root: DataRoot
     temp_files: TempFiles
     engine: Engine
+    committer: GroupCommitter
     policy: negotiation.Policy
     fsync: bool
     disk_reserve_bytes: int
@@ -59,7 +62,13 @@ class AssociationHandler:
 
     def run(self) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(self.config.network_timeout)
+        # A kernel receive timeout rather than settimeout(), which polls before every recv.
+        timeout = self.config.network_timeout
+        self.sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("ll", int(timeout), int((timeout % 1) * 1_000_000)),
+        )
         end_status, reason = "aborted", ""
         try:
             if not self._associate():
@@ -152,6 +161,7 @@ class AssociationHandler:
             root=self.config.root,
             temp_files=self.config.temp_files,
             engine=self.config.engine,
+            committer=self.config.committer,
             fsync=self.config.fsync,
             association_id=self.association_id,
             calling_aet=calling,
@@ -268,6 +278,9 @@ class AssociationHandler:
             request.affected_sop_instance,
             outcome.comment,
         )
+        if isinstance(sink, InstanceWriter):
+            # While the sender prepares its next request, make the file it will go into.
+            self.config.temp_files.prepare()
 
     def _respond(
         self,

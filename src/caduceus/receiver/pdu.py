@@ -56,7 +56,7 @@ class SocketReader:
             self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
         try:
             n = self.sock.recv_into(self.view[self.end :])
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError) as exc:
             raise PeerClosed("network timeout: the peer sent nothing") from exc
         except OSError as exc:
             raise PeerClosed(f"connection error: {exc}") from exc

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from caduceus.core.db.models import ASSOCIATIONS, INSTANCES, SERIES, STUDIES
 from caduceus.core.db.upsert import insert_or_ignore, insert_or_update
@@ -146,7 +146,7 @@ def _statements(dialect: str) -> dict[str, Any]:
 
 
 def record_instance(
-    engine: Engine,
+    conn: Connection,
     header: Header,
     *,
     transfer_syntax: str,
@@ -155,69 +155,68 @@ def record_instance(
     association_id: int,
     series_folder: str,
 ) -> tuple[int, Previous | None]:
-    """Record an instance, its series and its study in one transaction."""
+    """Record an instance, its series and its study, in the caller's transaction."""
     at = now()
-    sql = _statements(engine.dialect.name)
-    with engine.begin() as conn:
-        study_id = conn.execute(
-            sql["study"],
-            {
-                **{c: getattr(header, c) for c in _STUDY_COLUMNS[1:]},
-                "study_uid": header.study_uid,
-                "at": at,
+    sql = _statements(conn.dialect.name)
+    study_id = conn.execute(
+        sql["study"],
+        {
+            **{c: getattr(header, c) for c in _STUDY_COLUMNS[1:]},
+            "study_uid": header.study_uid,
+            "at": at,
+        },
+    ).scalar_one()
+    series_id = conn.execute(
+        sql["series"],
+        {
+            "series_uid": header.series_uid,
+            "modality": header.modality,
+            "series_number": header.series_number,
+            "series_description": header.series_description,
+            "body_part": header.body_part,
+            "study_id": study_id,
+            "folder": series_folder,
+            "at": at,
+        },
+    ).scalar_one()
+    values = {
+        "sop_class_uid": header.sop_class_uid,
+        "series_id": series_id,
+        "association_id": association_id,
+        "transfer_syntax_uid": transfer_syntax,
+        "instance_number": header.instance_number,
+        "path": path,
+        "size_bytes": size,
+        "received_at": at,
+    }
+    instance_id = conn.execute(
+        sql["insert"], {"sop_instance_uid": header.sop_instance_uid, **values}
+    ).scalar()
+    if instance_id is not None:
+        return int(instance_id), None
+    old = conn.execute(sql["find"], {"sop_instance_uid": header.sop_instance_uid}).one()
+    conn.execute(sql["update"], {"old_id": old.id, **values})
+    previous = Previous(old.path, old.size_bytes, old.received_at, old.association_id)
+    record_event(
+        conn,
+        "instance.duplicate",
+        "a second copy of this SOP instance arrived; the newest one is kept",
+        severity="warning",
+        instance_id=old.id,
+        series_id=series_id,
+        study_id=study_id,
+        association_id=association_id,
+        details={
+            "sop_instance_uid": header.sop_instance_uid,
+            "previous": {
+                "received_at": old.received_at.isoformat(),
+                "size_bytes": old.size_bytes,
+                "association_id": old.association_id,
             },
-        ).scalar_one()
-        series_id = conn.execute(
-            sql["series"],
-            {
-                "series_uid": header.series_uid,
-                "modality": header.modality,
-                "series_number": header.series_number,
-                "series_description": header.series_description,
-                "body_part": header.body_part,
-                "study_id": study_id,
-                "folder": series_folder,
-                "at": at,
-            },
-        ).scalar_one()
-        values = {
-            "sop_class_uid": header.sop_class_uid,
-            "series_id": series_id,
-            "association_id": association_id,
-            "transfer_syntax_uid": transfer_syntax,
-            "instance_number": header.instance_number,
-            "path": path,
-            "size_bytes": size,
-            "received_at": at,
-        }
-        instance_id = conn.execute(
-            sql["insert"], {"sop_instance_uid": header.sop_instance_uid, **values}
-        ).scalar()
-        if instance_id is not None:
-            return int(instance_id), None
-        old = conn.execute(sql["find"], {"sop_instance_uid": header.sop_instance_uid}).one()
-        conn.execute(sql["update"], {"old_id": old.id, **values})
-        previous = Previous(old.path, old.size_bytes, old.received_at, old.association_id)
-        record_event(
-            conn,
-            "instance.duplicate",
-            "a second copy of this SOP instance arrived; the newest one is kept",
-            severity="warning",
-            instance_id=old.id,
-            series_id=series_id,
-            study_id=study_id,
-            association_id=association_id,
-            details={
-                "sop_instance_uid": header.sop_instance_uid,
-                "previous": {
-                    "received_at": old.received_at.isoformat(),
-                    "size_bytes": old.size_bytes,
-                    "association_id": old.association_id,
-                },
-                "kept": {"received_at": at.isoformat(), "size_bytes": size},
-            },
-        )
-        return int(old.id), previous
+            "kept": {"received_at": at.isoformat(), "size_bytes": size},
+        },
+    )
+    return int(old.id), previous
 
 
 def record_refusal(

@@ -18,6 +18,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from caduceus.core.database import open_database
+from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver.association import AssociationHandler, ReceiverConfig
@@ -31,10 +32,12 @@ SHUTDOWN_GRACE = 10.0
 
 def make_config(settings: Settings) -> ReceiverConfig:
     root = DataRoot(settings.home)
+    engine = open_database(settings, pool_size=8)
     return ReceiverConfig(
         root=root,
         temp_files=TempFiles(root),
-        engine=open_database(settings, pool_size=8),
+        engine=engine,
+        committer=GroupCommitter(engine),
         policy=Policy(
             ae_title=settings.ae_title,
             check_called_aet=settings.receiver_check_called_aet,

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydicom.uid import UID
 from sqlalchemy import Engine
 
+from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.dicom.header import WANTED_TAGS, Header, decode_header
 from caduceus.core.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from caduceus.core.dicom.names import safe_name
@@ -28,6 +29,9 @@ from caduceus.receiver import records, status
 log = logging.getLogger("caduceus.receiver")
 
 PREAMBLE = bytes(128) + b"DICM"
+# Datasets up to this size are also kept in memory while they stream to disk, so checking them
+# needs no second read; larger ones are checked through a memory map of the file.
+IN_MEMORY = 1024 * 1024
 _LONG_META_VRS = {b"OB"}
 
 
@@ -76,6 +80,7 @@ class StoreContext:
     root: DataRoot
     temp_files: TempFiles
     engine: Engine
+    committer: GroupCommitter
     fsync: bool
     association_id: int
     calling_aet: str
@@ -94,13 +99,20 @@ class InstanceWriter:
         self.failure: Refused | None = None
         self.meta = file_meta(sop_class, sop_instance, syntax, ctx.calling_aet, ctx.called_aet)
         self.size = 0
+        self.copy: bytearray | None = None
         fd, self.temp = ctx.temp_files.take()
         self.fd: int | None = fd
         self._write(memoryview(self.meta))
+        self.copy = bytearray()
 
     def _write(self, data: memoryview) -> None:
         if self.fd is None:
             return  # already failed: the rest of the dataset is read and dropped
+        if self.copy is not None:
+            if len(self.copy) + len(data) <= IN_MEMORY:
+                self.copy += data
+            else:
+                self.copy = None
         try:
             while data:
                 written = os.write(self.fd, data)
@@ -148,31 +160,29 @@ class InstanceWriter:
         return self._publish(header)
 
     def _check(self) -> Header:
-        start = len(self.meta)
-        with open(self.temp, "rb") as fh:
-            if self.size - start < 8:
-                raise Refused(status.CANNOT_DECODE, "dataset is empty")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                data: bytes | memoryview = memoryview(mm)
-                try:
-                    if self.syntax.is_deflated:
-                        data = _inflate(mm[start:])
-                        start = 0
-                    layout = scan(
-                        data,
-                        self.syntax.is_implicit_VR,
-                        self.syntax.is_little_endian,
-                        start,
-                        WANTED_TAGS,
-                    )
-                    header = decode_header(layout.values)
-                except (MalformedDataset, zlib.error) as exc:
-                    raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
-                except (ValueError, LookupError) as exc:
-                    raise Refused(status.CANNOT_DECODE, f"header cannot be decoded: {exc}") from exc
-                finally:
-                    if isinstance(data, memoryview):
-                        data.release()
+        if self.size - len(self.meta) < 8:
+            raise Refused(status.CANNOT_DECODE, "dataset is empty")
+        if self.copy is not None:
+            return self._check_bytes(self.copy, 0)
+        with open(self.temp, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                return self._check_bytes(view, len(self.meta))
+            finally:
+                view.release()
+
+    def _check_bytes(self, data: bytes | bytearray | memoryview, start: int) -> Header:
+        try:
+            if self.syntax.is_deflated:
+                data, start = _inflate(bytes(data[start:])), 0
+            layout = scan(
+                data, self.syntax.is_implicit_VR, self.syntax.is_little_endian, start, WANTED_TAGS
+            )
+            header = decode_header(layout.values)
+        except (MalformedDataset, zlib.error) as exc:
+            raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
+        except (ValueError, LookupError) as exc:
+            raise Refused(status.CANNOT_DECODE, f"header cannot be decoded: {exc}") from exc
         missing = [
             name
             for name, value in (
@@ -200,8 +210,13 @@ class InstanceWriter:
         final = final_path(root, header.series_uid, header.sop_instance_uid)
         folder = final.parent
         try:
-            folder.mkdir(exist_ok=True)
-            os.rename(self.temp, final)
+            root.ensure_folder(folder)
+            try:
+                os.rename(self.temp, final)
+            except FileNotFoundError:
+                # The folder was removed since we saw it (the cleaner): make it again.
+                folder.mkdir(exist_ok=True)
+                os.rename(self.temp, final)
             if self.ctx.fsync:
                 fsync_dir(folder)
         except OSError as exc:
@@ -209,14 +224,16 @@ class InstanceWriter:
             return Outcome(status.PROCESSING_FAILURE, f"cannot store: {exc.strerror}")
         relative = root.relative(final)
         try:
-            instance_id, previous = records.record_instance(
-                self.ctx.engine,
-                header,
-                transfer_syntax=str(self.syntax),
-                path=relative,
-                size=self.size,
-                association_id=self.ctx.association_id,
-                series_folder=folder.name,
+            instance_id, previous = self.ctx.committer.run(
+                lambda conn: records.record_instance(
+                    conn,
+                    header,
+                    transfer_syntax=str(self.syntax),
+                    path=relative,
+                    size=self.size,
+                    association_id=self.ctx.association_id,
+                    series_folder=folder.name,
+                )
             )
         except Exception as exc:
             # The file stays: it is complete but unrecorded, so nothing refers to it, and the

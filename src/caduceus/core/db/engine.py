@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,32 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(caduceus_write=True)
 
 
+BUSY_TIMEOUT_MS = 60000
+
+
 def _sqlite_begin(conn: Any) -> None:
-    immediate = conn.get_execution_options().get("caduceus_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if not conn.get_execution_options().get("caduceus_write", False):
+        conn.exec_driver_sql("BEGIN")
+        return
+    # SQLite's own busy handler sleeps 1, 2, 5, 10, ... 100 ms between tries, while a writer
+    # holds the lock for about a millisecond: with several writers most time went to sleeping.
+    # Poll for the write lock at a sub-millisecond pace instead.
+    raw = conn.connection.driver_connection
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.0002
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.004)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, synchronous: str) -> None:
@@ -50,5 +75,5 @@ def _sqlite_pragmas(dbapi_conn: Any, synchronous: str) -> None:
     # FULL: a commit is on disk before it returns, which is what a C-STORE success promises.
     cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.close()

@@ -39,7 +39,9 @@ class Layout:
 class _Walker:
     __slots__ = ("buf", "explicit_head", "implicit_head", "item_head", "u32", "wanted")
 
-    def __init__(self, buf: bytes | memoryview, little_endian: bool, wanted: Collection[int]):
+    def __init__(
+        self, buf: bytes | bytearray | memoryview, little_endian: bool, wanted: Collection[int]
+    ):
         order = "<" if little_endian else ">"
         self.buf = buf
         self.explicit_head = struct.Struct(order + "HH2sH").unpack_from
@@ -137,7 +139,7 @@ class _Walker:
 
 
 def scan(
-    buf: bytes | memoryview,
+    buf: bytes | bytearray | memoryview,
     implicit: bool,
     little_endian: bool,
     start: int = 0,
