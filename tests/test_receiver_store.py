@@ -271,3 +271,55 @@ def test_four_senders_at_once_with_two_workers(
         assert conn.execute(select(func.count()).select_from(INSTANCES)).scalar() == 100
         assert conn.execute(select(func.count()).select_from(SERIES)).scalar() == 4
         assert conn.execute(select(func.count()).select_from(STUDIES)).scalar() == 4
+
+
+def test_orthanc_as_the_sender(receiver: Caduceus, tmp_path: Path) -> None:
+    """A PACS (Orthanc) pushes a JPEG 2000 image to us over C-STORE."""
+    from tests.support.orthanc import start_orthanc
+
+    orthanc = start_orthanc(
+        tmp_path / "orthanc", {"caduceus": ["CADUCEUS", "127.0.0.1", receiver.port]}
+    )
+    try:
+        original = Path(get_testdata_file("JPEG2000.dcm"))
+        uploaded = orthanc.request("POST", "/instances", original.read_bytes())
+        job = orthanc.request("POST", "/modalities/caduceus/store", uploaded["ID"].encode())
+        assert job["FailedInstancesCount"] == 0, job
+    finally:
+        orthanc.stop()
+    [row] = stored_instances(receiver.engine())
+    stored = receiver.home / row["path"]
+    assert transfer_syntax(stored) == transfer_syntax(original)  # Orthanc sends it as stored
+    assert dcmread(stored).PixelData == dcmread(original).PixelData
+    with receiver.engine().connect() as conn:
+        assert conn.execute(select(ASSOCIATIONS.c.calling_aet)).scalar() == "ORTHANC"
+
+
+def test_international_names_arrive_as_unicode(receiver: Caduceus, tmp_path: Path) -> None:
+    from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+
+    names = {
+        "ISO 2022 IR 87": ("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        "GB18030": ("GB18030", "Wang^XiaoDong=王^小东"),
+        "ISO_IR 100": ("ISO_IR 100", "Müller^Jürgen"),
+    }
+    for index, (charset, name) in enumerate(names.values()):
+        write_series(
+            tmp_path / "names" / f"s{index}",
+            SeriesSpec(count=1, patient_id=f"P{index}", patient_name=name, character_set=charset),
+        )
+    result = run(
+        [
+            require("storescu"),
+            "-aec",
+            "CADUCEUS",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(receiver.port),
+            str(tmp_path / "names"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(receiver.cli("series", "--json").stdout)
+    assert sorted(s["patient_name"] for s in listing) == sorted(n for _, n in names.values())
