@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,12 +51,25 @@ def caduceus_factory(tmp_path: Path) -> Iterator[list[Caduceus]]:
         instance.stop()
 
 
+Launch = Callable[..., Caduceus]
+
+
 @pytest.fixture
-def receiver(tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus]) -> Caduceus:
+def launch(tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus]) -> Launch:
+    """Start `caduceus receiver` (or another command) with extra CADUCEUS_* settings."""
+
+    def start(command: str = "receiver", home: Path | None = None, **env: str) -> Caduceus:
+        instance = Caduceus(home or tmp_path / "home", database_url, free_port(), extra_env=env)
+        caduceus_factory.append(instance)
+        return instance.start(command)
+
+    return start
+
+
+@pytest.fixture
+def receiver(launch: Launch) -> Caduceus:
     """`caduceus receiver` running on a free port against a fresh database."""
-    instance = Caduceus(home=tmp_path / "home", database_url=database_url, port=free_port())
-    caduceus_factory.append(instance)
-    return instance.start()
+    return launch()
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,9 @@ from sqlalchemy import select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances
-from tests.support.processes import Caduceus, free_port, require, run
-
-
-def start(tmp_path: Path, url: str, started: list[Caduceus], **env: str) -> Caduceus:
-    receiver = Caduceus(tmp_path / "home", url, free_port(), extra_env=env)
-    started.append(receiver)
-    return receiver.start()
+from tests.support.processes import Caduceus, require, run, storescu
 
 
 def echo(receiver: Caduceus, calling: str = "ECHOSCU", called: str = "CADUCEUS") -> str:
@@ -37,13 +32,8 @@ def test_wrong_called_ae_title_is_rejected(receiver: Caduceus) -> None:
     assert "SOMEONEELSE" in row.reason
 
 
-def test_allow_list_of_calling_ae_titles_and_hosts(
-    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
-) -> None:
-    receiver = start(
-        tmp_path,
-        sqlite_url,
-        caduceus_factory,
+def test_allow_list_of_calling_ae_titles_and_hosts(launch: Launch) -> None:
+    receiver = launch(
         CADUCEUS_RECEIVER_ALLOWED_CALLING_AETS='["SCANNER1", "PACS@127.0.0.1", "WS@10.9.9.9"]',
     )
     assert echo(receiver, calling="SCANNER1") == "ok"
@@ -56,33 +46,15 @@ def test_allow_list_of_calling_ae_titles_and_hosts(
     assert sorted(e.details["calling_aet"] for e in rejected) == ["INTRUDER", "WS"]
 
 
-def test_called_ae_check_can_be_turned_off(
-    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
-) -> None:
-    receiver = start(
-        tmp_path, sqlite_url, caduceus_factory, CADUCEUS_RECEIVER_CHECK_CALLED_AET="false"
-    )
+def test_called_ae_check_can_be_turned_off(launch: Launch) -> None:
+    receiver = launch(CADUCEUS_RECEIVER_CHECK_CALLED_AET="false")
     assert echo(receiver, called="ANYTHING") == "ok"
 
 
-def test_full_disk_refuses_with_out_of_resources(
-    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus], small_series: list[Path]
-) -> None:
+def test_full_disk_refuses_with_out_of_resources(launch: Launch, small_series: list[Path]) -> None:
     # A reserve larger than any disk: every instance finds the disk "full".
-    receiver = start(
-        tmp_path, sqlite_url, caduceus_factory, CADUCEUS_RECEIVER_DISK_RESERVE_MB="1000000000"
-    )
-    result = run(
-        [
-            require("storescu"),
-            "-v",
-            "-aec",
-            "CADUCEUS",
-            "127.0.0.1",
-            str(receiver.port),
-            str(small_series[0]),
-        ]
-    )
+    receiver = launch(CADUCEUS_RECEIVER_DISK_RESERVE_MB="1000000000")
+    result = storescu(receiver, small_series[0], verbose=True)
     assert "Refused: OutOfResources" in result.stderr
     assert stored_instances(receiver.engine()) == []
     assert [p for p in (receiver.home / "tmp").iterdir() if p.stat().st_size] == []
@@ -105,25 +77,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_disk_filling_up_mid_series_fails_cleanly(
-    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus], tiny_disk: Path
+    launch: Launch, tmp_path: Path, tiny_disk: Path
 ) -> None:
     series = write_series(
         tmp_path / "big", SeriesSpec(count=8, rows=512, columns=512)
     )  # ~0.5 MB each
-    receiver = Caduceus(tiny_disk / "home", sqlite_url, free_port())
-    caduceus_factory.append(receiver)
-    receiver.start()
-    result = run(
-        [
-            require("storescu"),
-            "-v",
-            "-aec",
-            "CADUCEUS",
-            "127.0.0.1",
-            str(receiver.port),
-            *map(str, series),
-        ]
-    )
+    receiver = launch(home=tiny_disk / "home")
+    result = storescu(receiver, *series, verbose=True)
     assert "Refused: OutOfResources" in result.stderr
     rows = stored_instances(receiver.engine())
     assert 0 < len(rows) < len(series)

@@ -13,6 +13,7 @@ from pynetdicom import AE
 from sqlalchemy import select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
+from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances
 from tests.support.processes import Caduceus, require, run
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
@@ -249,18 +250,12 @@ def test_sop_class_differing_from_context_is_refused(
 
 
 def test_the_same_instance_from_two_senders_at_once(
-    tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus], small_series: list[Path]
+    launch: Launch, small_series: list[Path]
 ) -> None:
     """A sender retrying while its first attempt is still being stored must not lose the image."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.support.processes import free_port
-
-    receiver = Caduceus(
-        tmp_path / "home", database_url, free_port(), extra_env={"CADUCEUS_RECEIVER_WORKERS": "2"}
-    )
-    caduceus_factory.append(receiver)
-    receiver.start()
+    receiver = launch(CADUCEUS_RECEIVER_WORKERS="2")
     ds = dcmread(small_series[8])
 
     def send_repeatedly(_: int) -> list[int]:

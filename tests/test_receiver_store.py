@@ -18,6 +18,7 @@ from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import func, select
 
 from caduceus.core.db.models import ASSOCIATIONS, INSTANCES, SERIES, STUDIES
+from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances, transfer_syntax
 from tests.support.processes import Caduceus, require, run
 
@@ -231,17 +232,10 @@ def test_private_sop_class_is_stored(
     assert row["sop_class_uid"] == private
 
 
-def test_four_senders_at_once_with_two_workers(
-    tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus], small_series: list[Path]
-) -> None:
+def test_four_senders_at_once_with_two_workers(tmp_path: Path, launch: Launch) -> None:
     from caduceus.core.dicom.synthetic import SeriesSpec, write_series
-    from tests.support.processes import free_port
 
-    receiver = Caduceus(
-        tmp_path / "home", database_url, free_port(), extra_env={"CADUCEUS_RECEIVER_WORKERS": "2"}
-    )
-    caduceus_factory.append(receiver)
-    receiver.start()
+    receiver = launch(CADUCEUS_RECEIVER_WORKERS="2")
     folders = []
     for index in range(4):
         folder = tmp_path / f"s{index}"

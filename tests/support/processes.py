@@ -143,3 +143,13 @@ def postgres_admin_engine(url: str) -> Engine:
     return create_engine(
         url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
     )
+
+
+def storescu(
+    receiver: Caduceus, *paths: Path | str, verbose: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu sending files or folders (+sd) to the receiver on one association."""
+    args = [require("storescu"), "-aec", receiver.ae_title, "+sd", "+r"]
+    if verbose:
+        args.append("-v")
+    return run([*args, "127.0.0.1", str(receiver.port), *map(str, paths)], timeout=300)
