@@ -30,8 +30,25 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _add_subcommands() -> None:
+    from caduceus.cli import config, tasks
+
+    app.add_typer(config.app, name="config")
+    app.command("tasks")(tasks.tasks_command)
+    rules = typer.Typer(help="Routing rules.", no_args_is_help=True)
+    rules.command("test")(tasks.rules_test_command)
+    app.add_typer(rules, name="rules")
+
+
+_add_subcommands()
+
+
 @app.command()
-def run() -> None:
+def run(
+    config: Annotated[
+        Path | None, typer.Option(help="Import this configuration file before starting.")
+    ] = None,
+) -> None:
     """Start every service (receiver, ...) and keep them running until Ctrl-C."""
     from caduceus.core.database import open_database
     from caduceus.core.logs import setup_logging
@@ -43,6 +60,10 @@ def run() -> None:
     settings = _settings()
     DataRoot(settings.home).create()
     open_database(settings, migrate=True).dispose()
+    if config is not None:
+        from caduceus.cli.config import import_file
+
+        import_file(config, "caduceus run --config")
     raise typer.Exit(Supervisor(SERVICES).run())
 
 
@@ -54,6 +75,19 @@ def receiver() -> None:
     from caduceus.receiver.server import serve
 
     setup_logging("receiver")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
+def router() -> None:
+    """Run the router alone: completes series, studies and patients and makes their tasks."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.router.service import serve
+
+    setup_logging("router")
     settings = _settings()
     open_database(settings, migrate=True).dispose()
     serve(settings)

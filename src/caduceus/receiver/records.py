@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, literal, select, update
 
 from caduceus.core.db.models import ASSOCIATIONS, INSTANCES, SERIES, STUDIES
 from caduceus.core.db.upsert import insert_or_ignore, insert_or_update
@@ -114,10 +114,15 @@ def _statements(dialect: str) -> dict[str, Any]:
     """The hot path's statements, built once: building them costs more than running them."""
     study_values: dict[str, Any] = {c: bindparam(c) for c in _STUDY_COLUMNS}
     series_values: dict[str, Any] = {c: bindparam(c) for c in _SERIES_COLUMNS}
-    at: dict[str, Any] = {"first_received_at": bindparam("at"), "last_received_at": bindparam("at")}
+    # Every arrival (re)opens its series and study: the router completes them after a quiet time.
+    at: dict[str, Any] = {
+        "first_received_at": bindparam("at"),
+        "last_received_at": bindparam("at"),
+        "state": literal("receiving"),
+    }
     return {
         "study": insert_or_update(
-            dialect, STUDIES, {**study_values, **at}, "study_uid", ["last_received_at"]
+            dialect, STUDIES, {**study_values, **at}, "study_uid", ["last_received_at", "state"]
         ),
         "series": insert_or_update(
             dialect,
@@ -129,7 +134,7 @@ def _statements(dialect: str) -> dict[str, Any]:
                 "folder": bindparam("folder"),
             },
             "series_uid",
-            ["last_received_at"],
+            ["last_received_at", "state"],
         ),
         "find": select(
             INSTANCES.c.id,

@@ -76,8 +76,12 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(Text, default="")
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), default="receiving", server_default="receiving")
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
+        Index(None, "state", "last_received_at"),
         Index(None, "patient_id"),
         Index(None, "accession_number"),
         Index(None, "last_received_at"),
@@ -98,8 +102,89 @@ class Series(Base):
     folder: Mapped[str] = mapped_column(String(80))
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # "receiving" while instances arrive (the receiver sets it with every instance), then
+    # "complete" once the router has handled it; `generation` counts the times it was completed,
+    # so instances that arrive after completion form a new, visible group.
+    state: Mapped[str] = mapped_column(String(16), default="receiving", server_default="receiving")
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    __table_args__ = (Index(None, "study_id"), Index(None, "last_received_at"))
+    __table_args__ = (
+        Index(None, "study_id"),
+        Index(None, "last_received_at"),
+        Index(None, "state", "last_received_at"),
+    )
+
+
+class Task(Base):
+    """A unit of work the router made: route, process, both, discard or notify.
+
+    The queue columns (state, priority, not_before, lease) let any number of workers share the
+    work: a worker claims a task in one statement and renews its lease while it works.
+    """
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # Makes task creation idempotent: a router that died half-way and redoes a group finds the
+    # tasks it already made instead of making them twice.
+    group_key: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    rule: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(8))  # series, study, patient
+    # queued, processing, dispatching, done, error, discarded
+    state: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)  # 0 urgent, 1 normal, 2 offpeak
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    study_uid: Mapped[str] = mapped_column(Text, default="")
+    series_uid: Mapped[str] = mapped_column(Text, default="")
+    patient_id: Mapped[str] = mapped_column(Text, default="")
+    folder: Mapped[str] = mapped_column(Text)  # relative to the data root
+    targets: Mapped[list[str]] = mapped_column(JSON)
+    modules: Mapped[list[str]] = mapped_column(JSON)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)  # the task.json document
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(None, "state", "priority", "not_before"),
+        Index(None, "study_uid"),
+        Index(None, "series_uid"),
+        Index(None, "created_at"),
+    )
+
+
+class PatientGroup(Base):
+    """Completion state of patient-level grouping (over all of a patient's studies)."""
+
+    __tablename__ = "patient_groups"
+
+    patient_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="receiving")
+    last_activity: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "state", "last_activity"),)
+
+
+class TaskInstance(Base):
+    """Which instances a task holds (its files are hard links in the task's folder)."""
+
+    __tablename__ = "task_instances"
+
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index(None, "instance_id"),)
 
 
 class Instance(Base):
@@ -148,9 +233,25 @@ class Event(Base):
     )
 
 
+class ConfigVersion(Base):
+    """One version of the whole configuration (rules, targets, modules, settings)."""
+
+    __tablename__ = "config_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    author: Mapped[str] = mapped_column(Text)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 # Core tables, for the statements on hot paths that do not need the ORM.
 ASSOCIATIONS = cast(Table, Association.__table__)
 STUDIES = cast(Table, Study.__table__)
 SERIES = cast(Table, Series.__table__)
 INSTANCES = cast(Table, Instance.__table__)
 EVENTS = cast(Table, Event.__table__)
+CONFIG_VERSIONS = cast(Table, ConfigVersion.__table__)
+TASKS = cast(Table, Task.__table__)
+TASK_INSTANCES = cast(Table, TaskInstance.__table__)
+PATIENT_GROUPS = cast(Table, PatientGroup.__table__)

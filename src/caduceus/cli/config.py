@@ -1,0 +1,123 @@
+"""`caduceus config ...`: import, export, validate, history and restore of the configuration."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from sqlalchemy import Engine
+
+from caduceus.core.config import files, store
+
+app = typer.Typer(
+    help="The configuration: rules, targets, modules, settings.", no_args_is_help=True
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _engine() -> Engine:
+    from caduceus.cli.main import _settings
+    from caduceus.core.database import open_database
+
+    return open_database(_settings(), migrate=True)
+
+
+def _load(path: Path) -> files.Loaded:
+    try:
+        loaded = files.load(path)
+    except (files.ConfigFileError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
+    for line in loaded.not_mapped:
+        err.print(f"[yellow]not imported:[/yellow] {line}", highlight=False)
+    return loaded
+
+
+def import_file(path: Path, author: str) -> int:
+    """Import a file as the newest configuration version; used by `caduceus run --config`."""
+    loaded = _load(path)
+    engine = _engine()
+    version, changed = store.save(
+        engine, loaded.config, author, f"imported {path.name} ({loaded.source_format} format)"
+    )
+    engine.dispose()
+    console.print(
+        f"configuration version {version}" + ("" if changed else " (unchanged)"), highlight=False
+    )
+    return version
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="caduceus YAML/JSON file, or mercure.json.")],
+    author: Annotated[str, typer.Option(help="Recorded with the version.")] = "",
+) -> None:
+    """Import a configuration file as a new version."""
+    import_file(path, author or getpass.getuser())
+
+
+@app.command()
+def validate(path: Annotated[Path, typer.Argument(help="File to check.")]) -> None:
+    """Check a configuration file without importing it."""
+    loaded = _load(path)
+    config = loaded.config
+    console.print(
+        f"valid ({loaded.source_format} format): {len(config.rules)} rules, "
+        f"{len(config.targets)} targets, {len(config.modules)} modules",
+        highlight=False,
+    )
+
+
+@app.command()
+def export(
+    fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
+    version: Annotated[int | None, typer.Option(help="Version to export; default newest.")] = None,
+) -> None:
+    """Print the configuration (the newest version, or --version N)."""
+    engine = _engine()
+    try:
+        config = store.get(engine, version) if version else store.current_or_default(engine)
+    except LookupError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    print(files.dump(config, fmt), end="")
+
+
+@app.command()
+def history(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the configuration versions, newest first."""
+    engine = _engine()
+    rows = store.history(engine)
+    engine.dispose()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        console.print(
+            f"{row['version']:>5}  {row['created_at'][:19]}  {row['author']:<16} {row['comment']}",
+            highlight=False,
+        )
+
+
+@app.command()
+def restore(
+    version: Annotated[int, typer.Argument(help="Version to bring back.")],
+    author: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Make an old version the newest again (as a new version)."""
+    engine = _engine()
+    try:
+        new = store.restore(engine, version, author or getpass.getuser())
+    except LookupError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    console.print(f"version {version} restored as version {new}")

@@ -1,0 +1,127 @@
+"""`caduceus tasks` and `caduceus rules test`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine, select
+
+from caduceus.core.db.models import EVENTS, TASKS
+
+console = Console()
+
+
+def list_tasks(engine: Engine, limit: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        tasks = [
+            dict(r._mapping)
+            for r in conn.execute(select(TASKS).order_by(TASKS.c.created_at.desc()).limit(limit))
+        ]
+        ids = [t["id"] for t in tasks]
+        events: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        if ids:
+            for e in conn.execute(
+                select(EVENTS.c.task_id, EVENTS.c.at, EVENTS.c.kind, EVENTS.c.message)
+                .where(EVENTS.c.task_id.in_(ids))
+                .order_by(EVENTS.c.id)
+            ):
+                events[e.task_id].append(
+                    {"at": e.at.isoformat(), "kind": e.kind, "message": e.message}
+                )
+    for task in tasks:
+        task["events"] = events[task["id"]]
+        task.pop("info", None)
+        for key, value in list(task.items()):
+            if isinstance(value, datetime):
+                task[key] = value.isoformat()
+    return tasks
+
+
+def tasks_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 100,
+) -> None:
+    """List tasks with their state, rule, targets and events."""
+    from caduceus.cli.main import _settings
+    from caduceus.core.database import open_database
+
+    engine = open_database(_settings(), migrate=True)
+    tasks = list_tasks(engine, limit)
+    engine.dispose()
+    if as_json:
+        print(json.dumps(tasks, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(tasks)} tasks, newest first")
+    for column in ("task", "state", "rule", "action", "level", "targets", "modules", "events"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        table.add_row(
+            task["id"][:8],
+            task["state"],
+            task["rule"],
+            task["action"],
+            task["level"],
+            ", ".join(task["targets"]),
+            ", ".join(task["modules"]),
+            "\n".join(f"{e['kind']}: {e['message']}" for e in task["events"]),
+        )
+    console.print(table)
+
+
+def rules_test_command(
+    expression: Annotated[str, typer.Argument(help="A rule, e.g. \"@Modality@ == 'CT'\".")],
+    source: Annotated[str, typer.Argument(help="A DICOM file, or a SeriesInstanceUID received.")],
+) -> None:
+    """Evaluate a rule on a file's or a received series' tags; show the values it used."""
+    from caduceus.core.rules import RuleError, parse_rule
+    from caduceus.router.tags import UnreadableSeries, read_tags
+
+    try:
+        rule = parse_rule(expression)
+    except RuleError as exc:
+        console.print(f"[red]invalid rule:[/red] {exc}", highlight=False)
+        console.print("  " + expression, highlight=False, markup=False)
+        if exc.position is not None:
+            console.print("  " + " " * exc.position + "^", highlight=False, markup=False)
+        raise typer.Exit(2) from exc
+    path = Path(source)
+    if not path.is_file():
+        path = _series_file(source)
+    try:
+        tags = read_tags(path)
+    except UnreadableSeries as exc:
+        console.print(f"[red]cannot read tags:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    result, used = rule.explain(tags)
+    for keyword, value in sorted(used.items()):
+        console.print(f"  {keyword} = {value!r}", highlight=False, markup=False)
+    console.print(f"result: {result}", highlight=False)
+    raise typer.Exit(0 if result else 3)
+
+
+def _series_file(series_uid: str) -> Path:
+    from caduceus.cli.main import _settings
+    from caduceus.core.database import open_database
+    from caduceus.core.db.models import INSTANCES, SERIES
+
+    settings = _settings()
+    engine = open_database(settings, migrate=True)
+    with engine.connect() as conn:
+        relative = conn.execute(
+            select(INSTANCES.c.path)
+            .join(SERIES, SERIES.c.id == INSTANCES.c.series_id)
+            .where(SERIES.c.series_uid == series_uid)
+            .order_by(INSTANCES.c.id.desc())
+            .limit(1)
+        ).scalar()
+    engine.dispose()
+    if relative is None:
+        console.print(f"[red]no file and no received series named {series_uid!r}[/red]")
+        raise typer.Exit(1)
+    return Path(settings.home) / str(relative)

@@ -1,0 +1,1 @@
+"""The orchestrator's configuration: rules, targets, modules, settings; validated, versioned."""

@@ -1,0 +1,176 @@
+"""Reading mercure's configuration file (mercure.json) into our model.
+
+Everything that has a meaning here is carried over; everything else is reported by name, with
+the reason, so that nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
+_SETTINGS = {
+    "series_complete_trigger",
+    "study_complete_trigger",
+    "study_forcecomplete_trigger",
+    "offpeak_start",
+    "offpeak_end",
+    "retry_delay",
+    "retry_max",
+    "retention",
+}
+_BOOTSTRAP = {"port": "CADUCEUS_DICOM_PORT"}
+# Keys that describe mercure's own machinery (folders, scan intervals, metrics endpoints, UI):
+# caduceus has no counterpart, or a different one, so they are reported as not mapped.
+_RULE_FIELDS = {
+    "rule": "rule",
+    "action": "action",
+    "action_trigger": "trigger",
+    "study_trigger_condition": "study_trigger_condition",
+    "study_trigger_series": "required_series",
+    "priority": "priority",
+    "processing_retain_images": "retain_input_images",
+    "disabled": "disabled",
+    "fallback": "fallback",
+    "comment": "comment",
+}
+_NOTIFICATION_FIELDS = {
+    "notification_webhook": "webhook_url",
+    "notification_payload": "webhook_payload",
+    "notification_email_body": "email_body",
+    "notification_trigger_reception": "on_reception",
+    "notification_trigger_completion": "on_completion",
+    "notification_trigger_completion_on_request": "on_completion_on_request",
+    "notification_trigger_error": "on_error",
+}
+_IGNORED_EMPTY = {"contact", "tags", "notification_payload_body", "notification_email_type"}
+
+
+def looks_like_mercure(data: dict[str, Any]) -> bool:
+    if _MERCURE_MARKERS & data.keys():
+        return True
+    rules = data.get("rules")
+    return isinstance(rules, dict) and any(
+        isinstance(r, dict) and ("action_trigger" in r or "target" in r) for r in rules.values()
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value in (None, "", [], {}):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _target(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any] | None:
+    kind = raw.get("target_type", "dicom")
+    where = f"targets -> {name}"
+    if kind == "dicom":
+        target = {
+            "type": "dicom",
+            "host": raw.get("ip", ""),
+            "port": int(raw.get("port", 0) or 0),
+            "called_aet": raw.get("aet_target", ""),
+            "calling_aet": raw.get("aet_source") or "CADUCEUS",
+            "comment": raw.get("comment", ""),
+        }
+        known = {"target_type", "ip", "port", "aet_target", "aet_source", "comment"}
+    elif kind == "folder":
+        target = {
+            "type": "folder",
+            "path": raw.get("folder", ""),
+            "file_filter": raw.get("file_filter") or "",
+            "comment": raw.get("comment", ""),
+        }
+        known = {"target_type", "folder", "file_filter", "comment"}
+    else:
+        report.append(f"{where}: target type {kind!r} is not supported yet; target not imported")
+        return None
+    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
+        if raw[key] not in (None, "", [], {}, False):
+            report.append(f"{where} -> {key}: no equivalent, not imported")
+    return target
+
+
+def _module(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
+    module = {
+        "image": raw.get("docker_tag", ""),
+        "settings": raw.get("settings") or {},
+        "environment": {k: str(v) for k, v in (raw.get("environment") or {}).items()},
+        "requires_root": bool(raw.get("requires_root", False)),
+        "persistence": bool(raw.get("requires_persistence", False)),
+        "comment": raw.get("comment", ""),
+    }
+    known = {
+        "docker_tag",
+        "settings",
+        "environment",
+        "requires_root",
+        "requires_persistence",
+        "comment",
+    }
+    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
+        if raw[key] not in (None, "", [], {}, False):
+            report.append(f"modules -> {name} -> {key}: no equivalent, not imported")
+    return module
+
+
+def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
+    rule: dict[str, Any] = {
+        ours: raw[theirs] for theirs, ours in _RULE_FIELDS.items() if theirs in raw
+    }
+    rule["targets"] = _as_list(raw.get("target"))
+    rule["modules"] = _as_list(raw.get("processing_module"))
+    settings = raw.get("processing_settings")
+    if isinstance(settings, dict):
+        settings = [settings] if settings else []
+    rule["module_settings"] = settings or []
+    notification = {
+        ours: raw[theirs] for theirs, ours in _NOTIFICATION_FIELDS.items() if theirs in raw
+    }
+    if raw.get("notification_email"):
+        notification["email"] = [
+            a.strip() for a in str(raw["notification_email"]).split(",") if a.strip()
+        ]
+    rule["notification"] = notification
+    known = (
+        set(_RULE_FIELDS)
+        | set(_NOTIFICATION_FIELDS)
+        | {"target", "processing_module", "processing_settings", "notification_email"}
+    )
+    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
+        if raw[key] not in (None, "", [], {}, False):
+            report.append(f"rules -> {name} -> {key}: no equivalent, not imported")
+    return rule
+
+
+def from_mercure(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Our configuration document for a mercure.json, and what could not be carried over."""
+    report: list[str] = []
+    settings = {key: data[key] for key in _SETTINGS if key in data}
+    targets = {}
+    for name, raw in (data.get("targets") or {}).items():
+        target = _target(name, raw, report)
+        if target is not None:
+            targets[name] = target
+    modules = {
+        name: _module(name, raw, report) for name, raw in (data.get("modules") or {}).items()
+    }
+    rules = {}
+    for name, raw in (data.get("rules") or {}).items():
+        rule = _rule(name, raw, report)
+        missing = [t for t in rule["targets"] if t not in targets]
+        if missing:
+            report.append(
+                f"rules -> {name}: refers to target(s) not imported ({', '.join(missing)}); "
+                "rule not imported"
+            )
+            continue
+        rules[name] = rule
+    for key, variable in _BOOTSTRAP.items():
+        if key in data:
+            report.append(f"{key}: a bootstrap setting here; set {variable} instead")
+    handled = _SETTINGS | set(_BOOTSTRAP) | {"targets", "modules", "rules"}
+    for key in sorted(data.keys() - handled):
+        if data[key] not in (None, "", [], {}):
+            report.append(f"{key}: no equivalent, not imported")
+    return {"settings": settings, "targets": targets, "modules": modules, "rules": rules}, report

@@ -1,0 +1,252 @@
+"""Validated configuration models.
+
+Names and meanings follow mercure's configuration where a field exists there, so that an
+existing mercure.json maps onto them (see mercure_import.py). Every model forbids unknown fields:
+a misspelt option is an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from caduceus.core.rules import RuleError, parse_rule
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME)]
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DicomTarget(Strict):
+    type: Literal["dicom"] = "dicom"
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    called_aet: AETitle
+    calling_aet: AETitle = "CADUCEUS"
+    # Like mercure: send back to whoever sent the series, or pass the sender's AE title on.
+    send_to_sender: bool = False
+    pass_sender_aet: bool = False
+    comment: str = ""
+
+
+class FolderTarget(Strict):
+    type: Literal["folder"] = "folder"
+    path: str = Field(min_length=1)
+    file_filter: str = ""
+    comment: str = ""
+
+
+Target = Annotated[DicomTarget | FolderTarget, Field(discriminator="type")]
+
+
+class Module(Strict):
+    """A processing module: a container image or, without a container engine, a command."""
+
+    image: str = ""
+    command: list[str] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+    network: bool = False
+    requires_root: bool = False
+    persistence: bool = False
+    memory_mb: int = Field(default=4096, ge=16)
+    cpus: float = Field(default=1.0, gt=0)
+    timeout_seconds: int = Field(default=3600, ge=1)
+    gpu: bool = False
+    comment: str = ""
+
+    @model_validator(mode="after")
+    def _image_or_command(self) -> Module:
+        if bool(self.image) == bool(self.command):
+            raise ValueError("a module has either an image or a command, not both or neither")
+        return self
+
+
+class Notification(Strict):
+    webhook_url: str = ""
+    webhook_payload: str = ""
+    email: list[str] = Field(default_factory=list)
+    email_body: str = ""
+    on_reception: bool = False
+    on_completion: bool = False
+    on_completion_on_request: bool = False
+    on_error: bool = False
+
+
+Action = Literal["route", "process", "both", "discard", "notification"]
+
+
+class Rule(Strict):
+    rule: str = Field(min_length=1, description="Expression over the series' DICOM tags.")
+    action: Action = "route"
+    trigger: Literal["series", "study", "patient"] = "series"
+    targets: list[Name] = Field(default_factory=list)
+    modules: list[Name] = Field(default_factory=list)
+    # Per module, in the order of `modules`: merged over the module's own settings.
+    module_settings: list[dict[str, Any]] = Field(default_factory=list)
+    retain_input_images: bool = False
+    priority: Literal["normal", "urgent", "offpeak"] = "normal"
+    disabled: bool = False
+    fallback: bool = False
+    series_complete_trigger: int | None = Field(default=None, ge=1)
+    # Study completion: after a quiet period ("timeout"), or once the series named by
+    # `required_series` have arrived ("received_series").
+    study_trigger_condition: Literal["timeout", "received_series"] = "timeout"
+    required_series: str = ""
+    notification: Notification = Field(default_factory=Notification)
+    comment: str = ""
+
+    @field_validator("rule")
+    @classmethod
+    def _expression_parses(cls, value: str) -> str:
+        try:
+            parse_rule(value)
+        except RuleError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("required_series")
+    @classmethod
+    def _series_condition_parses(cls, value: str) -> str:
+        if value:
+            parse_series_condition(value)
+        return value
+
+    @model_validator(mode="after")
+    def _action_needs(self) -> Rule:
+        if self.action in ("route", "both") and not self.targets:
+            raise ValueError(f"action {self.action!r} needs at least one target")
+        if self.action in ("process", "both") and not self.modules:
+            raise ValueError(f"action {self.action!r} needs at least one module")
+        if self.study_trigger_condition == "received_series" and not self.required_series:
+            raise ValueError("study_trigger_condition 'received_series' needs required_series")
+        if len(self.module_settings) > len(self.modules):
+            raise ValueError("more module_settings than modules")
+        return self
+
+
+class Settings(Strict):
+    """Orchestrator settings that live in the versioned configuration."""
+
+    series_complete_trigger: int = Field(default=60, ge=1, description="seconds of quiet")
+    study_complete_trigger: int = Field(default=900, ge=1)
+    study_forcecomplete_trigger: int = Field(default=5400, ge=1)
+    study_forcecomplete_action: Literal["proceed", "discard", "ignore"] = "proceed"
+    patient_complete_trigger: int = Field(default=3600, ge=1)
+    offpeak_start: time = time(22, 0)
+    offpeak_end: time = time(6, 0)
+    retry_delay: int = Field(default=900, ge=1, description="first retry after this many seconds")
+    retry_max: int = Field(default=5, ge=0)
+    retention: int = Field(default=3 * 86400, ge=0, description="keep finished work (seconds)")
+    discard_retention: int = Field(default=3 * 86400, ge=0)
+    error_retention: int = Field(default=14 * 86400, ge=0)
+
+
+class Config(Strict):
+    settings: Settings = Field(default_factory=Settings)
+    rules: dict[Name, Rule] = Field(default_factory=dict)
+    targets: dict[Name, Target] = Field(default_factory=dict)
+    modules: dict[Name, Module] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Config:
+        problems = []
+        for name, rule in self.rules.items():
+            problems += [
+                f"rule {name!r}: unknown target {t!r}"
+                for t in rule.targets
+                if t not in self.targets
+            ]
+            problems += [
+                f"rule {name!r}: unknown module {m!r}"
+                for m in rule.modules
+                if m not in self.modules
+            ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+_SERIES_TOKEN = re.compile(r"\s*(?:(\()|(\))|(and\b)|(or\b)|(not\b)|'([^']*)'|\"([^\"]*)\")")
+
+
+def parse_series_condition(text: str) -> Any:
+    """Parse a required-series expression such as `'T1' and ('T2' or 'FLAIR')`.
+
+    Returns a small tree: ("and"|"or", left, right), ("not", x) or a string to look for in the
+    series descriptions. Raises ValueError with the position of the first error.
+    """
+    tokens: list[tuple[str, str, int]] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        match = _SERIES_TOKEN.match(text, pos)
+        if not match:
+            raise ValueError(f"unexpected text at position {pos + 1}: {text[pos : pos + 10]!r}")
+        kind = next(i for i, group in enumerate(match.groups()) if group is not None)
+        value = match.group(kind + 1)
+        tokens.append(
+            (("(", ")", "and", "or", "not", "str", "str")[kind], value, match.start(kind + 1))
+        )
+        pos = match.end()
+
+    def expect_end(index: int) -> None:
+        if index != len(tokens):
+            raise ValueError(f"unexpected {tokens[index][1]!r} at position {tokens[index][2] + 1}")
+
+    def parse_or(i: int) -> tuple[Any, int]:
+        left, i = parse_and(i)
+        while i < len(tokens) and tokens[i][0] == "or":
+            right, i = parse_and(i + 1)
+            left = ("or", left, right)
+        return left, i
+
+    def parse_and(i: int) -> tuple[Any, int]:
+        left, i = parse_not(i)
+        while i < len(tokens) and tokens[i][0] == "and":
+            right, i = parse_not(i + 1)
+            left = ("and", left, right)
+        return left, i
+
+    def parse_not(i: int) -> tuple[Any, int]:
+        if i < len(tokens) and tokens[i][0] == "not":
+            inner, i = parse_not(i + 1)
+            return ("not", inner), i
+        return parse_atom(i)
+
+    def parse_atom(i: int) -> tuple[Any, int]:
+        if i >= len(tokens):
+            raise ValueError(f"expression ends too early at position {len(text) + 1}")
+        kind, value, at = tokens[i]
+        if kind == "str":
+            return value, i + 1
+        if kind == "(":
+            inner, i = parse_or(i + 1)
+            if i >= len(tokens) or tokens[i][0] != ")":
+                raise ValueError(f"missing ')' for '(' at position {at + 1}")
+            return inner, i + 1
+        raise ValueError(f"unexpected {value!r} at position {at + 1}")
+
+    tree, index = parse_or(0)
+    expect_end(index)
+    return tree
+
+
+def series_condition_met(tree: Any, descriptions: list[str]) -> bool:
+    """Whether the series descriptions satisfy a parsed required-series expression."""
+    if isinstance(tree, str):
+        needle = tree.lower()
+        return any(needle in d.lower() for d in descriptions)
+    if tree[0] == "not":
+        return not series_condition_met(tree[1], descriptions)
+    left = series_condition_met(tree[1], descriptions)
+    right = series_condition_met(tree[2], descriptions)
+    return (left and right) if tree[0] == "and" else (left or right)

@@ -1,0 +1,6 @@
+"""Routing rules in mercure's syntax, such as ``@Modality@ == 'CT'``, checked and evaluated."""
+
+from caduceus.core.rules.evaluator import Rule, parse_rule
+from caduceus.core.rules.parser import RuleError
+
+__all__ = ["Rule", "RuleError", "parse_rule"]

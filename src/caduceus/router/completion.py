@@ -1,0 +1,490 @@
+"""One router pass: find the series, studies and patients that are complete, make their tasks.
+
+The pass asks the database, not the file system: open groups are found through an index on
+(state, last arrival), so its cost grows with the number of groups still receiving, not with
+the number of files or of past series. Each group is handled in its own transaction, guarded
+by the last arrival time it saw: if an instance arrived meanwhile, nothing is committed and the
+group is looked at again later.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select, update
+
+from caduceus.core.config.models import Config, parse_series_condition, series_condition_met
+from caduceus.core.db.models import (
+    ASSOCIATIONS,
+    INSTANCES,
+    PATIENT_GROUPS,
+    SERIES,
+    STUDIES,
+)
+from caduceus.core.db.upsert import insert_or_update
+from caduceus.core.events import record_event
+from caduceus.core.storage import DataRoot
+from caduceus.router.rules import compiled, match
+from caduceus.router.tags import UnreadableSeries, read_tags
+from caduceus.router.taskmaker import Group, make_task
+
+log = logging.getLogger("caduceus.router")
+
+BATCH = 200
+
+
+@dataclass
+class PassResult:
+    tasks: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)  # "series:UID", "study:UID", ...
+    next_due: datetime | None = None
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Router:
+    def __init__(self, engine: Engine, root: DataRoot):
+        self.engine = engine
+        self.root = root
+
+    def run_pass(self, config: Config, now: datetime | None = None) -> PassResult:
+        now = now or datetime.now(UTC)
+        result = PassResult()
+        self._series(config, now, result)
+        self._studies(config, now, result)
+        self._patients(config, now, result)
+        return result
+
+    # -- series ---------------------------------------------------------------------------
+
+    def _series_trigger(self, config: Config) -> int:
+        overrides = [
+            r.series_complete_trigger
+            for r in config.rules.values()
+            if r.series_complete_trigger and not r.disabled
+        ]
+        return min([config.settings.series_complete_trigger, *overrides])
+
+    def _series(self, config: Config, now: datetime, result: PassResult) -> None:
+        shortest = self._series_trigger(config)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(SERIES.c.id, SERIES.c.last_received_at)
+                .where(SERIES.c.state == "receiving")
+                .order_by(SERIES.c.last_received_at)
+                .limit(BATCH)
+            ).all()
+        for row in rows:
+            due = _utc(row.last_received_at) + timedelta(seconds=shortest)
+            if due > now:
+                result.next_due = min(filter(None, (result.next_due, due)))
+                break
+            self._complete_series(config, row.id, now, result)
+
+    def _group_instances(
+        self, conn: Connection, column: Any, value: Any, since: datetime | None
+    ) -> list[tuple[int, str]]:
+        query = select(INSTANCES.c.id, INSTANCES.c.path).where(column == value)
+        if since is not None:
+            query = query.where(INSTANCES.c.received_at > since)
+        return [(r.id, r.path) for r in conn.execute(query.order_by(INSTANCES.c.id))]
+
+    def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
+        study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
+        sender = conn.execute(
+            select(ASSOCIATIONS.c.calling_aet, ASSOCIATIONS.c.peer_host)
+            .join(INSTANCES, INSTANCES.c.association_id == ASSOCIATIONS.c.id)
+            .where(INSTANCES.c.id == instance_id)
+        ).first()
+        return {
+            "patient_name": study.patient_name,
+            "accession_number": study.accession_number,
+            "sender_aet": sender.calling_aet if sender else "",
+            "sender_address": sender.peer_host if sender else "",
+        }
+
+    def _complete_series(
+        self, config: Config, series_id: int, now: datetime, result: PassResult
+    ) -> None:
+        with self.engine.begin() as conn:
+            series = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).one()
+            if series.state != "receiving":
+                return
+            since = _utc(series.completed_at) if series.completed_at else None
+            instances = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
+            generation = series.generation + 1
+            study = conn.execute(select(STUDIES).where(STUDIES.c.id == series.study_id)).one()
+            group = Group(
+                level="series",
+                uid=series.series_uid,
+                generation=generation,
+                instances=instances,
+                study_uid=study.study_uid,
+                series_uid=series.series_uid,
+                patient_id=study.patient_id,
+            )
+            state = "complete"
+            if not instances:
+                record_event(conn, "series.complete", "no new instances", series_id=series_id)
+            else:
+                group.info = self._info(conn, study.id, instances[-1][0])
+                try:
+                    tags = read_tags(self.root.absolute(instances[-1][1]))
+                except (UnreadableSeries, OSError, ValueError) as exc:
+                    state = "error"
+                    record_event(
+                        conn,
+                        "series.error",
+                        f"tags cannot be read: {exc}",
+                        severity="error",
+                        series_id=series_id,
+                        details={"generation": generation},
+                    )
+                    tags = None
+                if tags is not None:
+                    if series.generation > 0:
+                        record_event(
+                            conn,
+                            "series.reopened",
+                            f"{len(instances)} instance(s) arrived after the series was routed; "
+                            f"handled as group {generation}",
+                            severity="warning",
+                            series_id=series_id,
+                        )
+                    result.tasks += self._route_series(conn, config, group, tags, series_id, now)
+            # Guarded by the arrival time we saw: a newer instance means "not yet".
+            changed = conn.execute(
+                update(SERIES)
+                .where(
+                    and_(
+                        SERIES.c.id == series_id,
+                        SERIES.c.last_received_at == series.last_received_at,
+                    )
+                )
+                .values(state=state, completed_at=now, generation=generation)
+            ).rowcount
+            if not changed:
+                conn.rollback()
+                return
+        result.completed.append(f"series:{series.series_uid}")
+
+    def _route_series(
+        self,
+        conn: Connection,
+        config: Config,
+        group: Group,
+        tags: dict[str, Any],
+        series_id: int,
+        now: datetime,
+    ) -> list[str]:
+        matches = match(config, tags)
+        if not matches.any:
+            record_event(
+                conn,
+                "series.discarded",
+                "no rule matched",
+                series_id=series_id,
+                details={"generation": group.generation, "instances": len(group.instances)},
+            )
+            return []
+        later = matches.by_level["study"] + matches.by_level["patient"]
+        triggered = [name for names in matches.by_level.values() for name in names]
+        record_event(
+            conn,
+            "series.complete",
+            f"rules matched: {', '.join(triggered)}" + (" (fallback)" if matches.fallback else ""),
+            series_id=series_id,
+            details={
+                "generation": group.generation,
+                "rules": triggered,
+                "waiting_for_study": later,
+            },
+        )
+        return self._tasks(conn, config, group, matches.by_level["series"], triggered, now)
+
+    def _tasks(
+        self,
+        conn: Connection,
+        config: Config,
+        group: Group,
+        names: list[str],
+        triggered: list[str],
+        now: datetime,
+    ) -> list[str]:
+        """One task per rule; a target that an earlier route-only rule covers is sent to once."""
+        made: list[str] = []
+        covered: dict[str, str] = {}
+        for name in names:
+            rule = config.rules[name]
+            targets = list(rule.targets)
+            if rule.action == "route":
+                targets = [t for t in targets if t not in covered]
+                for t in rule.targets:
+                    covered.setdefault(t, name)
+                if not targets:
+                    record_event(
+                        conn,
+                        "rule.skipped",
+                        f"rule {name!r}: every target is already served by "
+                        f"{', '.join(sorted({covered[t] for t in rule.targets}))}",
+                        series_id=None,
+                        details={"group": group.key(name)},
+                    )
+                    continue
+            made.append(make_task(conn, self.root, config, group, name, targets, triggered, now))
+        return made
+
+    # -- studies --------------------------------------------------------------------------
+
+    def _study_rules(self, config: Config) -> list[str]:
+        return [n for n, r in config.rules.items() if r.trigger == "study" and not r.disabled]
+
+    def _studies(self, config: Config, now: datetime, result: PassResult) -> None:
+        settings = config.settings
+        quiet = timedelta(seconds=settings.study_complete_trigger)
+        force = timedelta(seconds=settings.study_forcecomplete_trigger)
+        waiting_rules = [
+            n
+            for n in self._study_rules(config)
+            if config.rules[n].study_trigger_condition == "received_series"
+        ]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(STUDIES.c.id, STUDIES.c.last_received_at, STUDIES.c.first_received_at)
+                .where(STUDIES.c.state == "receiving")
+                .order_by(STUDIES.c.last_received_at)
+                .limit(BATCH)
+            ).all()
+        for row in rows:
+            last = _utc(row.last_received_at)
+            if last + quiet <= now or (
+                waiting_rules and self._required_series_present(config, row.id)
+            ):
+                self._complete_study(config, row.id, now, result, forced=False)
+            elif _utc(row.first_received_at) + force <= now:
+                self._complete_study(config, row.id, now, result, forced=True)
+            else:
+                due = last + quiet
+                result.next_due = min(filter(None, (result.next_due, due)))
+
+    def _required_series_present(self, config: Config, study_id: int) -> bool:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(SERIES.c.series_description, SERIES.c.state).where(
+                    SERIES.c.study_id == study_id
+                )
+            ).all()
+        if any(r.state == "receiving" for r in rows):
+            return False
+        descriptions = [r.series_description for r in rows]
+        return all(
+            series_condition_met(
+                parse_series_condition(config.rules[n].required_series), descriptions
+            )
+            for n in self._study_rules(config)
+            if config.rules[n].study_trigger_condition == "received_series"
+        )
+
+    def _complete_study(
+        self, config: Config, study_id: int, now: datetime, result: PassResult, forced: bool
+    ) -> None:
+        with self.engine.begin() as conn:
+            study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
+            if study.state != "receiving":
+                return
+            since = _utc(study.completed_at) if study.completed_at else None
+            series_rows = conn.execute(
+                select(SERIES.c.id, SERIES.c.series_description).where(
+                    SERIES.c.study_id == study_id
+                )
+            ).all()
+            instances: list[tuple[int, str]] = []
+            tags_per_series: list[dict[str, Any]] = []
+            for s in series_rows:
+                found = self._group_instances(conn, INSTANCES.c.series_id, s.id, since)
+                instances += found
+                if found:
+                    try:
+                        tags_per_series.append(read_tags(self.root.absolute(found[-1][1])))
+                    except (UnreadableSeries, OSError, ValueError) as exc:
+                        record_event(
+                            conn,
+                            "series.error",
+                            f"tags cannot be read: {exc}",
+                            severity="error",
+                            series_id=s.id,
+                        )
+            generation = study.generation + 1
+            group = Group(
+                level="study",
+                uid=study.study_uid,
+                generation=generation,
+                instances=instances,
+                study_uid=study.study_uid,
+                patient_id=study.patient_id,
+            )
+            descriptions = [s.series_description for s in series_rows]
+            matched = []
+            for name in self._study_rules(config):
+                rule = config.rules[name]
+                if not any(compiled(rule.rule).evaluate(t) for t in tags_per_series):
+                    continue
+                if rule.study_trigger_condition == "received_series" and not series_condition_met(
+                    parse_series_condition(rule.required_series), descriptions
+                ):
+                    action = config.settings.study_forcecomplete_action
+                    if not forced or action != "proceed":
+                        record_event(
+                            conn,
+                            "study.incomplete",
+                            f"rule {name!r}: required series {rule.required_series} not received; "
+                            + ("study discarded" if action == "discard" else "rule not applied"),
+                            severity="warning",
+                            study_id=study_id,
+                        )
+                        continue
+                matched.append(name)
+            if instances:
+                group.info = self._info(conn, study.id, instances[-1][0])
+                group.study = {
+                    "study_uid": study.study_uid,
+                    "complete_trigger": "force" if forced else "timeout",
+                    "complete_required_series": ", ".join(
+                        config.rules[n].required_series
+                        for n in matched
+                        if config.rules[n].required_series
+                    ),
+                    "creation_time": _utc(study.first_received_at).isoformat(),
+                    "last_receive_time": _utc(study.last_received_at).isoformat(),
+                    "received_series": descriptions,
+                    "complete_force": forced,
+                }
+                result.tasks += self._tasks(conn, config, group, matched, matched, now)
+            record_event(
+                conn,
+                "study.complete",
+                ("forced after timeout; " if forced else "")
+                + (f"rules: {', '.join(matched)}" if matched else "no study rule"),
+                study_id=study_id,
+                details={"generation": generation, "instances": len(instances)},
+            )
+            changed = conn.execute(
+                update(STUDIES)
+                .where(
+                    and_(
+                        STUDIES.c.id == study_id,
+                        STUDIES.c.last_received_at == study.last_received_at,
+                    )
+                )
+                .values(state="complete", completed_at=now, generation=generation)
+            ).rowcount
+            if not changed:
+                conn.rollback()
+                return
+            if study.patient_id:
+                conn.execute(
+                    insert_or_update(
+                        conn.dialect.name,
+                        PATIENT_GROUPS,
+                        {
+                            "patient_id": study.patient_id,
+                            "state": "receiving",
+                            "last_activity": now,
+                            "generation": 0,
+                        },
+                        "patient_id",
+                        ["state", "last_activity"],
+                    )
+                )
+        result.completed.append(f"study:{study.study_uid}")
+
+    # -- patients -------------------------------------------------------------------------
+
+    def _patients(self, config: Config, now: datetime, result: PassResult) -> None:
+        rules = [n for n, r in config.rules.items() if r.trigger == "patient" and not r.disabled]
+        quiet = timedelta(seconds=config.settings.patient_complete_trigger)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(PATIENT_GROUPS.c.patient_id, PATIENT_GROUPS.c.last_activity)
+                .where(PATIENT_GROUPS.c.state == "receiving")
+                .order_by(PATIENT_GROUPS.c.last_activity)
+                .limit(BATCH)
+            ).all()
+        for row in rows:
+            due = _utc(row.last_activity) + quiet
+            if due > now:
+                result.next_due = min(filter(None, (result.next_due, due)))
+                break
+            self._complete_patient(config, rules, row.patient_id, now, result)
+
+    def _complete_patient(
+        self, config: Config, rules: list[str], patient_id: str, now: datetime, result: PassResult
+    ) -> None:
+        with self.engine.begin() as conn:
+            group_row = conn.execute(
+                select(PATIENT_GROUPS).where(PATIENT_GROUPS.c.patient_id == patient_id)
+            ).one()
+            if group_row.state != "receiving":
+                return
+            # A study of this patient still receiving keeps the patient open.
+            if conn.execute(
+                select(STUDIES.c.id)
+                .where(and_(STUDIES.c.patient_id == patient_id, STUDIES.c.state == "receiving"))
+                .limit(1)
+            ).first():
+                return
+            since = _utc(group_row.completed_at) if group_row.completed_at else None
+            series_ids = (
+                conn.execute(
+                    select(SERIES.c.id)
+                    .join(STUDIES, STUDIES.c.id == SERIES.c.study_id)
+                    .where(STUDIES.c.patient_id == patient_id)
+                )
+                .scalars()
+                .all()
+            )
+            instances: list[tuple[int, str]] = []
+            tags_per_series = []
+            for series_id in series_ids:
+                found = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
+                instances += found
+                if found:
+                    try:
+                        tags_per_series.append(read_tags(self.root.absolute(found[-1][1])))
+                    except (UnreadableSeries, OSError, ValueError):
+                        continue
+            generation = group_row.generation + 1
+            matched = [
+                n
+                for n in rules
+                if any(compiled(config.rules[n].rule).evaluate(t) for t in tags_per_series)
+            ]
+            if instances and matched:
+                group = Group(
+                    level="patient",
+                    uid=patient_id,
+                    generation=generation,
+                    instances=instances,
+                    patient_id=patient_id,
+                )
+                result.tasks += self._tasks(conn, config, group, matched, matched, now)
+            conn.execute(
+                update(PATIENT_GROUPS)
+                .where(
+                    and_(
+                        PATIENT_GROUPS.c.patient_id == patient_id,
+                        PATIENT_GROUPS.c.last_activity == group_row.last_activity,
+                    )
+                )
+                .values(state="complete", completed_at=now, generation=generation)
+            )
+        result.completed.append(f"patient:{patient_id}")
+
+
+__all__ = ["PassResult", "Router"]

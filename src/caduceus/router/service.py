@@ -1,0 +1,61 @@
+"""The router service: completes groups and makes tasks, woken by arrivals and by timers.
+
+It never scans folders. Each pass asks the database for groups still receiving; between passes
+it sleeps until the earliest group falls due, but never longer than a second, so a new arrival
+is noticed and a trigger that fires becomes a task in well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from types import FrameType
+
+from caduceus.core.config import store
+from caduceus.core.database import open_database
+from caduceus.core.settings import Settings
+from caduceus.core.storage import DataRoot
+from caduceus.router.completion import Router
+
+log = logging.getLogger("caduceus.router")
+
+MAX_SLEEP = 1.0
+MIN_SLEEP = 0.05
+
+
+def serve(settings: Settings) -> None:
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    engine = open_database(settings)
+    root = DataRoot(settings.home)
+    root.create()
+    router = Router(engine, root)
+    log.info("router started")
+    while not stopping.is_set():
+        config = store.current_or_default(engine)
+        try:
+            result = router.run_pass(config)
+        except Exception:
+            log.exception("router pass failed; retrying")
+            stopping.wait(MAX_SLEEP)
+            continue
+        for completed in result.completed:
+            log.info("completed %s", completed)
+        for task_id in result.tasks:
+            log.info("task %s created", task_id)
+        wait = MAX_SLEEP
+        if result.next_due is not None:
+            wait = (result.next_due - datetime.now(UTC)).total_seconds()
+        stopping.wait(min(MAX_SLEEP, max(MIN_SLEEP, wait)))
+    engine.dispose()
+    log.info("router stopped")
+
+
+__all__ = ["serve"]

@@ -1,0 +1,194 @@
+"""Turning a matched rule into a task: its folder of hard links, its task.json, its rows.
+
+Creation is idempotent. The task id is derived from the group key (what was completed, which
+generation, which rule), the folder is filled with links that may already exist, and the rows
+are inserted with ON CONFLICT DO NOTHING: a router that died half-way and redoes the group ends
+with the same single task, never a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from caduceus import __version__
+from caduceus.core.config.models import Config, Rule
+from caduceus.core.db.models import TASK_INSTANCES, TASKS
+from caduceus.core.db.upsert import insert_or_ignore
+from caduceus.core.events import record_event
+from caduceus.core.storage import DataRoot
+from caduceus.router.priorities import OFFPEAK, PRIORITY, next_offpeak_start
+
+TASK_NAMESPACE = uuid.UUID("6f1c1a52-8d0e-4f4b-9b7e-2f0d1c3a9e11")
+
+
+@dataclass
+class Group:
+    """What completed: a series, a study or a patient, with the instances that belong to it."""
+
+    level: str  # series, study, patient
+    uid: str  # SeriesInstanceUID, StudyInstanceUID or PatientID
+    generation: int
+    instances: list[tuple[int, str]]  # (instance id, path relative to the data root)
+    study_uid: str = ""
+    series_uid: str = ""
+    patient_id: str = ""
+    info: dict[str, Any] = field(default_factory=dict)  # patient name, accession, sender, ...
+    study: dict[str, Any] | None = None  # task.json "study" part, for study-level groups
+
+    def key(self, rule_name: str) -> str:
+        return f"{self.level}:{self.uid}:{self.generation}:{rule_name}"
+
+
+def task_id_for(key: str) -> str:
+    return str(uuid.uuid5(TASK_NAMESPACE, key))
+
+
+def _task_json(
+    task_id: str,
+    group: Group,
+    rule_name: str,
+    rule: Rule,
+    targets: list[str],
+    config: Config,
+    triggered: list[str],
+) -> dict[str, Any]:
+    modules = list(rule.modules)
+    settings = [
+        {
+            **config.modules[m].settings,
+            **(rule.module_settings[i] if i < len(rule.module_settings) else {}),
+        }
+        for i, m in enumerate(modules)
+        if m in config.modules
+    ]
+    return {
+        "id": task_id,
+        "info": {
+            "action": rule.action,
+            "uid": group.uid,
+            "uid_type": group.level,
+            "triggered_rules": {name: True for name in triggered},
+            "applied_rule": rule_name,
+            "patient_name": group.info.get("patient_name", ""),
+            "mrn": group.patient_id,
+            "acc": group.info.get("accession_number", ""),
+            "sender_address": group.info.get("sender_address", ""),
+            "sender_aet": group.info.get("sender_aet", ""),
+            "mercure_version": f"caduceus {__version__}",
+            "mercure_appliance": "caduceus",
+            "mercure_server": os.uname().nodename,
+            "device_serial_number": None,
+        },
+        "dispatch": {"target_name": targets, "retries": None, "next_retry_at": None, "status": {}}
+        if targets
+        else {},
+        "process": {
+            "module_name": modules if len(modules) != 1 else modules[0],
+            "module_config": None,
+            "settings": settings if len(settings) != 1 else settings[0],
+            "retain_input_images": rule.retain_input_images,
+        }
+        if modules
+        else {},
+        "study": group.study or {},
+        "nomad_info": None,
+    }
+
+
+def make_task(
+    conn: Connection,
+    root: DataRoot,
+    config: Config,
+    group: Group,
+    rule_name: str,
+    targets: list[str],
+    triggered: list[str],
+    now: datetime | None = None,
+) -> str:
+    """Create (or find) the task for one rule on one group, in the caller's transaction."""
+    rule = config.rules[rule_name]
+    now = now or datetime.now(UTC)
+    key = group.key(rule_name)
+    task_id = task_id_for(key)
+    folder = root.home / "tasks" / task_id
+    incoming = folder / "in"
+    incoming.mkdir(parents=True, exist_ok=True)
+    for _, relative in group.instances:
+        source = root.absolute(relative)
+        link = incoming / source.name
+        try:
+            os.link(source, link)
+        except FileExistsError:
+            if not os.path.samefile(source, link):  # a leftover from an older generation
+                link.unlink()
+                os.link(source, link)
+    document = _task_json(task_id, group, rule_name, rule, targets, config, triggered)
+    temporary = incoming / "task.json.part"
+    temporary.write_text(json.dumps(document, indent=2))
+    os.replace(temporary, incoming / "task.json")
+
+    priority = PRIORITY[rule.priority]
+    not_before = None
+    if priority == OFFPEAK:
+        not_before = next_offpeak_start(
+            now, config.settings.offpeak_start, config.settings.offpeak_end
+        )
+    state = "discarded" if rule.action == "discard" else "queued"
+    created = conn.execute(
+        insert_or_ignore(conn.dialect.name, TASKS, "id"),
+        {
+            "id": task_id,
+            "group_key": key,
+            "created_at": now,
+            "updated_at": now,
+            "rule": rule_name,
+            "action": rule.action,
+            "level": group.level,
+            "state": state,
+            "priority": priority,
+            "not_before": not_before,
+            "attempts": 0,
+            "study_uid": group.study_uid,
+            "series_uid": group.series_uid,
+            "patient_id": group.patient_id,
+            "folder": root.relative(folder),
+            "targets": targets,
+            "modules": list(rule.modules),
+            "info": document,
+        },
+    ).scalar()
+    if created is None:
+        return task_id  # made by an earlier, interrupted pass
+    conn.execute(
+        TASK_INSTANCES.insert(),
+        [{"task_id": task_id, "instance_id": instance_id} for instance_id, _ in group.instances],
+    )
+    record_event(
+        conn,
+        "task.created",
+        f"rule {rule_name!r} ({rule.action}) on {group.level} {group.uid}",
+        task_id=task_id,
+        details={
+            "rule": rule_name,
+            "action": rule.action,
+            "targets": targets,
+            "modules": list(rule.modules),
+            "instances": len(group.instances),
+            "generation": group.generation,
+            "priority": rule.priority,
+            "not_before": not_before.isoformat() if not_before else None,
+        },
+    )
+    return task_id
+
+
+def task_folder(root: DataRoot, task_id: str) -> Path:
+    return root.home / "tasks" / task_id

@@ -1,0 +1,266 @@
+"""Configuration: validated, versioned, imported from our format and from mercure.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from caduceus.core.config import files, store
+from caduceus.core.config.models import parse_series_condition, series_condition_met
+from caduceus.core.database import open_database
+from caduceus.core.settings import Settings
+from tests.support.processes import run
+
+CADUCEUS = [sys.executable, "-m", "caduceus"]
+
+GOOD = {
+    "settings": {"series_complete_trigger": 30, "offpeak_start": "21:00"},
+    "targets": {
+        "pacs": {"type": "dicom", "host": "10.0.0.5", "port": 104, "called_aet": "PACS"},
+        "archive": {"type": "folder", "path": "/srv/archive"},
+    },
+    "modules": {"anonymizer": {"image": "example/anonymizer:1.0", "settings": {"mode": "full"}}},
+    "rules": {
+        "ct_to_pacs": {"rule": "@Modality@ == 'CT'", "action": "route", "targets": ["pacs"]},
+        "mr_ai": {
+            "rule": "tags.Modality == 'MR' and 'HEAD' in @StudyDescription@.upper()",
+            "action": "both",
+            "trigger": "study",
+            "targets": ["archive"],
+            "modules": ["anonymizer"],
+            "module_settings": [{"mode": "partial"}],
+            "study_trigger_condition": "received_series",
+            "required_series": "'T1' and ('T2' or 'FLAIR')",
+            "priority": "urgent",
+        },
+    },
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if name.endswith(".json") else yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def engine(database_url: str):  # type: ignore[no-untyped-def]
+    engine = open_database(Settings(database_url=database_url), migrate=True)
+    yield engine
+    engine.dispose()
+
+
+def test_versions_are_kept_and_restorable(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = files.load(write(tmp_path, GOOD)).config
+    v1, changed = store.save(engine, first, "alice", "first")
+    assert changed
+    assert store.save(engine, first, "bob")[1] is False  # no change, no new version
+    second = first.model_copy(deep=True)
+    second.rules["ct_to_pacs"].disabled = True
+    v2, _ = store.save(engine, second, "bob", "disable CT")
+    assert store.current(engine) == (v2, second)
+    v3 = store.restore(engine, v1, "carol")
+    assert store.current(engine) == (v3, first)
+    assert [(h["version"], h["author"]) for h in store.history(engine)] == [
+        (v3, "carol"),
+        (v2, "bob"),
+        (v1, "alice"),
+    ]
+    assert store.history(engine)[0]["comment"] == f"restored version {v1}"
+
+
+def test_round_trip_through_export(tmp_path: Path) -> None:
+    config = files.load(write(tmp_path, GOOD)).config
+    for fmt, name in (("yaml", "again.yaml"), ("json", "again.json")):
+        path = tmp_path / name
+        path.write_text(files.dump(config, fmt))
+        assert files.load(path).config == config
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (("rules", "ct_to_pacs", "rule", "@Modality@ == "), "rules -> ct_to_pacs -> rule"),
+        (("rules", "ct_to_pacs", "rule", "@Modalty@ == 'CT'"), "Modalty"),
+        (("rules", "ct_to_pacs", "targets", ["nowhere"]), "unknown target 'nowhere'"),
+        (("rules", "ct_to_pacs", "colour", "red"), "rules -> ct_to_pacs -> colour"),
+        (("targets", "pacs", "port", 70000), "targets -> pacs -> dicom -> port"),
+        (("rules", "mr_ai", "required_series", "'T1' and ("), "rules -> mr_ai -> required_series"),
+        (("rules", "ct_to_pacs", "action", "both"), "needs at least one module"),
+    ],
+)
+def test_invalid_configuration_names_the_culprit(
+    tmp_path: Path, change: tuple, expected: str
+) -> None:  # type: ignore[type-arg]
+    data = json.loads(json.dumps(GOOD))
+    *path, key, value = change
+    node = data
+    for part in path:
+        node = node[part]
+    node[key] = value
+    with pytest.raises(files.ConfigFileError) as error:
+        files.load(write(tmp_path, data))
+    assert expected in str(error.value)
+
+
+def test_rule_error_reports_the_position(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(GOOD))
+    data["rules"]["ct_to_pacs"]["rule"] = "@Modality@ == 'CT' and and"
+    with pytest.raises(files.ConfigFileError, match=r"position|column"):
+        files.load(write(tmp_path, data))
+
+
+MERCURE = {
+    "appliance_name": "master",
+    "port": 11112,
+    "incoming_folder": "/opt/mercure/data/incoming",
+    "router_scan_interval": 1,
+    "series_complete_trigger": 45,
+    "study_complete_trigger": 600,
+    "offpeak_start": "22:00",
+    "offpeak_end": "06:00",
+    "retry_delay": 600,
+    "retry_max": 3,
+    "graphite_ip": "10.1.1.1",
+    "targets": {
+        "pacs": {
+            "target_type": "dicom",
+            "ip": "10.0.0.5",
+            "port": "104",
+            "aet_target": "PACS",
+            "aet_source": "MERCURE",
+            "contact": "",
+            "comment": "main PACS",
+        },
+        "share": {"target_type": "folder", "folder": "/mnt/share", "file_filter": "*.dcm"},
+        "remote": {
+            "target_type": "sftp",
+            "folder": "/in",
+            "user": "u",
+            "host": "h",
+            "password": "p",
+        },
+    },
+    "modules": {
+        "ai": {
+            "docker_tag": "vendor/ai:2",
+            "settings": {"threshold": 0.5},
+            "environment": {},
+            "additional_volumes": "/models:/models",
+            "requires_root": False,
+            "contact": "",
+        },
+    },
+    "rules": {
+        "ct": {
+            "rule": "@Modality@ == 'CT'",
+            "target": "pacs",
+            "action": "route",
+            "action_trigger": "series",
+            "disabled": False,
+            "fallback": False,
+            "priority": "normal",
+            "processing_module": "",
+            "processing_settings": {},
+            "contact": "",
+            "tags": "",
+        },
+        "brain": {
+            "rule": "'BRAIN' in @StudyDescription@",
+            "target": ["share"],
+            "action": "both",
+            "action_trigger": "study",
+            "study_trigger_condition": "timeout",
+            "processing_module": "ai",
+            "processing_settings": {"threshold": 0.7},
+            "notification_webhook": "https://hooks.example/x",
+            "notification_trigger_error": True,
+            "priority": "urgent",
+        },
+        "offsite": {"rule": "True", "target": "remote", "action": "route"},
+    },
+}
+
+
+def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
+    loaded = files.load(write(tmp_path, MERCURE, "mercure.json"))
+    config = loaded.config
+    assert loaded.source_format == "mercure"
+    assert config.settings.series_complete_trigger == 45
+    assert config.settings.retry_max == 3
+    assert str(config.settings.offpeak_start) == "22:00:00"
+    pacs = config.targets["pacs"]
+    assert (pacs.type, pacs.host, pacs.port, pacs.called_aet, pacs.calling_aet) == (  # type: ignore[union-attr]
+        "dicom",
+        "10.0.0.5",
+        104,
+        "PACS",
+        "MERCURE",
+    )
+    assert config.targets["share"].path == "/mnt/share"  # type: ignore[union-attr]
+    assert config.modules["ai"].image == "vendor/ai:2"
+    brain = config.rules["brain"]
+    assert (brain.action, brain.trigger, brain.modules, brain.module_settings) == (
+        "both",
+        "study",
+        ["ai"],
+        [{"threshold": 0.7}],
+    )
+    assert brain.notification.webhook_url == "https://hooks.example/x"
+    assert brain.notification.on_error
+    report = "\n".join(loaded.not_mapped)
+    for name in (
+        "targets -> remote",
+        "rules -> offsite",
+        "modules -> ai -> additional_volumes",
+        "incoming_folder",
+        "router_scan_interval",
+        "graphite_ip",
+        "appliance_name",
+        "port: a bootstrap setting",
+    ):
+        assert name in report, name
+    assert "offsite" not in config.rules and "remote" not in config.targets
+
+
+def test_required_series_conditions() -> None:
+    tree = parse_series_condition("'T1' and ('T2' or 'FLAIR')")
+    assert series_condition_met(tree, ["t1_mprage", "flair_tra"])
+    assert series_condition_met(tree, ["T1 SE", "T2 TSE"])
+    assert not series_condition_met(tree, ["T1 SE", "DWI"])
+    assert not series_condition_met(tree, ["FLAIR"])
+    assert series_condition_met(parse_series_condition("not 'SCOUT'"), ["T1"])
+    for bad in ("'T1' and", "('T1'", "T1", "'T1' 'T2'"):
+        with pytest.raises(ValueError, match="position"):
+            parse_series_condition(bad)
+
+
+def test_config_commands(tmp_path: Path, sqlite_url: str) -> None:
+    env = {
+        "CADUCEUS_HOME": str(tmp_path / "home"),
+        "CADUCEUS_DATABASE_URL": sqlite_url,
+        "PATH": "/usr/bin:/bin",
+    }
+    good = write(tmp_path, GOOD)
+    assert (
+        "valid (caduceus format): 2 rules, 2 targets, 1 modules"
+        in run([*CADUCEUS, "config", "validate", str(good)], env=env).stdout
+    )
+    result = run([*CADUCEUS, "config", "import", str(good), "--author", "tester"], env=env)
+    assert result.returncode == 0 and "configuration version 1" in result.stdout
+    exported = yaml.safe_load(run([*CADUCEUS, "config", "export"], env=env).stdout)
+    assert exported["rules"]["ct_to_pacs"]["targets"] == ["pacs"]
+    mercure = run(
+        [*CADUCEUS, "config", "import", str(write(tmp_path, MERCURE, "mercure.json"))], env=env
+    )
+    assert mercure.returncode == 0 and "not imported: targets -> remote" in mercure.stderr
+    history = json.loads(run([*CADUCEUS, "config", "history", "--json"], env=env).stdout)
+    assert [h["version"] for h in history] == [2, 1]
+    assert run([*CADUCEUS, "config", "restore", "1"], env=env).returncode == 0
+    bad = write(tmp_path, {"rules": {"x": {"rule": "@Modality@ ==", "targets": []}}}, "bad.yaml")
+    invalid = run([*CADUCEUS, "config", "validate", str(bad)], env=env)
+    assert invalid.returncode == 1 and "rules -> x -> rule" in invalid.stderr

@@ -1,0 +1,329 @@
+"""Routing rules: mercure's syntax, missing and bad data, error positions, refused escapes."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from pydicom.multival import MultiValue
+from pydicom.valuerep import IS, PersonName
+
+from caduceus.core.rules import Rule, RuleError, parse_rule
+from caduceus.core.rules.parser import MAX_DEPTH, MAX_NODES, MAX_RULE_LENGTH
+
+CT_HEAD = {
+    "Modality": "CT",
+    "StudyDescription": "CT Head without contrast",
+    "SeriesDescription": "Axial 1.25mm",
+    "BodyPartExamined": "HEAD",
+    "SeriesNumber": "3",
+    "PatientID": "12345678",
+    "SliceThickness": "1.25",
+    "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+}
+MR_KNEE = {
+    "Modality": "MR",
+    "StudyDescription": "MRI Knee left",
+    "SeriesDescription": "T1 sag",
+    "BodyPartExamined": "KNEE",
+    "SeriesNumber": "101",
+    "PatientID": "P1",
+    "SliceThickness": "3.0",
+    "ImageType": ["DERIVED", "SECONDARY"],
+}
+MR_SCOUT = {**MR_KNEE, "SeriesDescription": "SCOUT 3-plane", "BodyPartExamined": "BRAIN"}
+
+
+@pytest.mark.parametrize(
+    ("text", "ct_head", "mr_knee", "mr_scout"),
+    [
+        ("@Modality@ == 'CT'", True, False, False),
+        ("'HEAD' in @StudyDescription@.upper()", True, False, False),
+        ("tags.Modality == 'MR' and not ('SCOUT' in tags.SeriesDescription)", False, True, False),
+        (
+            "@SeriesDescription@.lower().startswith('t1')"
+            " or @BodyPartExamined@ in ['HEAD', 'BRAIN']",
+            True,
+            True,
+            True,
+        ),
+        ("int(@SeriesNumber@) > 100", False, True, True),
+        ("len(@PatientID@) == 8", True, False, False),
+        ("float(@SliceThickness@) <= 1.5", True, False, False),
+        ("contains(@StudyDescription@, 'knee')", False, True, True),
+        ("match(@SeriesDescription@, '^T[12].*')", False, True, False),
+        ("True", True, True, True),
+        ("False", False, False, False),
+        ("'PRIMARY' in @ImageType@", True, False, False),
+        ("'SECONDARY' not in @ImageType@", True, False, False),
+        ("contains(@ImageType@, 'axial')", True, False, False),
+        ("@Modality@ != 'CT' and @SeriesDescription@.split()[0] == 'SCOUT'", False, False, True),
+        (
+            "startswith(@StudyDescription@, 'MRI') and endswith(@StudyDescription@, 'left')",
+            False,
+            True,
+            True,
+        ),
+        ("@StudyDescription@.replace('MRI', 'MR').find('Knee') == 3", False, True, True),
+        ("@SeriesDescription@.count('1') + int(@SeriesNumber@) % 4 == 4", True, False, False),
+        ("1 < int(@SeriesNumber@) < 10", True, False, False),
+        ("upper(@Modality@) == lower(@Modality@).upper() == 'MR'", False, True, True),
+        ("str(len(@PatientID@)) + 'x' == '8x'", True, False, False),
+        ("@Modality@ in ('CT', 'PT') or @SeriesNumber@[0] == '1'", True, True, True),
+        (
+            "@Modality@ == 'CT' # comment with @Modality@\n and ' HEAD '.strip() == 'HEAD'",
+            True,
+            False,
+            False,
+        ),
+    ],
+)
+def test_rules_on_sample_series(text: str, ct_head: bool, mr_knee: bool, mr_scout: bool) -> None:
+    rule = parse_rule(text)
+    assert (rule.evaluate(CT_HEAD), rule.evaluate(MR_KNEE), rule.evaluate(MR_SCOUT)) == (
+        ct_head,
+        mr_knee,
+        mr_scout,
+    )
+
+
+def test_keywords_and_explain() -> None:
+    rule = parse_rule("@Modality@ == 'MR' and int(tags.SeriesNumber) > 100 or @PatientName@")
+    assert isinstance(rule, Rule)
+    assert rule.keywords == frozenset({"Modality", "SeriesNumber", "PatientName"})
+    result, used = rule.explain(MR_KNEE)
+    assert result is True
+    assert used == {"Modality": "MR", "SeriesNumber": "101", "PatientName": None}
+    assert list(used) == ["Modality", "SeriesNumber", "PatientName"]  # order of the text
+    assert rule.explain(CT_HEAD) == (
+        False,
+        {"Modality": "CT", "SeriesNumber": "3", "PatientName": None},
+    )
+
+
+def test_pydicom_values_become_plain_values() -> None:
+    tags = {
+        "ImageType": MultiValue(str, ["ORIGINAL", "PRIMARY"]),
+        "SeriesNumber": IS("12"),
+        "PatientName": PersonName("Doe^John"),
+    }
+    rule = parse_rule(
+        "'PRIMARY' in @ImageType@ and @SeriesNumber@ == 12 and @PatientName@ == 'Doe^John'"
+    )
+    assert rule.explain(tags) == (
+        True,
+        {"ImageType": ["ORIGINAL", "PRIMARY"], "SeriesNumber": 12, "PatientName": "Doe^John"},
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "@PatientName@ == 'Doe'",
+        "not (@PatientName@ == 'Doe')",  # missing makes the whole rule False, not just a comparison
+        "@PatientName@ != 'Doe'",
+        "@Modality@ == 'CT' and @PatientName@ != 'x'",
+        "len(@PatientName@) >= 0",
+    ],
+)
+def test_missing_tags_make_the_rule_false(text: str) -> None:
+    rule = parse_rule(text)
+    assert rule.evaluate(CT_HEAD) is False
+    assert rule.evaluate({**CT_HEAD, "PatientName": None}) is False
+
+
+def test_a_tag_that_is_never_reached_does_not_matter() -> None:
+    assert parse_rule("@Modality@ == 'CT' or @PatientName@ == 'x'").evaluate(CT_HEAD) is True
+    assert parse_rule("@Modality@ == 'MR' and @PatientName@ == 'x'").evaluate(MR_KNEE) is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "int(@StudyDescription@) > 1",  # ValueError
+        "float(@Modality@) > 1",
+        "@SeriesNumber@ > 100",  # TypeError: str and int
+        "int(@SeriesNumber@) / 0 == 1",  # ZeroDivisionError
+        "int(@SeriesNumber@) % 0 == 1",
+        "@Modality@ - 1",
+        "'%s' % @Modality@ == 'CT'",  # no printf-style formatting on text
+        "@Modality@[10] == 'C'",  # IndexError
+        "@Modality@['x'] == 'C'",
+        "@ImageType@.lower() == 'x'",  # a method on a list
+        "len(int(@SeriesNumber@)) == 1",
+        "match(@Modality@, @StudyDescription@ + '(')",  # pattern built from data fails to compile
+        "match(@Modality@, @StudyDescription@ + '(a+)+')",  # ... or is refused at run time
+        "contains(@Modality@, 1)",
+        "str(@ImageType@) == ''",
+        "int('9' * 5000) > 0",
+        "@Modality@.startswith(1)",
+        "float('1e999') * 0 == 0",  # inf * 0 is nan
+        "not (int(@Modality@) > 1)",  # the error makes the whole rule False, even under not
+    ],
+)
+def test_data_errors_make_the_rule_false(text: str) -> None:
+    assert parse_rule(text).evaluate(CT_HEAD) is False
+
+
+def test_evaluate_does_not_trust_odd_mappings() -> None:
+    class Weird:
+        def __str__(self) -> str:
+            return "CT"
+
+    assert parse_rule("@Modality@ == 'CT'").evaluate({"Modality": Weird()}) is True
+    assert parse_rule("@Modality@ == 'CT'").evaluate({"Modality": b"CT"}) is True
+    assert parse_rule("@Modality@ == ''").evaluate({"Modality": ""}) is True  # empty is present
+    looped: list[object] = ["CT"]
+    looped.append(looped)
+    assert parse_rule("'CT' in @ImageType@").explain({"ImageType": looped}) == (
+        True,
+        {"ImageType": ["CT", "['CT', [...]]"]},
+    )
+
+
+def test_parse_error_at_the_end() -> None:
+    with pytest.raises(RuleError) as caught:
+        parse_rule("@Modality@ == ")
+    assert caught.value.position == len("@Modality@ == ")
+    assert caught.value.column == caught.value.position + 1
+    assert "end of rule" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "words"),
+    [
+        ("@Modalty@ == 'CT'", 0, "Modalty"),
+        ("@Modality@ == 'CT' and @SeriesDescripton@ == 'x'", 23, "SeriesDescripton"),
+        ("tags.Modality == 'CT' or tags.Foo", 25, "Foo"),
+        ("'é' == @Modality@ +* 2", 19, "syntax"),
+        ("@Modality@ == 'CT' and\n    @Modality@.format(1)", 38, "format"),
+        ("@Modality", 0, "closing"),
+        ("@Modality Foo@", 0, "not a DICOM keyword"),
+        ("@Modality@ == 'abc", 14, "unterminated"),
+        ("contains(@Modality@, 'x') and x", 30, "unknown name 'x'"),
+        ("match(@SeriesDescription@, '^(T1')", 27, "regular expression"),
+        ("lower(@Modality@, 'x')", 0, "lower() takes 1 argument"),
+        ("@Modality@ is None", 0, "compare"),
+        ("@Modality@[1:]", 0, "slices"),
+    ],
+)
+def test_parse_errors_point_into_the_original_text(text: str, position: int, words: str) -> None:
+    with pytest.raises(RuleError) as caught:
+        parse_rule(text)
+    assert caught.value.position == position
+    assert words in str(caught.value)
+
+
+def test_multi_line_error_reports_line_and_column() -> None:
+    with pytest.raises(RuleError) as caught:
+        parse_rule("@Modality@ == 'CT'\nand @Bogus@ == 'x'")
+    assert (caught.value.position, caught.value.line, caught.value.column) == (23, 2, 5)
+    assert "line 2, column 5" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "().__class__.__bases__",
+        "().__class__.__bases__[0].__subclasses__()",
+        "tags.__class__",
+        "@Modality@.__class__",
+        "__import__('os')",
+        "__import__('os').system('true')",
+        "(lambda: 1)()",
+        "[x for x in ()]",
+        "(x for x in ())",
+        "open('/etc/passwd')",
+        "eval('1')",
+        "exec('1')",
+        "getattr(tags, 'x')",
+        "globals()",
+        "9**9**9",
+        "'a' * 10**10",
+        "{}.keys()",
+        "{1, 2}",
+        "{'a': 1}",
+        "tags.Modality.__len__()",
+        "@Modality@.format(x=1)",
+        "@Modality@.format(1)",
+        "'{0.__class__}'.format(@Modality@)",
+        "f'{@Modality@}'",
+        "f'{tags.Modality}' == 'CT'",
+        "(y := 1)",
+        "len(*@Modality@)",
+        "len(tags)",
+        "tags['Modality']",
+        "@Modality@.lower",
+        "1 if @Modality@ else 0",
+        "@Modality@ is 'CT'",
+        "~1",
+        "1 // 2",
+        "1 << 2",
+        "b'CT' == @Modality@",
+        "1j",
+        "...",
+        "import os",
+        "@Modality@ == 'CT'; 1",
+        "match(@Modality@, '(a+)+$')",
+        "match(@Modality@, '(a|ab)*c')",
+        "match(@Modality@, '.*a.*b.*c')",
+        r"match(@Modality@, '(.*)\\1')",
+        "match(@Modality@, '" + "a" * 300 + "')",
+    ],
+)
+def test_escapes_and_unbounded_constructs_are_refused_at_parse_time(text: str) -> None:
+    with pytest.raises(RuleError):
+        parse_rule(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "empty"),
+        ("x" * (MAX_RULE_LENGTH + 1), f"longer than {MAX_RULE_LENGTH}"),
+        ("[" + ", ".join(["1"] * MAX_NODES) + "]", f"more than {MAX_NODES} elements"),
+        ("-" * (MAX_DEPTH + 1) + "1", f"nested more than {MAX_DEPTH} levels"),
+        ("-" * 3000 + "1", "too complex"),  # deeper than Python's own parser manages
+        ("(" * 300 + "1" + ")" * 300, "too many nested parentheses"),
+        ("2 ** 3", "'**' is not allowed"),
+    ],
+)
+def test_size_limits(text: str, words: str) -> None:
+    with pytest.raises(RuleError, match=re.escape(words)):
+        parse_rule(text)
+    parse_rule("[" + ", ".join(["1"] * (MAX_NODES - 1)) + "]")
+    parse_rule("-" * MAX_DEPTH + "1")
+
+
+def test_big_repetitions_are_refused_at_run_time() -> None:
+    started = time.monotonic()
+    for text in [
+        "'a' * 10000000000 == ''",
+        "10000000000 * 'a' == ''",
+        "['a'] * 10000000000 == []",
+        "len(@Modality@ * 100000000) > 0",
+        "(@Modality@ * 50000).replace('C', @Modality@ * 50000) == ''",
+        "@Modality@.replace('', 'x' * 1000) * 1 == ''",
+        "[['a'] * 10000] * 10000 == []",  # nested repetition would make == quadratic
+        " * ".join(["int('9' * 100)"] * 13) + " > 0",  # 13 x 333 bits
+    ]:
+        assert parse_rule(text).evaluate(CT_HEAD) is False, text
+    assert time.monotonic() - started < 5  # a sanity bound: the refusals allocate nothing big
+
+
+def test_long_values_are_not_searched_by_regular_expressions() -> None:
+    rule = parse_rule("match(@StudyDescription@, 'x$')")
+    assert rule.evaluate({"StudyDescription": "a" * 100 + "x"}) is True
+    assert rule.evaluate({"StudyDescription": "a" * 100_000 + "x"}) is False
+
+
+def test_allowed_patterns_include_the_usual_shapes() -> None:
+    for pattern in [r"^\d{4}-\d{2}-\d{2}$", "^(ax|sag|cor)_t[12]_?(fs)?.*$", "[(+*]", r"\(a+\)+"]:
+        parse_rule(f"match(@SeriesDescription@, {pattern!r})")
+
+
+def test_rules_compare_by_text() -> None:
+    assert parse_rule("True") == parse_rule("True")
+    assert len({parse_rule("True"), parse_rule("True"), parse_rule("False")}) == 2
+    assert repr(parse_rule("True")) == "Rule('True')"
