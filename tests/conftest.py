@@ -58,10 +58,12 @@ Launch = Callable[..., Caduceus]
 def launch(tmp_path: Path, database_url: str, caduceus_factory: list[Caduceus]) -> Launch:
     """Start `caduceus receiver` (or another command) with extra CADUCEUS_* settings."""
 
-    def start(command: str = "receiver", home: Path | None = None, **env: str) -> Caduceus:
+    def start(
+        command: str = "receiver", *args: str, home: Path | None = None, **env: str
+    ) -> Caduceus:
         instance = Caduceus(home or tmp_path / "home", database_url, free_port(), extra_env=env)
         caduceus_factory.append(instance)
-        return instance.start(command)
+        return instance.start(command, *args)
 
     return start
 

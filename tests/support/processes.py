@@ -86,12 +86,12 @@ class Caduceus:
         env.update(self.extra_env)
         return env
 
-    def start(self, command: str = "receiver") -> Caduceus:
+    def start(self, command: str = "receiver", *args: str) -> Caduceus:
         self.log_path = self.home / f"{command}.log"
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "caduceus", command],
+            [sys.executable, "-m", "caduceus", command, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from caduceus.core.config.models import Config, parse_series_condition, series_condition_met
 from caduceus.core.db.models import (
@@ -167,7 +167,9 @@ class Router:
                         SERIES.c.last_received_at == series.last_received_at,
                     )
                 )
-                .values(state=state, completed_at=now, generation=generation)
+                # The watermark is the receiver's arrival time, not our clock: instances that
+                # arrive later belong to the next group even if the clocks disagree.
+                .values(state=state, completed_at=series.last_received_at, generation=generation)
             ).rowcount
             if not changed:
                 conn.rollback()
@@ -382,7 +384,9 @@ class Router:
                         STUDIES.c.last_received_at == study.last_received_at,
                     )
                 )
-                .values(state="complete", completed_at=now, generation=generation)
+                .values(
+                    state="complete", completed_at=study.last_received_at, generation=generation
+                )
             ).rowcount
             if not changed:
                 conn.rollback()
@@ -400,6 +404,7 @@ class Router:
                         },
                         "patient_id",
                         ["state", "last_activity"],
+                        returning=None,
                     )
                 )
         result.completed.append(f"study:{study.study_uid}")
@@ -460,6 +465,11 @@ class Router:
                     except (UnreadableSeries, OSError, ValueError):
                         continue
             generation = group_row.generation + 1
+            watermark = conn.execute(
+                select(func.max(STUDIES.c.last_received_at)).where(
+                    STUDIES.c.patient_id == patient_id
+                )
+            ).scalar()
             matched = [
                 n
                 for n in rules
@@ -482,7 +492,7 @@ class Router:
                         PATIENT_GROUPS.c.last_activity == group_row.last_activity,
                     )
                 )
-                .values(state="complete", completed_at=now, generation=generation)
+                .values(state="complete", completed_at=watermark, generation=generation)
             )
         result.completed.append(f"patient:{patient_id}")
 

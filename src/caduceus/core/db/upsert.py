@@ -9,14 +9,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 
 def insert_or_update(
-    dialect: str, table: Table, values: dict[str, Any], key: str, update: list[str]
+    dialect: str,
+    table: Table,
+    values: dict[str, Any],
+    key: str,
+    update: list[str],
+    returning: str | None = "id",
 ) -> Any:
-    """An upsert on the unique column key that updates the named columns and returns the id."""
+    """An upsert on the unique column key that updates the named columns (returns the id)."""
     module = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(table).values(**values)
-    return stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=[key], set_={col: stmt.excluded[col] for col in update}
-    ).returning(table.c.id)
+    )
+    return upsert.returning(table.c[returning]) if returning else upsert
 
 
 def insert_or_ignore(dialect: str, table: Table, key: str) -> Any:
