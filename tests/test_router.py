@@ -381,3 +381,21 @@ def test_run_with_a_config_file_routes_a_series(launch: Any, tmp_path: Path) -> 
     [task] = tasks(instance)
     assert task["rule"] == "ct" and task["state"] == "queued"
     # (How fast the task follows the trigger is measured in bench/router.py, not asserted here.)
+
+
+def test_a_rule_can_shorten_the_series_trigger(receiver: Caduceus, tmp_path: Path) -> None:
+    send(receiver, tmp_path / "ct", count=1, modality="CT", patient_id="FAST")
+    send(receiver, tmp_path / "mr", count=1, modality="MR", patient_id="SLOW")
+    rules = {
+        "stroke_ct": {
+            "rule": "@Modality@ == 'CT'",
+            "targets": ["pacs"],
+            "series_complete_trigger": 5,
+        },
+        "mr": {"rule": "@Modality@ == 'MR'", "targets": ["archive"]},
+    }
+    router = router_for(receiver)
+    router.run_pass(config(rules, series_complete_trigger=60), later(6))
+    assert [t["rule"] for t in tasks(receiver)] == ["stroke_ct"]  # the MR series waits for 60 s
+    router.run_pass(config(rules, series_complete_trigger=60), later(61))
+    assert sorted(t["rule"] for t in tasks(receiver)) == ["mr", "stroke_ct"]

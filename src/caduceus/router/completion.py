@@ -52,6 +52,7 @@ class Router:
     def __init__(self, engine: Engine, root: DataRoot):
         self.engine = engine
         self.root = root
+        self._trigger_tags: dict[int, dict[str, Any]] = {}
 
     def run_pass(self, config: Config, now: datetime | None = None) -> PassResult:
         now = now or datetime.now(UTC)
@@ -71,8 +72,41 @@ class Router:
         ]
         return min([config.settings.series_complete_trigger, *overrides])
 
+    def _own_trigger(self, config: Config, series_id: int) -> int:
+        """The quiet time for this series: a matching rule's override, else the setting.
+
+        Only asked for series already past the shortest trigger of all, and the tags are read
+        once per series, so rules with overrides cost little on a busy system.
+        """
+        tags = self._trigger_tags.get(series_id)
+        if tags is None:
+            with self.engine.connect() as conn:
+                relative = conn.execute(
+                    select(INSTANCES.c.path)
+                    .where(INSTANCES.c.series_id == series_id)
+                    .order_by(INSTANCES.c.id.desc())
+                    .limit(1)
+                ).scalar()
+            try:
+                tags = read_tags(self.root.absolute(relative)) if relative else {}
+            except (UnreadableSeries, OSError, ValueError):
+                tags = {}  # completion will record the error
+            if len(self._trigger_tags) > 10_000:
+                self._trigger_tags.clear()
+            self._trigger_tags[series_id] = tags
+        overrides = [
+            trigger
+            for names in match(config, tags).by_level.values()
+            for name in names
+            if (trigger := config.rules[name].series_complete_trigger) is not None
+        ]
+        return min(overrides) if overrides else config.settings.series_complete_trigger
+
     def _series(self, config: Config, now: datetime, result: PassResult) -> None:
         shortest = self._series_trigger(config)
+        overrides = shortest != config.settings.series_complete_trigger or any(
+            r.series_complete_trigger for r in config.rules.values()
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(SERIES.c.id, SERIES.c.last_received_at)
@@ -81,10 +115,17 @@ class Router:
                 .limit(BATCH)
             ).all()
         for row in rows:
-            due = _utc(row.last_received_at) + timedelta(seconds=shortest)
-            if due > now:
+            last = _utc(row.last_received_at)
+            if last + timedelta(seconds=shortest) > now:
+                due = last + timedelta(seconds=shortest)
                 result.next_due = min(filter(None, (result.next_due, due)))
                 break
+            if overrides:
+                own = last + timedelta(seconds=self._own_trigger(config, row.id))
+                if own > now:
+                    result.next_due = min(filter(None, (result.next_due, own)))
+                    continue
+            self._trigger_tags.pop(row.id, None)
             self._complete_series(config, row.id, now, result)
 
     def _group_instances(
