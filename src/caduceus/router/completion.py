@@ -169,6 +169,8 @@ class Router:
                 study_uid=study.study_uid,
                 series_uid=series.series_uid,
                 patient_id=study.patient_id,
+                series_id=series_id,
+                study_id=study.id,
             )
             state = "complete"
             if not instances:
@@ -371,6 +373,7 @@ class Router:
                 instances=instances,
                 study_uid=study.study_uid,
                 patient_id=study.patient_id,
+                study_id=study_id,
             )
             descriptions = [s.series_description for s in series_rows]
             matched = []

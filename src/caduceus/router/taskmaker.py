@@ -40,6 +40,8 @@ class Group:
     study_uid: str = ""
     series_uid: str = ""
     patient_id: str = ""
+    series_id: int | None = None  # database ids, so that events link task, series and study
+    study_id: int | None = None
     info: dict[str, Any] = field(default_factory=dict)  # patient name, accession, sender, ...
     study: dict[str, Any] | None = None  # task.json "study" part, for study-level groups
 
@@ -176,6 +178,8 @@ def make_task(
         "task.created",
         f"rule {rule_name!r} ({rule.action}) on {group.level} {group.uid}",
         task_id=task_id,
+        series_id=group.series_id,
+        study_id=group.study_id,
         details={
             "rule": rule_name,
             "action": rule.action,
