@@ -31,9 +31,10 @@ def _settings() -> Settings:
 
 
 def _add_subcommands() -> None:
-    from caduceus.cli import config, tasks
+    from caduceus.cli import config, targets, tasks
 
     app.add_typer(config.app, name="config")
+    app.add_typer(targets.app, name="targets")
     app.command("tasks")(tasks.tasks_command)
     rules = typer.Typer(help="Routing rules.", no_args_is_help=True)
     rules.command("test")(tasks.rules_test_command)

@@ -1,0 +1,53 @@
+"""Folder target: a new subfolder per task, published atomically with a completion marker."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+from pathlib import Path
+
+from caduceus.core.config.models import FolderTarget
+from caduceus.dispatcher.targets.base import SendReport, TargetError
+
+MARKER = ".complete"
+
+
+class FolderWriter:
+    def __init__(self, settings: FolderTarget):
+        self.settings = settings
+        self.root = Path(settings.path)
+
+    def test(self) -> str:
+        if not self.root.is_dir():
+            raise TargetError(f"folder {self.root} does not exist")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise TargetError(f"folder {self.root} is not writable")
+        return f"folder {self.root} is writable"
+
+    def send(self, files: list[Path], task_id: str) -> SendReport:
+        self.test()
+        report = SendReport()
+        final = self.root / task_id
+        partial = self.root / f".{task_id}.partial"
+        if final.exists():  # delivered by an earlier attempt that died before recording it
+            report.accepted = list(files)
+            return report
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        pattern = self.settings.file_filter
+        for path in files:
+            if pattern and not fnmatch.fnmatch(path.name, pattern):
+                continue
+            try:
+                shutil.copyfile(path, partial / path.name)
+                report.accepted.append(path)
+            except OSError as exc:
+                report.failed[path] = f"cannot write: {exc.strerror}"
+        if report.failed:
+            shutil.rmtree(partial, ignore_errors=True)
+            report.accepted.clear()
+            return report
+        (partial / MARKER).touch()
+        os.rename(partial, final)
+        return report

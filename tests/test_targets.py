@@ -1,0 +1,126 @@
+"""Target plug-ins against real peers: DCMTK storescp as a DICOM target, a real folder."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from caduceus.core.config.models import DicomTarget, FolderTarget
+from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+from caduceus.dispatcher.targets import TargetError, plugin_for
+from tests.support.dicomfiles import dataset_bytes
+from tests.support.processes import free_port, run
+from tests.support.storescp import StoreSCP, start_storescp
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
+    scp = start_storescp(tmp_path / "received", "+xa")
+    yield scp
+    scp.stop()
+
+
+def dicom(scp: StoreSCP) -> DicomTarget:
+    return DicomTarget(host="127.0.0.1", port=scp.port, called_aet="STORESCP")
+
+
+def by_uid(files: list[Path]) -> dict[str, Path]:
+    return {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in files}
+
+
+def test_dicom_target_delivers_every_instance_byte_for_byte(
+    storescp: StoreSCP, tmp_path: Path
+) -> None:
+    series = write_series(tmp_path / "ct", SeriesSpec(count=20, rows=64, columns=64))
+    compressed = [Path(get_testdata_file(n)) for n in ("JPEG2000.dcm", "MR_small_RLE.dcm")]
+    report = plugin_for(dicom(storescp)).send(series + compressed, "task-1")
+    assert report.complete and sorted(report.accepted) == sorted(series + compressed)
+    received = by_uid(storescp.files())
+    for original in series:
+        uid = dcmread(original, stop_before_pixels=True).SOPInstanceUID
+        assert dataset_bytes(received[uid]) == dataset_bytes(original)
+    for original in compressed:  # storescp re-encodes these test files' odd headers on writing
+        sent = dcmread(original)
+        got = dcmread(received[sent.SOPInstanceUID])
+        assert got.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+        assert got.PixelData == sent.PixelData
+
+
+def test_compressed_images_are_transcoded_when_the_target_refuses_them(tmp_path: Path) -> None:
+    scp = start_storescp(tmp_path / "plain")  # accepts uncompressed syntaxes only
+    try:
+        originals = [
+            Path(get_testdata_file(n))
+            for n in ("JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_rle.dcm")
+        ]
+        report = plugin_for(dicom(scp)).send(originals, "task-2")
+        assert report.complete and sorted(report.transcoded) == sorted(originals)
+        received = by_uid(scp.files())
+        for original in originals:
+            sent = dcmread(original)
+            got = dcmread(received[sent.SOPInstanceUID])
+            assert not got.file_meta.TransferSyntaxUID.is_compressed
+            assert (got.pixel_array == sent.pixel_array).all()  # lossless: pixel-identical
+    finally:
+        scp.stop()
+
+
+def test_dead_target_fails_with_a_clear_reason(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", SeriesSpec(count=2, rows=8, columns=8))
+    target = plugin_for(DicomTarget(host="127.0.0.1", port=free_port(), called_aet="NOBODY"))
+    report = target.send(series, "task-3")
+    assert not report.complete and report.accepted == []
+    assert all("NOBODY@127.0.0.1" in reason for reason in report.failed.values())
+    with pytest.raises(TargetError, match="NOBODY"):
+        target.test()
+
+
+def test_folder_target_publishes_atomically(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", SeriesSpec(count=3, rows=8, columns=8))
+    out = tmp_path / "out"
+    out.mkdir()
+    target = plugin_for(FolderTarget(path=str(out)))
+    assert "writable" in target.test()
+    report = target.send(series, "task-4")
+    assert report.complete
+    delivered = out / "task-4"
+    assert (delivered / ".complete").exists()
+    assert sorted(p.name for p in delivered.glob("*.dcm")) == sorted(p.name for p in series)
+    assert [p.name for p in out.iterdir()] == ["task-4"]  # no partial folder left
+    # A repeated send (after a crash before it was recorded) does not duplicate anything.
+    assert plugin_for(FolderTarget(path=str(out))).send(series, "task-4").complete
+    with pytest.raises(TargetError, match="does not exist"):
+        plugin_for(FolderTarget(path=str(tmp_path / "missing"))).test()
+
+
+def test_targets_test_command(storescp: StoreSCP, tmp_path: Path) -> None:
+    config = {
+        "targets": {
+            "scp": {
+                "type": "dicom",
+                "host": "127.0.0.1",
+                "port": storescp.port,
+                "called_aet": "STORESCP",
+            },
+            "dead": {
+                "type": "dicom",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "called_aet": "DEAD",
+            },
+        }
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {"CADUCEUS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    caduceus = [sys.executable, "-m", "caduceus"]
+    assert run([*caduceus, "config", "import", str(tmp_path / "c.yaml")], env=env).returncode == 0
+    ok = run([*caduceus, "targets", "test", "scp"], env=env)
+    assert ok.returncode == 0 and "C-ECHO" in ok.stdout and "ok" in ok.stdout
+    dead = run([*caduceus, "targets", "test", "dead"], env=env)
+    assert dead.returncode == 1 and "failed" in dead.stdout and "DEAD@127.0.0.1" in dead.stdout
