@@ -136,6 +136,29 @@ class Router:
             query = query.where(INSTANCES.c.received_at > since)
         return [(r.id, r.path) for r in conn.execute(query.order_by(INSTANCES.c.id))]
 
+    def _collect(
+        self, conn: Connection, series_ids: list[int], since: datetime | None
+    ) -> tuple[list[tuple[int, str]], list[dict[str, Any]]]:
+        """The new instances of several series, and the tags of each series' newest one."""
+        instances: list[tuple[int, str]] = []
+        tags_per_series: list[dict[str, Any]] = []
+        for series_id in series_ids:
+            found = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
+            instances += found
+            if not found:
+                continue
+            try:
+                tags_per_series.append(read_tags(self.root.absolute(found[-1][1])))
+            except (UnreadableSeries, OSError, ValueError) as exc:
+                record_event(
+                    conn,
+                    "series.error",
+                    f"tags cannot be read: {exc}",
+                    severity="error",
+                    series_id=series_id,
+                )
+        return instances, tags_per_series
+
     def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
         study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
         sender = conn.execute(
@@ -349,22 +372,7 @@ class Router:
                     SERIES.c.study_id == study_id
                 )
             ).all()
-            instances: list[tuple[int, str]] = []
-            tags_per_series: list[dict[str, Any]] = []
-            for s in series_rows:
-                found = self._group_instances(conn, INSTANCES.c.series_id, s.id, since)
-                instances += found
-                if found:
-                    try:
-                        tags_per_series.append(read_tags(self.root.absolute(found[-1][1])))
-                    except (UnreadableSeries, OSError, ValueError) as exc:
-                        record_event(
-                            conn,
-                            "series.error",
-                            f"tags cannot be read: {exc}",
-                            severity="error",
-                            series_id=s.id,
-                        )
+            instances, tags_per_series = self._collect(conn, [r.id for r in series_rows], since)
             generation = study.generation + 1
             group = Group(
                 level="study",
@@ -498,16 +506,7 @@ class Router:
                 .scalars()
                 .all()
             )
-            instances: list[tuple[int, str]] = []
-            tags_per_series = []
-            for series_id in series_ids:
-                found = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
-                instances += found
-                if found:
-                    try:
-                        tags_per_series.append(read_tags(self.root.absolute(found[-1][1])))
-                    except (UnreadableSeries, OSError, ValueError):
-                        continue
+            instances, tags_per_series = self._collect(conn, list(series_ids), since)
             generation = group_row.generation + 1
             watermark = conn.execute(
                 select(func.max(STUDIES.c.last_received_at)).where(
