@@ -35,7 +35,8 @@ def _add_subcommands() -> None:
 
     app.add_typer(config.app, name="config")
     app.add_typer(targets.app, name="targets")
-    app.command("tasks")(tasks.tasks_command)
+    app.add_typer(tasks.task_actions, name="tasks")
+    app.add_typer(tasks.queue_actions, name="queue")
     rules = typer.Typer(help="Routing rules.", no_args_is_help=True)
     rules.command("test")(tasks.rules_test_command)
     app.add_typer(rules, name="rules")
@@ -89,6 +90,19 @@ def router() -> None:
     from caduceus.router.service import serve
 
     setup_logging("router")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
+def dispatcher() -> None:
+    """Run the dispatcher alone: sends tasks to their targets, with retries."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.dispatcher.service import serve
+
+    setup_logging("dispatcher")
     settings = _settings()
     open_database(settings, migrate=True).dispose()
     serve(settings)

@@ -44,10 +44,13 @@ def list_tasks(engine: Engine, limit: int) -> list[dict[str, Any]]:
 
 
 def tasks_command(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 100,
 ) -> None:
     """List tasks with their state, rule, targets and events."""
+    if ctx.invoked_subcommand is not None:
+        return
     from caduceus.cli.main import _settings
     from caduceus.core.database import open_database
 
@@ -125,3 +128,87 @@ def _series_file(series_uid: str) -> Path:
         console.print(f"[red]no file and no received series named {series_uid!r}[/red]")
         raise typer.Exit(1)
     return Path(settings.home) / str(relative)
+
+
+task_actions = typer.Typer(
+    help="Tasks: list them (no subcommand), or act on one.", invoke_without_command=True
+)
+queue_actions = typer.Typer(help="Suspend or resume dispatching.", no_args_is_help=True)
+
+
+def _engine() -> Engine:
+    from caduceus.cli.main import _settings
+    from caduceus.core.database import open_database
+
+    return open_database(_settings(), migrate=True)
+
+
+@task_actions.command("restart")
+def restart_command(
+    task_id: Annotated[str, typer.Argument(help="Task id (or its start).")],
+) -> None:
+    """Send a failed task again, only to the targets that failed."""
+    import getpass
+
+    from caduceus.dispatcher.dispatch import restart
+
+    engine = _engine()
+    with engine.connect() as conn:
+        matches = (
+            conn.execute(select(TASKS.c.id).where(TASKS.c.id.startswith(task_id))).scalars().all()
+        )
+    if len(matches) != 1:
+        console.print(f"[red]{len(matches)} tasks match {task_id!r}[/red]")
+        raise typer.Exit(1)
+    count = restart(engine, matches[0], getpass.getuser())
+    engine.dispose()
+    console.print(f"task {matches[0]} restarted: {count} target(s) will be tried again")
+
+
+def _set_suspended(name: str, value: bool) -> None:
+    import getpass
+    from datetime import UTC, datetime
+
+    from caduceus.core.db.models import QUEUE_CONTROLS
+    from caduceus.core.db.upsert import insert_or_update
+    from caduceus.core.events import record_event
+
+    engine = _engine()
+    with engine.begin() as conn:
+        conn.execute(
+            insert_or_update(
+                conn.dialect.name,
+                QUEUE_CONTROLS,
+                {
+                    "name": name,
+                    "suspended": value,
+                    "changed_at": datetime.now(UTC),
+                    "changed_by": getpass.getuser(),
+                },
+                "name",
+                ["suspended", "changed_at", "changed_by"],
+                returning=None,
+            )
+        )
+        record_event(conn, "queue.suspended" if value else "queue.resumed", name)
+    engine.dispose()
+    console.print(f"{name}: {'suspended' if value else 'resumed'}")
+
+
+@queue_actions.command("suspend")
+def suspend(
+    target: Annotated[str, typer.Argument(help="A target name; none for all.")] = "",
+) -> None:
+    """Stop dispatching (all, or to one target) until resumed."""
+    _set_suspended(f"dispatch:{target}" if target else "dispatch", True)
+
+
+@queue_actions.command("resume")
+def resume(
+    target: Annotated[str, typer.Argument(help="A target name; none for all.")] = "",
+) -> None:
+    """Resume dispatching."""
+    _set_suspended(f"dispatch:{target}" if target else "dispatch", False)
+
+
+task_actions.callback()(tasks_command)

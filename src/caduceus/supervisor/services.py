@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-SERVICES: tuple[str, ...] = ("receiver", "router")
+SERVICES: tuple[str, ...] = ("receiver", "router", "dispatcher")

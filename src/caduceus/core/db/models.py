@@ -158,6 +158,47 @@ class Task(Base):
     )
 
 
+class TaskTarget(Base):
+    """One target of one task: its own state, attempts and next try, so that a retry sends
+    only to the targets that failed."""
+
+    __tablename__ = "task_targets"
+
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    target: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, error
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """An instance a target confirmed: a retry never sends it again."""
+
+    __tablename__ = "deliveries"
+
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    target: Mapped[str] = mapped_column(Text, primary_key=True)
+    file_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    delivered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class QueueControl(Base):
+    """Suspended queues: "dispatch" for all dispatching, "dispatch:<target>" for one target."""
+
+    __tablename__ = "queue_controls"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    suspended: Mapped[bool] = mapped_column(default=False)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_by: Mapped[str] = mapped_column(Text, default="")
+
+
 class PatientGroup(Base):
     """Completion state of patient-level grouping (over all of a patient's studies)."""
 
@@ -255,3 +296,6 @@ CONFIG_VERSIONS = cast(Table, ConfigVersion.__table__)
 TASKS = cast(Table, Task.__table__)
 TASK_INSTANCES = cast(Table, TaskInstance.__table__)
 PATIENT_GROUPS = cast(Table, PatientGroup.__table__)
+TASK_TARGETS = cast(Table, TaskTarget.__table__)
+DELIVERIES = cast(Table, Delivery.__table__)
+QUEUE_CONTROLS = cast(Table, QueueControl.__table__)

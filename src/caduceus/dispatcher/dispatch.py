@@ -1,0 +1,197 @@
+"""Sending one task to its targets, each tracked on its own, with retries and backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, and_, insert, select, update
+
+from caduceus.core.config.models import Config
+from caduceus.core.db.models import DELIVERIES, TASK_TARGETS, TASKS
+from caduceus.core.events import record_event
+from caduceus.core.storage import DataRoot
+from caduceus.dispatcher.targets import TargetError, plugin_for
+
+log = logging.getLogger("caduceus.dispatcher")
+
+MAX_BACKOFF = timedelta(hours=6)
+
+
+def backoff(attempt: int, base_seconds: int) -> timedelta:
+    """Exponential with full jitter: base * 2^(attempt-1), randomised in [50%, 100%]."""
+    raw = min(MAX_BACKOFF.total_seconds(), base_seconds * 2 ** max(0, attempt - 1))
+    return timedelta(seconds=raw * random.uniform(0.5, 1.0))
+
+
+def dispatch(
+    engine: Engine,
+    root: DataRoot,
+    config: Config,
+    task_id: str,
+    suspended: set[str],
+    now: datetime | None = None,
+) -> str:
+    """Send what is due; return the task's new state."""
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        task = conn.execute(select(TASKS).where(TASKS.c.id == task_id)).one()
+        targets = conn.execute(select(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task_id)).all()
+        delivered = {
+            (d.target, d.file_name)
+            for d in conn.execute(select(DELIVERIES).where(DELIVERIES.c.task_id == task_id))
+        }
+    files = sorted((root.home / task.folder / "in").glob("*.dcm"))
+    for row in targets:
+        if row.state != "pending" or f"dispatch:{row.target}" in suspended:
+            continue
+        if row.next_attempt_at is not None and _utc(row.next_attempt_at) > now:
+            continue
+        _send_to(engine, root, config, task_id, row.target, row.attempts, files, delivered, now)
+    return _settle(engine, task_id, now)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _send_to(
+    engine: Engine,
+    root: DataRoot,
+    config: Config,
+    task_id: str,
+    target: str,
+    attempts: int,
+    files: list[Path],
+    delivered: set[tuple[str, str]],
+    now: datetime,
+) -> None:
+    todo = [f for f in files if (target, f.name) not in delivered]
+    error = ""
+    accepted: list[Path] = []
+    if target not in config.targets:
+        error = f"target {target!r} is no longer configured"
+    else:
+        try:
+            report = plugin_for(config.targets[target]).send(todo, task_id)
+            accepted = report.accepted
+            if report.failed:
+                first = next(iter(report.failed.items()))
+                error = (
+                    f"{len(report.failed)} of {len(todo)} instance(s) failed, "
+                    f"e.g. {first[0].name}: {first[1]}"
+                )
+        except TargetError as exc:
+            error = str(exc)
+        except Exception as exc:  # a plug-in bug must not kill the dispatcher
+            log.exception("target %s failed unexpectedly", target)
+            error = f"internal error: {type(exc).__name__}"
+    attempt = attempts + 1
+    retry_max = config.settings.retry_max
+    with engine.begin() as conn:
+        if accepted:
+            conn.execute(
+                insert(DELIVERIES),
+                [
+                    {"task_id": task_id, "target": target, "file_name": f.name, "delivered_at": now}
+                    for f in accepted
+                ],
+            )
+        if not error:
+            values = {
+                "state": "done",
+                "attempts": attempt,
+                "last_error": None,
+                "next_attempt_at": None,
+            }
+            record_event(
+                conn,
+                "dispatch.done",
+                f"{target}: {len(accepted)} instance(s) sent",
+                task_id=task_id,
+                details={"target": target, "attempt": attempt},
+            )
+        elif attempt > retry_max:
+            values = {"state": "error", "attempts": attempt, "last_error": error}
+            record_event(
+                conn,
+                "dispatch.error",
+                f"{target}: giving up after {attempt} attempt(s): {error}",
+                severity="error",
+                task_id=task_id,
+                details={"target": target},
+            )
+        else:
+            wait = backoff(attempt, config.settings.retry_delay)
+            values = {"attempts": attempt, "last_error": error, "next_attempt_at": now + wait}
+            record_event(
+                conn,
+                "dispatch.retry",
+                f"{target}: attempt {attempt} failed ({error}); "
+                f"next try in {int(wait.total_seconds())} s",
+                severity="warning",
+                task_id=task_id,
+                details={"target": target, "attempt": attempt, "sent": len(accepted)},
+            )
+        conn.execute(
+            update(TASK_TARGETS)
+            .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.target == target))
+            .values(updated_at=now, **values)
+        )
+
+
+def _settle(engine: Engine, task_id: str, now: datetime) -> str:
+    with engine.begin() as conn:
+        rows = conn.execute(select(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task_id)).all()
+        states = {r.state for r in rows}
+        if states <= {"done"}:
+            state, not_before, error = "done", None, None
+        elif "pending" in states:
+            waits = [
+                _utc(r.next_attempt_at) for r in rows if r.state == "pending" and r.next_attempt_at
+            ]
+            state, not_before, error = "dispatching", min(waits) if waits else None, None
+        else:
+            state, not_before = "error", None
+            error = "; ".join(f"{r.target}: {r.last_error}" for r in rows if r.state == "error")
+        conn.execute(
+            update(TASKS)
+            .where(TASKS.c.id == task_id)
+            .values(
+                state=state,
+                not_before=not_before,
+                error=error,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires=None,
+            )
+        )
+    return state
+
+
+def restart(engine: Engine, task_id: str, author: str = "") -> int:
+    """Send a failed task again, to the targets that failed only. Returns how many."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        task = conn.execute(select(TASKS.c.state).where(TASKS.c.id == task_id)).first()
+        if task is None:
+            raise LookupError(f"no task {task_id}")
+        failed = conn.execute(
+            update(TASK_TARGETS)
+            .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.state == "error"))
+            .values(state="pending", attempts=0, next_attempt_at=None, updated_at=now)
+        ).rowcount
+        conn.execute(
+            update(TASKS)
+            .where(TASKS.c.id == task_id)
+            .values(state="queued", error=None, not_before=None, updated_at=now)
+        )
+        record_event(
+            conn,
+            "task.restarted",
+            f"restarted by {author or 'someone'}: {failed} target(s)",
+            task_id=task_id,
+        )
+    return failed

@@ -1,0 +1,52 @@
+"""The dispatcher service: claims due tasks from the shared queue and sends them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+
+from caduceus.core.config import store
+from caduceus.core.database import open_database
+from caduceus.core.settings import Settings
+from caduceus.core.storage import DataRoot
+from caduceus.dispatcher.dispatch import dispatch
+from caduceus.dispatcher.queue import claim, release, suspended
+
+log = logging.getLogger("caduceus.dispatcher")
+IDLE_WAIT = 0.5
+
+
+def serve(settings: Settings) -> None:
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    engine = open_database(settings)
+    root = DataRoot(settings.home)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    log.info("dispatcher %s started", owner)
+    while not stopping.is_set():
+        try:
+            paused = suspended(engine)
+            task_id = None if "dispatch" in paused else claim(engine, owner)
+            if task_id is None:
+                stopping.wait(IDLE_WAIT)
+                continue
+            try:
+                state = dispatch(engine, root, store.current_or_default(engine), task_id, paused)
+                log.info("task %s: %s", task_id, state)
+            except Exception:
+                log.exception("task %s failed in the dispatcher", task_id)
+                release(engine, task_id, owner)
+                stopping.wait(IDLE_WAIT)
+        except Exception:
+            log.exception("dispatcher loop failed; retrying")
+            stopping.wait(IDLE_WAIT * 4)
+    engine.dispose()

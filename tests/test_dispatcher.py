@@ -1,0 +1,237 @@
+"""The dispatcher: tasks reach their targets; failures are retried with backoff, then restartable.
+
+Images arrive through a real receiver; the router and dispatcher run in the test with an
+explicit clock; the target is DCMTK's storescp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from caduceus.core.config.models import Config
+from caduceus.core.db.models import DELIVERIES, TASK_TARGETS, TASKS
+from caduceus.core.storage import DataRoot
+from caduceus.dispatcher.dispatch import backoff, dispatch, restart
+from caduceus.dispatcher.queue import claim
+from tests.support.dicomfiles import dataset_bytes
+from tests.support.processes import Caduceus, free_port
+from tests.support.storescp import StoreSCP, start_storescp
+from tests.test_router import events, later, router_for, send, tasks
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
+    scp = start_storescp(tmp_path / "target", "+xa")
+    yield scp
+    scp.stop()
+
+
+def config(port: int, **settings: Any) -> Config:
+    return Config.model_validate(
+        {
+            "settings": {"retry_delay": 10, "retry_max": 2, **settings},
+            "targets": {
+                "scp": {
+                    "type": "dicom",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "called_aet": "STORESCP",
+                },
+                "archive": {"type": "folder", "path": "/nonexistent/archive"},
+            },
+            "rules": {"ct": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]}},
+        }
+    )
+
+
+def run_dispatcher(receiver: Caduceus, cfg: Config, now: datetime) -> list[str]:
+    engine = receiver.engine()
+    root = DataRoot(receiver.home)
+    states = []
+    while (task_id := claim(engine, "test", now)) is not None:
+        states.append(dispatch(engine, root, cfg, task_id, set(), now))
+    return states
+
+
+def target_rows(receiver: Caduceus) -> list[dict[str, Any]]:
+    with receiver.engine().connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(TASK_TARGETS))]
+
+
+def test_routed_series_arrives_byte_for_byte(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    files = send(receiver, tmp_path / "ct", count=6, modality="CT")
+    cfg = config(storescp.port)
+    router_for(receiver).run_pass(cfg, later(61))
+    assert run_dispatcher(receiver, cfg, later(62)) == ["done"]
+    [task] = tasks(receiver)
+    assert task["state"] == "done"
+    received = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in storescp.files()}
+    assert len(received) == len(files)
+    for original in files:
+        assert dataset_bytes(received[dcmread(original).SOPInstanceUID]) == dataset_bytes(original)
+    [done] = events(receiver, "dispatch.done")
+    assert "6 instance(s) sent" in done["message"]
+
+
+def test_dead_target_is_retried_with_backoff_then_restarted(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    send(receiver, tmp_path / "ct", count=3, modality="CT")
+    port = free_port()  # nothing listens here yet
+    cfg = config(port)
+    router_for(receiver).run_pass(cfg, later(61))
+    now = later(62)
+    assert run_dispatcher(receiver, cfg, now) == ["dispatching"]
+    [row] = target_rows(receiver)
+    assert row["attempts"] == 1 and "STORESCP@127.0.0.1" in row["last_error"]
+    wait = row["next_attempt_at"].replace(tzinfo=UTC) - now
+    assert timedelta(seconds=5) <= wait <= timedelta(seconds=10)  # retry_delay 10 s, jittered
+    # Not due yet: nobody claims it.
+    assert run_dispatcher(receiver, cfg, now + timedelta(seconds=1)) == []
+    # Second and third attempts fail too; retry_max 2 means the task ends in error.
+    assert run_dispatcher(receiver, cfg, now + timedelta(minutes=1)) == ["dispatching"]
+    assert run_dispatcher(receiver, cfg, now + timedelta(minutes=10)) == ["error"]
+    [task] = tasks(receiver)
+    assert task["state"] == "error" and "scp:" in task["error"]
+    assert len(events(receiver, "dispatch.retry")) == 2 and events(receiver, "dispatch.error")
+
+    # The target comes back; a restart sends only what failed, and it arrives.
+    scp = start_storescp(tmp_path / "late-target", "+xa")
+    try:
+        cfg = config(scp.port)
+        assert restart(receiver.engine(), task["id"], "tester") == 1
+        assert run_dispatcher(receiver, cfg, now + timedelta(minutes=11)) == ["done"]
+        assert len(scp.files()) == 3
+    finally:
+        scp.stop()
+    assert events(receiver, "task.restarted")
+
+
+def test_only_failed_targets_are_sent_again(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    send(receiver, tmp_path / "ct", count=2, modality="CT")
+    cfg = Config.model_validate(
+        {
+            "settings": {"retry_delay": 10, "retry_max": 0},
+            "targets": {
+                "scp": {
+                    "type": "dicom",
+                    "host": "127.0.0.1",
+                    "port": storescp.port,
+                    "called_aet": "STORESCP",
+                },
+                "archive": {"type": "folder", "path": str(tmp_path / "missing")},
+            },
+            "rules": {"ct": {"rule": "True", "targets": ["scp", "archive"]}},
+        }
+    )
+    router_for(receiver).run_pass(cfg, later(61))
+    assert run_dispatcher(receiver, cfg, later(62)) == ["error"]
+    assert {r["target"]: r["state"] for r in target_rows(receiver)} == {
+        "scp": "done",
+        "archive": "error",
+    }
+    (tmp_path / "missing").mkdir()
+    [task] = tasks(receiver)
+    restart(receiver.engine(), task["id"])
+    assert run_dispatcher(receiver, cfg, later(63)) == ["done"]
+    assert len(storescp.files()) == 2  # storescp was not sent the series a second time
+    with receiver.engine().connect() as conn:
+        assert len(conn.execute(select(DELIVERIES)).all()) == 4
+
+
+def test_urgent_goes_first_and_offpeak_waits(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    send(receiver, tmp_path / "a", count=1, modality="CT", patient_id="NORMAL")
+    send(receiver, tmp_path / "b", count=1, modality="MR", patient_id="URGENT")
+    cfg = Config.model_validate(
+        {
+            "targets": {
+                "scp": {
+                    "type": "dicom",
+                    "host": "127.0.0.1",
+                    "port": storescp.port,
+                    "called_aet": "STORESCP",
+                }
+            },
+            "rules": {
+                "normal": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]},
+                "urgent": {"rule": "@Modality@ == 'MR'", "targets": ["scp"], "priority": "urgent"},
+            },
+        }
+    )
+    router_for(receiver).run_pass(cfg, later(61))
+    engine = receiver.engine()
+    first = claim(engine, "test", later(62))
+    with engine.connect() as conn:
+        assert conn.execute(select(TASKS.c.rule).where(TASKS.c.id == first)).scalar() == "urgent"
+
+
+def test_a_lease_keeps_a_task_from_being_taken_twice(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    send(receiver, tmp_path / "ct", count=1, modality="CT")
+    cfg = config(storescp.port)
+    router_for(receiver).run_pass(cfg, later(61))
+    engine = receiver.engine()
+    now = later(62)
+    taken = claim(engine, "first", now)
+    assert taken is not None
+    assert claim(engine, "second", now) is None  # leased
+    # The first dispatcher died: once its lease expires, another one takes the task over.
+    assert claim(engine, "second", now + timedelta(minutes=11)) == taken
+
+
+def test_backoff_grows_and_is_jittered() -> None:
+    waits = [backoff(n, 60).total_seconds() for n in range(1, 6)]
+    for n, wait in enumerate(waits, start=1):
+        assert 30 * 2 ** (n - 1) <= wait <= 60 * 2 ** (n - 1)
+    assert backoff(40, 60) <= timedelta(hours=6)
+
+
+def test_caduceus_run_receives_routes_and_delivers(
+    launch: Any, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    """End to end through `caduceus run`: storescu, receiver, router, dispatcher, storescp."""
+    import time
+
+    import yaml
+
+    document = {
+        "settings": {"series_complete_trigger": 1},
+        "targets": {
+            "scp": {
+                "type": "dicom",
+                "host": "127.0.0.1",
+                "port": storescp.port,
+                "called_aet": "STORESCP",
+            }
+        },
+        "rules": {"ct": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    instance = launch("run", "--config", str(tmp_path / "config.yaml"))
+    files = send(instance, tmp_path / "ct", count=5, modality="CT")
+    send(instance, tmp_path / "mr", count=2, modality="MR")  # matches no rule: not delivered
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(storescp.files()) < len(files):
+        time.sleep(0.2)
+    received = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in storescp.files()}
+    assert sorted(received) == sorted(dcmread(p).SOPInstanceUID for p in files)
+    for original in files:
+        assert dataset_bytes(received[dcmread(original).SOPInstanceUID]) == dataset_bytes(original)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and tasks(instance)[0]["state"] != "done":
+        time.sleep(0.2)
+    assert [t["state"] for t in tasks(instance)] == ["done"]
