@@ -12,8 +12,9 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from caduceus.core.db.group_commit import GroupCommitter
+from caduceus.core.net import dimse, pdu
 from caduceus.core.storage import DataRoot, TempFiles
-from caduceus.receiver import dimse, negotiation, pdu, records, status
+from caduceus.receiver import negotiation, records, status
 from caduceus.receiver.store import Discard, InstanceWriter, Outcome, StoreContext
 
 log = logging.getLogger("caduceus.receiver")

@@ -1,4 +1,4 @@
-"""DIMSE command sets (PS3.7): the few fields a storage SCP reads and the responses it sends.
+"""DIMSE command sets (PS3.7): the few fields a storage SCP and SCU read and write.
 
 Command sets are always implicit VR little endian and small, so they are parsed and encoded
 directly rather than through a general dataset model.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from caduceus.receiver.pdu import ProtocolError
+from caduceus.core.net.pdu import ProtocolError
 
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030
@@ -43,6 +43,8 @@ class Command:
     affected_sop_instance: str
     priority: int
     move_originator_aet: str
+    status: int = -1  # in responses
+    error_comment: str = ""
 
 
 def parse_command(data: bytes) -> Command:
@@ -77,6 +79,8 @@ def parse_command(data: bytes) -> Command:
         affected_sop_instance=text(AFFECTED_SOP_INSTANCE),
         priority=us(PRIORITY, 0),
         move_originator_aet=text(MOVE_ORIGINATOR_AET),
+        status=us(STATUS, -1) if STATUS in fields else -1,
+        error_comment=text(ERROR_COMMENT),
     )
 
 
@@ -108,6 +112,33 @@ def encode_response(
             _element(STATUS, _US.pack(status)),
             _element(ERROR_COMMENT, _lo(comment)) if comment and status else b"",
             _element(AFFECTED_SOP_INSTANCE, _uid(sop_instance)) if sop_instance else b"",
+        )
+    )
+    return _element(0x0000, _UL.pack(len(body))) + body
+
+
+def encode_c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE request (medium priority) announcing a dataset."""
+    body = b"".join(
+        (
+            _element(AFFECTED_SOP_CLASS, _uid(sop_class)),
+            _element(COMMAND_FIELD, _US.pack(C_STORE_RQ)),
+            _element(MESSAGE_ID, _US.pack(message_id)),
+            _element(PRIORITY, _US.pack(0)),
+            _element(DATASET_TYPE, _US.pack(0x0000)),
+            _element(AFFECTED_SOP_INSTANCE, _uid(sop_instance)),
+        )
+    )
+    return _element(0x0000, _UL.pack(len(body))) + body
+
+
+def encode_c_echo_rq(message_id: int) -> bytes:
+    body = b"".join(
+        (
+            _element(AFFECTED_SOP_CLASS, _uid("1.2.840.10008.1.1")),
+            _element(COMMAND_FIELD, _US.pack(C_ECHO_RQ)),
+            _element(MESSAGE_ID, _US.pack(message_id)),
+            _element(DATASET_TYPE, _US.pack(NO_DATASET)),
         )
     )
     return _element(0x0000, _UL.pack(len(body))) + body
