@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
-from types import FrameType
 
 from caduceus.core.config import store
 from caduceus.core.database import open_database
+from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import dispatch
@@ -21,13 +19,7 @@ IDLE_WAIT = 0.5
 
 
 def serve(settings: Settings) -> None:
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_on_signals()
     engine = open_database(settings)
     root = DataRoot(settings.home)
     owner = f"{socket.gethostname()}:{os.getpid()}"

@@ -8,13 +8,11 @@ is noticed and a trigger that fires becomes a task in well under a second.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from datetime import UTC, datetime
-from types import FrameType
 
 from caduceus.core.config import store
 from caduceus.core.database import open_database
+from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
@@ -26,13 +24,7 @@ MIN_SLEEP = 0.05
 
 
 def serve(settings: Settings) -> None:
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_on_signals()
     engine = open_database(settings)
     root = DataRoot(settings.home)
     root.create()
