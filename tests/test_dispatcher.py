@@ -124,12 +124,7 @@ def test_only_failed_targets_are_sent_again(
         {
             "settings": {"retry_delay": 10, "retry_max": 0},
             "targets": {
-                "scp": {
-                    "type": "dicom",
-                    "host": "127.0.0.1",
-                    "port": storescp.port,
-                    "called_aet": "STORESCP",
-                },
+                "scp": storescp.target(),
                 "archive": {"type": "folder", "path": str(tmp_path / "missing")},
             },
             "rules": {"ct": {"rule": "True", "targets": ["scp", "archive"]}},
@@ -157,14 +152,7 @@ def test_urgent_goes_first_and_offpeak_waits(
     send(receiver, tmp_path / "b", count=1, modality="MR", patient_id="URGENT")
     cfg = Config.model_validate(
         {
-            "targets": {
-                "scp": {
-                    "type": "dicom",
-                    "host": "127.0.0.1",
-                    "port": storescp.port,
-                    "called_aet": "STORESCP",
-                }
-            },
+            "targets": {"scp": storescp.target()},
             "rules": {
                 "normal": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]},
                 "urgent": {"rule": "@Modality@ == 'MR'", "targets": ["scp"], "priority": "urgent"},
@@ -210,14 +198,7 @@ def test_caduceus_run_receives_routes_and_delivers(
 
     document = {
         "settings": {"series_complete_trigger": 1},
-        "targets": {
-            "scp": {
-                "type": "dicom",
-                "host": "127.0.0.1",
-                "port": storescp.port,
-                "called_aet": "STORESCP",
-            }
-        },
+        "targets": {"scp": storescp.target()},
         "rules": {"ct": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))

@@ -102,12 +102,7 @@ def test_folder_target_publishes_atomically(tmp_path: Path) -> None:
 def test_targets_test_command(storescp: StoreSCP, tmp_path: Path) -> None:
     config = {
         "targets": {
-            "scp": {
-                "type": "dicom",
-                "host": "127.0.0.1",
-                "port": storescp.port,
-                "called_aet": "STORESCP",
-            },
+            "scp": storescp.target(),
             "dead": {
                 "type": "dicom",
                 "host": "127.0.0.1",

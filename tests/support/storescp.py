@@ -16,6 +16,10 @@ class StoreSCP:
     process: subprocess.Popen[bytes]
     aet: str = "STORESCP"
 
+    def target(self) -> dict[str, object]:
+        """This storescp as a DICOM target in a configuration document."""
+        return {"type": "dicom", "host": "127.0.0.1", "port": self.port, "called_aet": self.aet}
+
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.rglob("*") if p.is_file())
 

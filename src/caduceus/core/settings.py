@@ -107,7 +107,3 @@ def _mask_password(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)

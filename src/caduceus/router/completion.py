@@ -64,6 +64,19 @@ class Router:
 
     # -- series ---------------------------------------------------------------------------
 
+    def _open(self, key: Any, last: Any, *more: Any) -> list[Any]:
+        """Groups still receiving, the longest quiet first (an index on state and `last`)."""
+        table = key.table
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(key, last, *more)
+                    .where(table.c.state == "receiving")
+                    .order_by(last)
+                    .limit(BATCH)
+                ).all()
+            )
+
     def _series_trigger(self, config: Config) -> int:
         overrides = [
             r.series_complete_trigger
@@ -107,14 +120,7 @@ class Router:
         overrides = shortest != config.settings.series_complete_trigger or any(
             r.series_complete_trigger for r in config.rules.values()
         )
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(SERIES.c.id, SERIES.c.last_received_at)
-                .where(SERIES.c.state == "receiving")
-                .order_by(SERIES.c.last_received_at)
-                .limit(BATCH)
-            ).all()
-        for row in rows:
+        for row in self._open(SERIES.c.id, SERIES.c.last_received_at):
             last = _utc(row.last_received_at)
             if last + timedelta(seconds=shortest) > now:
                 due = last + timedelta(seconds=shortest)
@@ -322,14 +328,9 @@ class Router:
             for n in self._study_rules(config)
             if config.rules[n].study_trigger_condition == "received_series"
         ]
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(STUDIES.c.id, STUDIES.c.last_received_at, STUDIES.c.first_received_at)
-                .where(STUDIES.c.state == "receiving")
-                .order_by(STUDIES.c.last_received_at)
-                .limit(BATCH)
-            ).all()
-        for row in rows:
+        for row in self._open(
+            STUDIES.c.id, STUDIES.c.last_received_at, STUDIES.c.first_received_at
+        ):
             last = _utc(row.last_received_at)
             if last + quiet <= now or (
                 waiting_rules and self._required_series_present(config, row.id)
@@ -466,14 +467,7 @@ class Router:
     def _patients(self, config: Config, now: datetime, result: PassResult) -> None:
         rules = [n for n, r in config.rules.items() if r.trigger == "patient" and not r.disabled]
         quiet = timedelta(seconds=config.settings.patient_complete_trigger)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(PATIENT_GROUPS.c.patient_id, PATIENT_GROUPS.c.last_activity)
-                .where(PATIENT_GROUPS.c.state == "receiving")
-                .order_by(PATIENT_GROUPS.c.last_activity)
-                .limit(BATCH)
-            ).all()
-        for row in rows:
+        for row in self._open(PATIENT_GROUPS.c.patient_id, PATIENT_GROUPS.c.last_activity):
             due = _utc(row.last_activity) + quiet
             if due > now:
                 result.next_due = min(filter(None, (result.next_due, due)))

@@ -13,7 +13,6 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
@@ -206,7 +205,3 @@ def make_task(
         },
     )
     return task_id
-
-
-def task_folder(root: DataRoot, task_id: str) -> Path:
-    return root.home / "tasks" / task_id
