@@ -379,7 +379,8 @@ def test_run_with_a_config_file_routes_a_series(launch: Any, tmp_path: Path) -> 
     while time.monotonic() < deadline and not tasks(instance):
         time.sleep(0.1)
     [task] = tasks(instance)
-    assert task["rule"] == "ct" and task["state"] == "queued"
+    # The dispatcher (also started by `caduceus run`) may already be trying the target.
+    assert task["rule"] == "ct" and task["state"] in ("queued", "dispatching")
     # (How fast the task follows the trigger is measured in bench/router.py, not asserted here.)
 
 
