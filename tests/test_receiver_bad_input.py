@@ -259,11 +259,24 @@ def test_the_same_instance_from_two_senders_at_once(
     ds = dcmread(small_series[8])
 
     def send_repeatedly(_: int) -> list[int]:
-        ae = AE()
-        ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="CADUCEUS")
-        statuses = [int(assoc.send_c_store(ds).Status) for _ in range(15)]
-        assoc.release()
+        # Our own SCU: pynetdicom 3.0.4 as a sender sometimes misses a response under this
+        # load (DIMSE timeout on its side, nothing wrong at the receiver).
+        from caduceus.core.net.scu import StoreSCU
+
+        scu = StoreSCU(
+            "127.0.0.1",
+            receiver.port,
+            "DUPSENDER",
+            "CADUCEUS",
+            [(CT_IMAGE_STORAGE, str(ExplicitVRLittleEndian))],
+        )
+        statuses = [
+            scu.store_file(
+                small_series[8], CT_IMAGE_STORAGE, ds.SOPInstanceUID, str(ExplicitVRLittleEndian)
+            ).status
+            for _ in range(15)
+        ]
+        scu.release()
         return statuses
 
     with ThreadPoolExecutor(4) as pool:
