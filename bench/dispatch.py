@@ -19,7 +19,7 @@ from pathlib import Path
 
 from caduceus.core.config.models import DicomTarget
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
-from caduceus.dispatcher.targets import plugin_for
+from caduceus.dispatcher.targets import Shipment, plugin_for
 
 
 def free_port() -> int:
@@ -68,7 +68,7 @@ def main() -> int:
                     start = time.perf_counter()
                     if sender == "caduceus":
                         target = DicomTarget(host="127.0.0.1", port=port, called_aet="ANY")
-                        report = plugin_for(target).send(files, "bench")
+                        report = plugin_for(target).send(files, Shipment("bench"))
                         assert report.complete, list(report.failed.items())[:3]
                     else:
                         subprocess.run(

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from caduceus.core.config.models import DicomTarget, FolderTarget
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
-from caduceus.dispatcher.targets import TargetError, plugin_for
+from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from tests.support.dicomfiles import dataset_bytes
 from tests.support.processes import free_port, run
 from tests.support.storescp import StoreSCP, start_storescp
@@ -39,7 +39,7 @@ def test_dicom_target_delivers_every_instance_byte_for_byte(
 ) -> None:
     series = write_series(tmp_path / "ct", SeriesSpec(count=20, rows=64, columns=64))
     compressed = [Path(get_testdata_file(n)) for n in ("JPEG2000.dcm", "MR_small_RLE.dcm")]
-    report = plugin_for(dicom(storescp)).send(series + compressed, "task-1")
+    report = plugin_for(dicom(storescp)).send(series + compressed, Shipment("task-1"))
     assert report.complete and sorted(report.accepted) == sorted(series + compressed)
     received = by_uid(storescp.files())
     for original in series:
@@ -59,7 +59,7 @@ def test_compressed_images_are_transcoded_when_the_target_refuses_them(tmp_path:
             Path(get_testdata_file(n))
             for n in ("JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_rle.dcm")
         ]
-        report = plugin_for(dicom(scp)).send(originals, "task-2")
+        report = plugin_for(dicom(scp)).send(originals, Shipment("task-2"))
         assert report.complete and sorted(report.transcoded) == sorted(originals)
         received = by_uid(scp.files())
         for original in originals:
@@ -74,7 +74,7 @@ def test_compressed_images_are_transcoded_when_the_target_refuses_them(tmp_path:
 def test_dead_target_fails_with_a_clear_reason(tmp_path: Path) -> None:
     series = write_series(tmp_path / "ct", SeriesSpec(count=2, rows=8, columns=8))
     target = plugin_for(DicomTarget(host="127.0.0.1", port=free_port(), called_aet="NOBODY"))
-    report = target.send(series, "task-3")
+    report = target.send(series, Shipment("task-3"))
     assert not report.complete and report.accepted == []
     assert all("NOBODY@127.0.0.1" in reason for reason in report.failed.values())
     with pytest.raises(TargetError, match="NOBODY"):
@@ -87,14 +87,14 @@ def test_folder_target_publishes_atomically(tmp_path: Path) -> None:
     out.mkdir()
     target = plugin_for(FolderTarget(path=str(out)))
     assert "writable" in target.test()
-    report = target.send(series, "task-4")
+    report = target.send(series, Shipment("task-4"))
     assert report.complete
     delivered = out / "task-4"
     assert (delivered / ".complete").exists()
     assert sorted(p.name for p in delivered.glob("*.dcm")) == sorted(p.name for p in series)
     assert [p.name for p in out.iterdir()] == ["task-4"]  # no partial folder left
     # A repeated send (after a crash before it was recorded) does not duplicate anything.
-    assert plugin_for(FolderTarget(path=str(out))).send(series, "task-4").complete
+    assert plugin_for(FolderTarget(path=str(out))).send(series, Shipment("task-4")).complete
     with pytest.raises(TargetError, match="does not exist"):
         plugin_for(FolderTarget(path=str(tmp_path / "missing"))).test()
 

@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from caduceus.core.config.models import Config
+from caduceus.core.config.models import (
+    Config,
+    DicomTarget,
+    DicomWebTarget,
+    FolderTarget,
+    S3Target,
+    TargetSettings,
+)
 
 app = typer.Typer(help="Targets: where results are sent.", no_args_is_help=True)
 console = Console()
@@ -29,11 +36,21 @@ def _config() -> Config:
 def list_() -> None:
     """List the configured targets (no secrets are shown)."""
     for name, target in _config().targets.items():
-        if target.type == "dicom":
-            where = f"{target.called_aet}@{target.host}:{target.port}"
-        else:
-            where = target.path
-        console.print(f"{name}  {target.type}  {where}", highlight=False, markup=False)
+        console.print(f"{name}  {target.type}  {where_of(target)}", highlight=False, markup=False)
+
+
+def where_of(target: TargetSettings) -> str:
+    """Where a target sends to, in a line; never a secret."""
+    if isinstance(target, DicomTarget):
+        host = target.host or "(the sender)"
+        return f"{target.called_aet}@{host}:{target.port}"
+    if isinstance(target, FolderTarget):
+        return target.path
+    if isinstance(target, DicomWebTarget):
+        return target.url
+    if isinstance(target, S3Target):
+        return f"s3://{target.bucket}/{target.prefix}"
+    return f"sftp://{target.user}@{target.host}:{target.port}/{target.folder}"
 
 
 @app.command()

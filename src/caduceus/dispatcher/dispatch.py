@@ -13,7 +13,7 @@ from caduceus.core.config.models import Config
 from caduceus.core.db.models import DELIVERIES, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
 from caduceus.core.storage import DataRoot
-from caduceus.dispatcher.targets import TargetError, plugin_for
+from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 
 log = logging.getLogger("caduceus.dispatcher")
 
@@ -44,12 +44,19 @@ def dispatch(
             for d in conn.execute(select(DELIVERIES).where(DELIVERIES.c.task_id == task_id))
         }
     files = sorted((root.home / task.folder / "in").glob("*.dcm"))
+    info = (task.info or {}).get("info", {})
+    shipment = Shipment(
+        task_id,
+        sender_aet=info.get("sender_aet", ""),
+        sender_address=info.get("sender_address", ""),
+        receiver_aet=info.get("receiver_aet", ""),
+    )
     for row in targets:
         if row.state != "pending" or f"dispatch:{row.target}" in suspended:
             continue
         if row.next_attempt_at is not None and _utc(row.next_attempt_at) > now:
             continue
-        _send_to(engine, root, config, task_id, row.target, row.attempts, files, delivered, now)
+        _send_to(engine, config, shipment, row.target, row.attempts, files, delivered, now)
     return _settle(engine, task_id, now)
 
 
@@ -59,15 +66,15 @@ def _utc(value: datetime) -> datetime:
 
 def _send_to(
     engine: Engine,
-    root: DataRoot,
     config: Config,
-    task_id: str,
+    shipment: Shipment,
     target: str,
     attempts: int,
     files: list[Path],
     delivered: set[tuple[str, str]],
     now: datetime,
 ) -> None:
+    task_id = shipment.task_id
     todo = [f for f in files if (target, f.name) not in delivered]
     error = ""
     accepted: list[Path] = []
@@ -75,7 +82,7 @@ def _send_to(
         error = f"target {target!r} is no longer configured"
     else:
         try:
-            report = plugin_for(config.targets[target]).send(todo, task_id)
+            report = plugin_for(config.targets[target]).send(todo, shipment)
             accepted = report.accepted
             if report.failed:
                 first = next(iter(report.failed.items()))

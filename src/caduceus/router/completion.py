@@ -168,7 +168,7 @@ class Router:
     def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
         study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
         sender = conn.execute(
-            select(ASSOCIATIONS.c.calling_aet, ASSOCIATIONS.c.peer_host)
+            select(ASSOCIATIONS.c.calling_aet, ASSOCIATIONS.c.called_aet, ASSOCIATIONS.c.peer_host)
             .join(INSTANCES, INSTANCES.c.association_id == ASSOCIATIONS.c.id)
             .where(INSTANCES.c.id == instance_id)
         ).first()
@@ -177,6 +177,7 @@ class Router:
             "accession_number": study.accession_number,
             "sender_aet": sender.calling_aet if sender else "",
             "sender_address": sender.peer_host if sender else "",
+            "receiver_aet": sender.called_aet if sender else "",
         }
 
     def _complete_series(

@@ -83,6 +83,7 @@ def _task_json(
             "acc": group.info.get("accession_number", ""),
             "sender_address": group.info.get("sender_address", ""),
             "sender_aet": group.info.get("sender_aet", ""),
+            "receiver_aet": group.info.get("receiver_aet", ""),
             "mercure_version": f"caduceus {__version__}",
             "mercure_appliance": "caduceus",
             "mercure_server": os.uname().nodename,

@@ -11,7 +11,16 @@ import re
 from datetime import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    SerializationInfo,
+    field_validator,
+    model_validator,
+)
 
 from caduceus.core.rules import RuleError, parse_rule
 
@@ -24,16 +33,49 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MASK = "**********"
+
+
+def _reveal(value: SecretStr, info: SerializationInfo) -> str:
+    # Secrets are written out only where they must be stored (the configuration database, an
+    # export the administrator asked to include them in); everywhere else they are masked.
+    if info.context and info.context.get("reveal_secrets"):
+        return value.get_secret_value()
+    return MASK if value.get_secret_value() else ""
+
+
+Secret = Annotated[SecretStr, PlainSerializer(_reveal, return_type=str)]
+
+
 class DicomTarget(Strict):
     type: Literal["dicom"] = "dicom"
-    host: str = Field(min_length=1)
+    host: str = ""
     port: int = Field(ge=1, le=65535)
     called_aet: AETitle
     calling_aet: AETitle = "CADUCEUS"
-    # Like mercure: send back to whoever sent the series, or pass the sender's AE title on.
+    # Like mercure: send back to the address that sent the series; call the target with the
+    # sender's AE title, or with the AE title the sender called us by.
     send_to_sender: bool = False
     pass_sender_aet: bool = False
+    pass_receiver_aet: bool = False
+    associations: int = Field(default=1, ge=1, le=8, description="parallel associations")
     comment: str = ""
+
+    @model_validator(mode="after")
+    def _host_unless_sender(self) -> DicomTarget:
+        if not self.host and not self.send_to_sender:
+            raise ValueError("a DICOM target needs a host (or send_to_sender: true)")
+        return self
+
+
+class DicomTlsTarget(DicomTarget):
+    """DICOM over TLS. Paths are files on the dispatcher's machine."""
+
+    type: Literal["dicomtls"] = "dicomtls"  # type: ignore[assignment]
+    tls_key: str = Field(min_length=1, description="our private key (PEM file)")
+    tls_certificate: str = Field(min_length=1, description="our certificate (PEM file)")
+    tls_ca_certificate: str = Field(min_length=1, description="CA that signed the target's")
+    verify_hostname: bool = True
 
 
 class FolderTarget(Strict):
@@ -43,7 +85,66 @@ class FolderTarget(Strict):
     comment: str = ""
 
 
-Target = Annotated[DicomTarget | FolderTarget, Field(discriminator="type")]
+class DicomWebTarget(Strict):
+    """DICOMweb STOW-RS: instances are POSTed to <url>/studies in batches."""
+
+    type: Literal["dicomweb"] = "dicomweb"
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    username: str = ""
+    password: Secret = SecretStr("")
+    token: Secret = Field(default=SecretStr(""), description="bearer token")
+    tls_ca_certificate: str = ""
+    verify_tls: bool = True
+    batch_size: int = Field(default=50, ge=1, le=1000, description="instances per request")
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    comment: str = ""
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> DicomWebTarget:
+        if self.token.get_secret_value() and (self.username or self.password.get_secret_value()):
+            raise ValueError("use either basic auth (username, password) or a token, not both")
+        return self
+
+
+class S3Target(Strict):
+    type: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]+[a-z0-9]$")
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str = Field(default="", description="for S3-compatible stores")
+    access_key_id: str = ""
+    secret_access_key: Secret = SecretStr("")
+    comment: str = ""
+
+
+class SftpTarget(Strict):
+    type: Literal["sftp"] = "sftp"
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    password: Secret = SecretStr("")
+    private_key_file: str = ""
+    folder: str = Field(min_length=1)
+    # The server's public key ("ssh-ed25519 AAAA..."): an unverified server could be anyone.
+    host_key: str = ""
+    accept_unknown_host_key: bool = False
+    comment: str = ""
+
+    @model_validator(mode="after")
+    def _credentials_and_host_key(self) -> SftpTarget:
+        if not self.password.get_secret_value() and not self.private_key_file:
+            raise ValueError("an SFTP target needs a password or a private_key_file")
+        if not self.host_key and not self.accept_unknown_host_key:
+            raise ValueError(
+                "an SFTP target needs the server's host_key (or accept_unknown_host_key: true)"
+            )
+        return self
+
+
+TargetSettings = (
+    DicomTarget | DicomTlsTarget | FolderTarget | DicomWebTarget | S3Target | SftpTarget
+)  # noqa: E501
+Target = Annotated[TargetSettings, Field(discriminator="type")]
 
 
 class Module(Strict):

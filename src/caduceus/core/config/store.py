@@ -13,7 +13,8 @@ from caduceus.core.events import record_event
 
 
 def content_of(config: Config) -> dict[str, Any]:
-    return config.model_dump(mode="json")
+    # The database is where secrets have to be kept; every other dump masks them.
+    return config.model_dump(mode="json", context={"reveal_secrets": True})
 
 
 def current(engine: Engine) -> tuple[int, Config] | None:

@@ -1,18 +1,33 @@
-"""Target plug-ins: one module per kind of destination, all with the same interface."""
+"""Target plug-ins: one module per kind of destination, all with the same interface.
+
+A new kind of target is a settings model in core/config/models.py and one module here, named in
+_PLUGINS. Modules are imported when first used, so that an installation that never sends to S3
+never loads boto3.
+"""
 
 from __future__ import annotations
 
-from caduceus.core.config.models import DicomTarget, FolderTarget
-from caduceus.dispatcher.targets.base import SendReport, Target, TargetError
-from caduceus.dispatcher.targets.dicom import DicomSender
-from caduceus.dispatcher.targets.folder import FolderWriter
+import importlib
+from typing import Any
 
-_PLUGINS: dict[type, type[Target]] = {DicomTarget: DicomSender, FolderTarget: FolderWriter}
+from caduceus.core.config.models import TargetSettings
+from caduceus.dispatcher.targets.base import SendReport, Shipment, Target, TargetError
+
+_PLUGINS: dict[str, str] = {
+    "dicom": "caduceus.dispatcher.targets.dicom:DicomSender",
+    "dicomtls": "caduceus.dispatcher.targets.dicom:DicomSender",
+    "folder": "caduceus.dispatcher.targets.folder:FolderWriter",
+    "dicomweb": "caduceus.dispatcher.targets.dicomweb:StowSender",
+    "s3": "caduceus.dispatcher.targets.s3:S3Uploader",
+    "sftp": "caduceus.dispatcher.targets.sftp:SftpUploader",
+}
 
 
-def plugin_for(settings: DicomTarget | FolderTarget) -> Target:
-    """The plug-in that sends to a configured target. A new kind of target is one new module."""
-    return _PLUGINS[type(settings)](settings)  # type: ignore[call-arg]
+def plugin_for(settings: TargetSettings) -> Target:
+    """The plug-in that sends to a configured target."""
+    module_name, class_name = _PLUGINS[settings.type].split(":")
+    plugin: Any = getattr(importlib.import_module(module_name), class_name)
+    return plugin(settings)  # type: ignore[no-any-return]
 
 
-__all__ = ["SendReport", "Target", "TargetError", "plugin_for"]
+__all__ = ["SendReport", "Shipment", "Target", "TargetError", "plugin_for"]

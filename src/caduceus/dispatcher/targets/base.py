@@ -11,6 +11,16 @@ class TargetError(Exception):
     """The target cannot be reached or refused everything; the message says why, without secrets."""
 
 
+@dataclass(frozen=True)
+class Shipment:
+    """What a plug-in may need to know about the task it sends, besides the files."""
+
+    task_id: str
+    sender_aet: str = ""
+    sender_address: str = ""
+    receiver_aet: str = ""
+
+
 @dataclass
 class SendReport:
     """Per instance: which files the target accepted and why the others failed."""
@@ -25,7 +35,7 @@ class SendReport:
 
 
 class Target(Protocol):
-    def send(self, files: list[Path], task_id: str) -> SendReport:
+    def send(self, files: list[Path], shipment: Shipment) -> SendReport:
         """Send the files; only files in `accepted` may be considered delivered."""
         ...
 

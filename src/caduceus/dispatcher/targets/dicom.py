@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from caduceus.core.config.models import DicomTarget
 from caduceus.core.net.scu import AssociationFailed, AssociationLost, StoreSCU
-from caduceus.dispatcher.targets.base import SendReport, TargetError
+from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
 
 log = logging.getLogger("caduceus.dispatcher")
 
@@ -41,16 +41,32 @@ class DicomSender:
     def __init__(self, settings: DicomTarget):
         self.settings = settings
 
-    def _open(self, contexts: list[tuple[str, str]]) -> StoreSCU:
+    def _endpoint(self, shipment: Shipment | None) -> tuple[str, str, str]:
+        """Host, calling and called AE title for this shipment (mercure's pass-through options)."""
         s = self.settings
+        host, calling, called = s.host, s.calling_aet, s.called_aet
+        if shipment is not None:
+            if s.send_to_sender:
+                if not shipment.sender_address:
+                    raise TargetError("send back to the sender: the task has no sender address")
+                host = shipment.sender_address
+            if s.pass_sender_aet and shipment.sender_aet:
+                calling = shipment.sender_aet
+            if s.pass_receiver_aet and shipment.receiver_aet:
+                called = shipment.receiver_aet
+        return host, calling, called
+
+    def _open(self, contexts: list[tuple[str, str]], shipment: Shipment | None = None) -> StoreSCU:
+        host, calling, called = self._endpoint(shipment)
+        port = self.settings.port
         try:
-            return StoreSCU(s.host, s.port, s.calling_aet, s.called_aet, contexts)
+            return StoreSCU(host, port, calling, called, contexts)
         except AssociationFailed as exc:
-            raise TargetError(
-                f"association with {s.called_aet}@{s.host}:{s.port} failed: {exc}"
-            ) from exc
+            raise TargetError(f"association with {called}@{host}:{port} failed: {exc}") from exc
 
     def test(self) -> str:
+        if not self.settings.host:
+            raise TargetError("this target sends back to each task's sender: no fixed host to test")
         scu = self._open([(VERIFICATION, str(ImplicitVRLittleEndian))])
         try:
             if scu.context_for(VERIFICATION, str(ImplicitVRLittleEndian)) is None:
@@ -64,7 +80,7 @@ class DicomSender:
             raise TargetError("the target did not answer C-ECHO with success")
         return f"C-ECHO to {self.settings.called_aet}@{self.settings.host}:{self.settings.port} ok"
 
-    def send(self, files: list[Path], task_id: str) -> SendReport:
+    def send(self, files: list[Path], shipment: Shipment) -> SendReport:
         report = SendReport()
         syntaxes: dict[str, set[str]] = defaultdict(set)
         meta: dict[Path, tuple[str, str, str]] = {}
@@ -90,7 +106,7 @@ class DicomSender:
             if not pending:
                 break
             try:
-                scu = self._open(contexts)
+                scu = self._open(contexts, shipment)
             except TargetError as exc:
                 for path in pending:
                     report.failed[path] = str(exc)

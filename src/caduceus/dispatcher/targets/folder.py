@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from caduceus.core.config.models import FolderTarget
-from caduceus.dispatcher.targets.base import SendReport, TargetError
+from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
 
 MARKER = ".complete"
 
@@ -25,11 +25,11 @@ class FolderWriter:
             raise TargetError(f"folder {self.root} is not writable")
         return f"folder {self.root} is writable"
 
-    def send(self, files: list[Path], task_id: str) -> SendReport:
+    def send(self, files: list[Path], shipment: Shipment) -> SendReport:
         self.test()
         report = SendReport()
-        final = self.root / task_id
-        partial = self.root / f".{task_id}.partial"
+        final = self.root / shipment.task_id
+        partial = self.root / f".{shipment.task_id}.partial"
         if final.exists():  # delivered by an earlier attempt that died before recording it
             report.accepted = list(files)
             return report
