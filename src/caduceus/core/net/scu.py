@@ -3,12 +3,17 @@
 One association, one request at a time: the dataset bytes of each file go from the file to the
 socket in PDU-sized pieces, nothing is decoded, and Nagle's algorithm is off. pynetdicom's PDU
 classes encode the association request and decode the answer; the rest is a few bytes per PDU.
+
+With an SSL context the connected socket is wrapped before the association request (DICOM over
+TLS, PS3.15 annex B). Everything then goes through the SSL socket's send and recv: never hand
+its file descriptor to os.sendfile, which would write plaintext under the TLS stream.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,25 @@ def dataset_offset(path: Path) -> int:
     return 144 + int(struct.unpack_from("<I", head, 140)[0])
 
 
+def _tls_failure(exc: OSError) -> str:
+    """Why a TLS handshake failed, in words (no OpenSSL source positions)."""
+    hint = " (does the target speak TLS on this port?)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "the target closed the connection during the handshake" + hint
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc.strerror or exc).replace("_", " ").lower()
+        if exc.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            return f"{reason}{hint}"
+        return reason
+    if isinstance(exc, TimeoutError):
+        return "no answer to the TLS handshake in time" + hint
+    if isinstance(exc, ConnectionResetError):
+        return "the target reset the connection during the handshake" + hint
+    return str(exc.strerror or exc)
+
+
 class StoreSCU:
     def __init__(
         self,
@@ -66,7 +90,10 @@ class StoreSCU:
         called: str,
         contexts: list[tuple[str, str]],
         timeout: float = 60,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ):
+        """With ssl_context, speak TLS; server_hostname (default host) is checked and sent (SNI)."""
         self.called = called
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -75,6 +102,15 @@ class StoreSCU:
                 f"cannot connect to {called}@{host}:{port}: {exc.strerror}"
             ) from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            plain = self.sock
+            try:
+                self.sock = ssl_context.wrap_socket(plain, server_hostname=server_hostname or host)
+            except OSError as exc:  # ssl.SSLError is an OSError too
+                plain.close()
+                raise AssociationFailed(
+                    f"TLS handshake with {host}:{port} failed: {_tls_failure(exc)}"
+                ) from exc
         self.reader = pdu.SocketReader(self.sock)
         self.message_id = 0
         self.accepted: dict[tuple[str, str], int] = {}
@@ -83,6 +119,14 @@ class StoreSCU:
             self._associate(calling, called, contexts)
         except (pdu.PeerClosed, OSError) as exc:
             self.sock.close()
+            cause = exc.__cause__ if isinstance(exc, pdu.PeerClosed) else exc
+            if isinstance(cause, ssl.SSLError):  # TLS 1.3 refuses a client certificate only now
+                why = (
+                    "the target ended the TLS connection (did it refuse our client certificate?)"
+                    if isinstance(cause, ssl.SSLEOFError)
+                    else _tls_failure(cause)
+                )
+                raise AssociationFailed(f"{called}@{host}:{port}: TLS: {why}") from exc
             raise AssociationFailed(f"{called}@{host}:{port}: {exc}") from exc
 
     def _associate(self, calling: str, called: str, contexts: list[tuple[str, str]]) -> None:

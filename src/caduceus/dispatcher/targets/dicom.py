@@ -5,11 +5,16 @@ to the socket. When the target only accepts uncompressed syntaxes for that SOP c
 is decoded (pydicom's pixel plugins) and sent uncompressed instead of failing. The sender is
 the lean SCU in core/net (pynetdicom's association machinery costs more per image than the
 sending does; see bench/dispatch.py).
+
+A "dicomtls" target is the same sender over TLS: our certificate for mutual TLS, the target's
+checked against the configured CA (and its host name, unless verify_hostname is off), TLS 1.2
+at least.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from caduceus.core.config.models import DicomTarget
+from caduceus.core.config.models import DicomTarget, DicomTlsTarget
 from caduceus.core.net.scu import AssociationFailed, AssociationLost, StoreSCU
 from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
 
@@ -40,6 +45,7 @@ def _success(status: Any) -> bool:
 class DicomSender:
     def __init__(self, settings: DicomTarget):
         self.settings = settings
+        self._ssl_context: ssl.SSLContext | None = None
 
     def _endpoint(self, shipment: Shipment | None) -> tuple[str, str, str]:
         """Host, calling and called AE title for this shipment (mercure's pass-through options)."""
@@ -60,9 +66,46 @@ class DicomSender:
         host, calling, called = self._endpoint(shipment)
         port = self.settings.port
         try:
-            return StoreSCU(host, port, calling, called, contexts)
+            return StoreSCU(host, port, calling, called, contexts, ssl_context=self._tls())
         except AssociationFailed as exc:
             raise TargetError(f"association with {called}@{host}:{port} failed: {exc}") from exc
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The TLS client context of a dicomtls target (built once), None for plain DICOM."""
+        s = self.settings
+        if not isinstance(s, DicomTlsTarget) or self._ssl_context is not None:
+            return self._ssl_context
+        for role, name, marker in (
+            ("CA certificate", s.tls_ca_certificate, b"-----BEGIN CERTIFICATE-----"),
+            ("certificate", s.tls_certificate, b"-----BEGIN CERTIFICATE-----"),
+            ("private key", s.tls_key, b"PRIVATE KEY-----"),
+        ):
+            try:
+                pem = Path(name).read_bytes()
+            except OSError as exc:
+                raise TargetError(f"TLS {role} {name}: {exc.strerror}") from exc
+            if marker not in pem:  # the message names the file, never its content
+                raise TargetError(f"TLS {role} {name}: not a PEM file with a {role}")
+            if role == "private key" and b"ENCRYPTED" in pem:
+                raise TargetError(f"TLS private key {name}: encrypted keys are not supported")
+        try:
+            context = ssl.create_default_context(cafile=s.tls_ca_certificate)
+        except ssl.SSLError as exc:
+            raise TargetError(
+                f"TLS CA certificate {s.tls_ca_certificate}: unusable ({exc.reason or 'bad PEM'})"
+            ) from exc
+        try:
+            context.load_cert_chain(s.tls_certificate, s.tls_key, password=b"")
+        except ssl.SSLError as exc:
+            why = "they do not match" if exc.reason == "KEY_VALUES_MISMATCH" else exc.reason
+            raise TargetError(
+                f"TLS certificate {s.tls_certificate} and key {s.tls_key}: unusable "
+                f"({why or 'bad PEM'})"
+            ) from exc
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = s.verify_hostname
+        self._ssl_context = context
+        return context
 
     def test(self) -> str:
         if not self.settings.host:
@@ -78,7 +121,9 @@ class DicomSender:
             scu.release()
         if not ok:
             raise TargetError("the target did not answer C-ECHO with success")
-        return f"C-ECHO to {self.settings.called_aet}@{self.settings.host}:{self.settings.port} ok"
+        over = " over TLS" if isinstance(self.settings, DicomTlsTarget) else ""
+        s = self.settings
+        return f"C-ECHO{over} to {s.called_aet}@{s.host}:{s.port} ok"
 
     def send(self, files: list[Path], shipment: Shipment) -> SendReport:
         report = SendReport()
