@@ -109,6 +109,19 @@ def dispatcher() -> None:
 
 
 @app.command()
+def cleaner() -> None:
+    """Run the cleaner alone: removes finished work after its retention, or when the disk fills."""
+    from caduceus.cleaner.service import serve
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+
+    setup_logging("cleaner")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
     from caduceus.core.database import open_database

@@ -160,8 +160,13 @@ def restart_command(
     if len(matches) != 1:
         console.print(f"[red]{len(matches)} tasks match {task_id!r}[/red]")
         raise typer.Exit(1)
-    count = restart(engine, matches[0], getpass.getuser())
-    engine.dispose()
+    try:
+        count = restart(engine, matches[0], getpass.getuser())
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
     console.print(f"task {matches[0]} restarted: {count} target(s) will be tried again")
 
 

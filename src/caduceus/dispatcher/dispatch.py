@@ -182,9 +182,16 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
     """Send a failed task again, to the targets that failed only. Returns how many."""
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        task = conn.execute(select(TASKS.c.state).where(TASKS.c.id == task_id)).first()
+        task = conn.execute(
+            select(TASKS.c.state, TASKS.c.cleaned_at).where(TASKS.c.id == task_id)
+        ).first()
         if task is None:
             raise LookupError(f"no task {task_id}")
+        if task.cleaned_at is not None:
+            raise LookupError(
+                f"task {task_id} cannot be restarted: the cleaner removed its files "
+                f"on {task.cleaned_at:%Y-%m-%d %H:%M}"
+            )
         failed = conn.execute(
             update(TASK_TARGETS)
             .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.state == "error"))

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-SERVICES: tuple[str, ...] = ("receiver", "router", "dispatcher")
+SERVICES: tuple[str, ...] = ("receiver", "router", "dispatcher", "cleaner")

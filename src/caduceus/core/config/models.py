@@ -248,6 +248,17 @@ class Settings(Strict):
     retention: int = Field(default=3 * 86400, ge=0, description="keep finished work (seconds)")
     discard_retention: int = Field(default=3 * 86400, ge=0)
     error_retention: int = Field(default=14 * 86400, ge=0)
+    # Emergency cleaning: past the high-water mark (percent of the disk used), finished work is
+    # removed oldest first, retention or not, until use falls below the low-water mark.
+    disk_high_water: int = Field(default=90, ge=1, le=100)
+    disk_low_water: int = Field(default=80, ge=0, le=99)
+    clean_offpeak_only: bool = False
+
+    @model_validator(mode="after")
+    def _water_marks(self) -> Settings:
+        if self.disk_low_water >= self.disk_high_water:
+            raise ValueError("disk_low_water must be below disk_high_water")
+        return self
 
 
 class Config(Strict):

@@ -108,6 +108,8 @@ class Series(Base):
     state: Mapped[str] = mapped_column(String(16), default="receiving", server_default="receiving")
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The cleaner removed the received files of the instances that arrived up to this moment.
+    files_removed_through: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index(None, "study_id"),
@@ -149,9 +151,12 @@ class Task(Base):
     modules: Mapped[list[str]] = mapped_column(JSON)
     info: Mapped[dict[str, Any]] = mapped_column(JSON)  # the task.json document
     error: Mapped[str | None] = mapped_column(Text)
+    # When the cleaner removed the task's folder; the row and its history stay.
+    cleaned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index(None, "state", "priority", "not_before"),
+        Index(None, "state", "updated_at"),
         Index(None, "study_uid"),
         Index(None, "series_uid"),
         Index(None, "created_at"),

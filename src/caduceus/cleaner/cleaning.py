@@ -1,0 +1,311 @@
+"""What the cleaner removes, and when.
+
+Two kinds of data take space: a task's folder (tasks/<id>, hard links to the received files plus
+task.json and, later, module results) and the received files themselves (incoming/<series>/).
+A received file is needed for as long as a grouping may still collect it: until its series
+has been completed, and its study and patient too where rules group at those levels. After that
+it is "settled": every task that needed it holds its own link.
+
+- Retention: a finished task's folder goes after the retention for its end state (done, discarded,
+  error); settled received files go `discard_retention` after they arrived (for a series no rule
+  matched, they are the only copy, which is what that retention is for).
+- Emergency: past the disk's high-water mark, finished task folders and settled files are
+  removed oldest first, retention or not, until use is below the low-water mark. Work that is
+  still waiting, processing or being sent is never touched.
+
+Every removal is an event with what was removed, why and how many bytes it freed. The space a
+file frees is counted only when its last link goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, and_, or_, select, update
+
+from caduceus.core.config.models import Config
+from caduceus.core.db.models import INSTANCES, PATIENT_GROUPS, SERIES, STUDIES, TASKS
+from caduceus.core.events import record_event
+from caduceus.core.priorities import in_window
+from caduceus.core.storage import DataRoot
+
+log = logging.getLogger("caduceus.cleaner")
+
+FINISHED = ("done", "discarded", "error")
+BATCH = 200
+
+
+@dataclass
+class Freed:
+    files: int = 0
+    bytes: int = 0
+
+    def add(self, other: Freed) -> None:
+        self.files += other.files
+        self.bytes += other.bytes
+
+
+@dataclass
+class CleanResult:
+    tasks: list[str] = field(default_factory=list)
+    series: list[int] = field(default_factory=list)
+    freed: Freed = field(default_factory=Freed)
+    emergency: bool = False
+    disk_used_percent: float = 0.0
+
+
+def disk_used_percent(path: Path) -> float:
+    usage = shutil.disk_usage(path)
+    return 100.0 * usage.used / usage.total if usage.total else 0.0
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _remove_file(path: Path) -> Freed:
+    try:
+        st = path.stat()
+        path.unlink()
+    except FileNotFoundError:
+        return Freed()
+    return Freed(1, st.st_size if st.st_nlink == 1 else 0)
+
+
+def _remove_tree(folder: Path) -> Freed:
+    freed = Freed()
+    if not folder.exists():
+        return freed
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            freed.add(_remove_file(Path(dirpath) / name))
+    shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
+@dataclass
+class _Candidate:
+    """Finished work that may be removed: a task's folder or a series' settled files."""
+
+    since: datetime  # when it finished (task) or its newest settled file arrived (series)
+    kind: str  # "task" or "series"
+    key: str | int
+    state: str = ""
+    settled_through: datetime | None = None
+
+
+class Cleaner:
+    def __init__(
+        self,
+        engine: Engine,
+        root: DataRoot,
+        usage: Callable[[Path], float] = disk_used_percent,
+    ):
+        self.engine = engine
+        self.root = root
+        self.usage = usage
+
+    def run_pass(self, config: Config, now: datetime | None = None) -> CleanResult:
+        now = now or datetime.now(UTC)
+        settings = config.settings
+        result = CleanResult(disk_used_percent=self.usage(self.root.home))
+        if result.disk_used_percent >= settings.disk_high_water:
+            self._emergency(config, now, result)
+        offpeak = in_window(
+            now.astimezone().time().replace(tzinfo=None),
+            settings.offpeak_start,
+            settings.offpeak_end,
+        )
+        if not settings.clean_offpeak_only or offpeak:
+            for candidate in self._due(config, now):
+                self._clean(candidate, "retention", result)
+        return result
+
+    def _retention(self, config: Config, state: str) -> timedelta:
+        s = config.settings
+        seconds = {"done": s.retention, "discarded": s.discard_retention}.get(
+            state, s.error_retention
+        )
+        return timedelta(seconds=seconds)
+
+    def _due(self, config: Config, now: datetime) -> list[_Candidate]:
+        due = [
+            c
+            for c in self._finished_tasks(config)
+            if c.since <= now - self._retention(config, c.state)
+        ]
+        cutoff = now - timedelta(seconds=config.settings.discard_retention)
+        due += [c for c in self._settled_series(config) if c.since <= cutoff]
+        return due
+
+    def _finished_tasks(self, config: Config, limit: int = BATCH) -> list[_Candidate]:
+        # Oldest first per end state, so that each state's due tasks come within the batch.
+        found: list[_Candidate] = []
+        with self.engine.connect() as conn:
+            for state in FINISHED:
+                rows = conn.execute(
+                    select(TASKS.c.id, TASKS.c.updated_at)
+                    .where(and_(TASKS.c.state == state, TASKS.c.cleaned_at.is_(None)))
+                    .order_by(TASKS.c.updated_at)
+                    .limit(limit)
+                ).all()
+                found += [_Candidate(_utc(r.updated_at), "task", r.id, state) for r in rows]
+        return found
+
+    def _settled_series(self, config: Config, limit: int = BATCH) -> list[_Candidate]:
+        """Series with received files that no grouping can collect any more, oldest first."""
+        levels = {rule.trigger for rule in config.rules.values() if not rule.disabled}
+        query = (
+            select(
+                SERIES.c.id,
+                SERIES.c.completed_at,
+                SERIES.c.files_removed_through,
+                STUDIES.c.completed_at.label("study_completed_at"),
+                PATIENT_GROUPS.c.completed_at.label("patient_completed_at"),
+            )
+            .join(STUDIES, STUDIES.c.id == SERIES.c.study_id)
+            .outerjoin(PATIENT_GROUPS, PATIENT_GROUPS.c.patient_id == STUDIES.c.patient_id)
+            .where(
+                and_(
+                    SERIES.c.completed_at.is_not(None),
+                    or_(
+                        SERIES.c.files_removed_through.is_(None),
+                        SERIES.c.files_removed_through < SERIES.c.completed_at,
+                    ),
+                )
+            )
+            .order_by(SERIES.c.completed_at)
+            .limit(limit)
+        )
+        found = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                marks = [row.completed_at]
+                if "study" in levels:
+                    marks.append(row.study_completed_at)
+                if "patient" in levels:
+                    marks.append(row.patient_completed_at)
+                if any(m is None for m in marks):
+                    continue  # a grouping that has not happened yet may still need the files
+                settled = min(_utc(m) for m in marks)
+                done = row.files_removed_through
+                if done is not None and _utc(done) >= settled:
+                    continue
+                found.append(_Candidate(settled, "series", row.id, settled_through=settled))
+        return found
+
+    def _emergency(self, config: Config, now: datetime, result: CleanResult) -> None:
+        settings = config.settings
+        result.emergency = True
+        start = result.disk_used_percent
+        candidates = sorted(
+            self._finished_tasks(config, limit=10 * BATCH)
+            + self._settled_series(config, limit=10 * BATCH),
+            key=lambda c: c.since,
+        )
+        before = Freed()
+        before.add(result.freed)
+        for candidate in candidates:
+            if self.usage(self.root.home) < settings.disk_low_water:
+                break
+            self._clean(candidate, "disk", result)
+        used = self.usage(self.root.home)
+        freed = result.freed.bytes - before.bytes
+        message = (
+            f"disk {start:.1f}% used, above the high-water mark of {settings.disk_high_water}%: "
+            f"freed {freed} bytes, now {used:.1f}%"
+        )
+        if used >= settings.disk_low_water:
+            message += f"; still above the low-water mark of {settings.disk_low_water}%"
+            message += ": everything left is still in use or waiting"
+        log.warning("%s", message)
+        with self.engine.begin() as conn:
+            record_event(
+                conn,
+                "cleaner.emergency",
+                message,
+                severity="warning",
+                details={
+                    "used_before": round(start, 1),
+                    "used_after": round(used, 1),
+                    "freed_bytes": freed,
+                    "high_water": settings.disk_high_water,
+                    "low_water": settings.disk_low_water,
+                },
+            )
+        result.disk_used_percent = used
+
+    def _clean(self, candidate: _Candidate, reason: str, result: CleanResult) -> None:
+        if candidate.kind == "task":
+            self._clean_task(str(candidate.key), candidate.state, reason, result)
+        else:
+            assert candidate.settled_through is not None
+            self._clean_series(int(candidate.key), candidate.settled_through, reason, result)
+
+    def _clean_task(self, task_id: str, state: str, reason: str, result: CleanResult) -> None:
+        with self.engine.begin() as conn:
+            # Claimed in the same statement that checks it is still finished: a task restarted
+            # a moment ago keeps its files.
+            claimed = conn.execute(
+                update(TASKS)
+                .where(
+                    and_(
+                        TASKS.c.id == task_id, TASKS.c.state == state, TASKS.c.cleaned_at.is_(None)
+                    )
+                )
+                .values(cleaned_at=datetime.now(UTC))
+            ).rowcount
+            if not claimed:
+                return
+            folder = self.root.home / "tasks" / task_id
+            freed = _remove_tree(folder)
+            record_event(
+                conn,
+                "task.cleaned",
+                f"{state} task's folder removed ({reason}): {freed.files} file(s), "
+                f"{freed.bytes} bytes freed",
+                task_id=task_id,
+                details={
+                    "reason": reason,
+                    "state": state,
+                    "files": freed.files,
+                    "bytes": freed.bytes,
+                },
+            )
+        result.tasks.append(task_id)
+        result.freed.add(freed)
+
+    def _clean_series(
+        self, series_id: int, through: datetime, reason: str, result: CleanResult
+    ) -> None:
+        with self.engine.begin() as conn:
+            series = conn.execute(
+                select(SERIES.c.files_removed_through).where(SERIES.c.id == series_id)
+            ).one()
+            since = series.files_removed_through
+            condition = and_(INSTANCES.c.series_id == series_id, INSTANCES.c.received_at <= through)
+            if since is not None:
+                condition = and_(condition, INSTANCES.c.received_at > since)
+            paths = conn.execute(select(INSTANCES.c.path).where(condition)).scalars().all()
+            freed = Freed()
+            for relative in paths:
+                freed.add(_remove_file(self.root.absolute(relative)))
+            conn.execute(
+                update(SERIES).where(SERIES.c.id == series_id).values(files_removed_through=through)
+            )
+            record_event(
+                conn,
+                "series.files_removed",
+                f"received files removed ({reason}): {freed.files} file(s), "
+                f"{freed.bytes} bytes freed",
+                series_id=series_id,
+                details={"reason": reason, "files": freed.files, "bytes": freed.bytes},
+            )
+        result.series.append(series_id)
+        result.freed.add(freed)
