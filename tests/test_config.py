@@ -138,11 +138,33 @@ MERCURE = {
         },
         "share": {"target_type": "folder", "folder": "/mnt/share", "file_filter": "*.dcm"},
         "remote": {
-            "target_type": "sftp",
-            "folder": "/in",
+            "target_type": "xnat",
+            "project_id": "P1",
             "user": "u",
             "host": "h",
             "password": "p",
+        },
+        "drop": {
+            "target_type": "sftp",
+            "folder": "/in",
+            "user": "u",
+            "host": "sftp.example",
+            "password": "p",
+        },
+        "web": {
+            "target_type": "dicomweb",
+            "url": "https://pacs.example/dicom-web",
+            "http_user": "u",
+            "http_password": "p",
+        },
+        "tls": {
+            "target_type": "dicomtls",
+            "ip": "10.0.0.6",
+            "port": "2762",
+            "aet_target": "SECURE",
+            "tls_key": "/etc/k.pem",
+            "tls_cert": "/etc/c.pem",
+            "ca_cert": "/etc/ca.pem",
         },
     },
     "modules": {
@@ -225,6 +247,11 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
     ):
         assert name in report, name
     assert "offsite" not in config.rules and "remote" not in config.targets
+    drop, web, tls = config.targets["drop"], config.targets["web"], config.targets["tls"]
+    assert drop.type == "sftp" and drop.password.get_secret_value() == "p"
+    assert "targets -> drop: the SFTP server's host key is not verified" in report
+    assert web.type == "dicomweb" and web.username == "u"
+    assert tls.type == "dicomtls" and (tls.port, tls.tls_certificate) == (2762, "/etc/c.pem")
 
 
 def test_required_series_conditions() -> None:
@@ -264,3 +291,69 @@ def test_config_commands(tmp_path: Path, sqlite_url: str) -> None:
     bad = write(tmp_path, {"rules": {"x": {"rule": "@Modality@ ==", "targets": []}}}, "bad.yaml")
     invalid = run([*CADUCEUS, "config", "validate", str(bad)], env=env)
     assert invalid.returncode == 1 and "rules -> x -> rule" in invalid.stderr
+
+
+SECRET = "pa55-w0rd!never-shown"
+WITH_SECRETS = {
+    "targets": {
+        "web": {
+            "type": "dicomweb",
+            "url": "http://pacs.example/dicom-web",
+            "username": "router",
+            "password": SECRET,
+        },
+        "box": {
+            "type": "sftp",
+            "host": "sftp.example",
+            "user": "drop",
+            "password": SECRET + "2",
+            "folder": "/in",
+            "accept_unknown_host_key": True,
+        },
+    },
+}
+
+
+def test_secrets_are_masked_in_every_output_and_kept_on_reimport(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    env = {
+        "CADUCEUS_HOME": str(tmp_path / "home"),
+        "CADUCEUS_DATABASE_URL": sqlite_url,
+        "PATH": "/usr/bin:/bin",
+    }
+    source = write(tmp_path, WITH_SECRETS)
+    outputs = [run([*CADUCEUS, "config", "import", str(source)], env=env)]
+    outputs.append(run([*CADUCEUS, "config", "export"], env=env))
+    outputs.append(run([*CADUCEUS, "config", "export", "--format", "json"], env=env))
+    outputs.append(run([*CADUCEUS, "targets", "list"], env=env))
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        assert SECRET not in result.stdout + result.stderr
+    exported = yaml.safe_load(outputs[1].stdout)
+    assert exported["targets"]["web"]["password"] == "**********"
+
+    # The masked export, edited and imported again, keeps the stored passwords.
+    exported["targets"]["web"]["username"] = "router2"
+    masked = write(tmp_path, exported, "masked.yaml")
+    assert run([*CADUCEUS, "config", "import", str(masked)], env=env).returncode == 0
+    engine = open_database(Settings(home=tmp_path / "home", database_url=sqlite_url))
+    current = store.current_or_default(engine)
+    engine.dispose()
+    web = current.targets["web"]
+    assert web.type == "dicomweb" and web.username == "router2"
+    assert web.password.get_secret_value() == SECRET
+    assert current.targets["box"].password.get_secret_value() == SECRET + "2"  # type: ignore[union-attr]
+
+    # Secrets are exported only into a private file, on request.
+    assert run([*CADUCEUS, "config", "export", "--with-secrets"], env=env).returncode == 2
+    private = tmp_path / "full.yaml"
+    run([*CADUCEUS, "config", "export", "--with-secrets", "-o", str(private)], env=env)
+    assert SECRET in private.read_text() and private.stat().st_mode & 0o777 == 0o600
+
+    # A masked secret with nothing stored to keep is refused, naming the target.
+    other = {**env, "CADUCEUS_HOME": str(tmp_path / "fresh")}
+    other["CADUCEUS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'fresh.db'}"
+    refused = run([*CADUCEUS, "config", "import", str(masked)], env=other)
+    assert refused.returncode == 1
+    assert "target 'web': password is masked" in refused.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ app = typer.Typer(
     help="The configuration: rules, targets, modules, settings.", no_args_is_help=True
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _engine() -> Engine:
@@ -42,10 +43,15 @@ def import_file(path: Path, author: str) -> int:
     """Import a file as the newest configuration version; used by `caduceus run --config`."""
     loaded = _load(path)
     engine = _engine()
-    version, changed = store.save(
-        engine, loaded.config, author, f"imported {path.name} ({loaded.source_format} format)"
-    )
-    engine.dispose()
+    try:
+        version, changed = store.save(
+            engine, loaded.config, author, f"imported {path.name} ({loaded.source_format} format)"
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
     console.print(
         f"configuration version {version}" + ("" if changed else " (unchanged)"), highlight=False
     )
@@ -77,8 +83,20 @@ def validate(path: Annotated[Path, typer.Argument(help="File to check.")]) -> No
 def export(
     fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
     version: Annotated[int | None, typer.Option(help="Version to export; default newest.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (mode 600).")
+    ] = None,
+    with_secrets: Annotated[
+        bool, typer.Option("--with-secrets", help="Include passwords and keys; needs --output.")
+    ] = False,
 ) -> None:
-    """Print the configuration (the newest version, or --version N)."""
+    """Print the configuration (the newest version, or --version N). Secrets are masked.
+
+    A masked export can be edited and imported again: masked secrets keep their stored value.
+    """
+    if with_secrets and output is None:
+        err.print("[red]error:[/red] --with-secrets writes only to a file (--output)")
+        raise typer.Exit(2)
     engine = _engine()
     try:
         config = store.get(engine, version) if version else store.current_or_default(engine)
@@ -87,7 +105,15 @@ def export(
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
-    print(files.dump(config, fmt), end="")
+    text = files.dump(config, fmt, with_secrets=with_secrets)
+    if output is None:
+        print(text, end="")
+        return
+    # Created private before anything is written: the file may hold secrets.
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    console.print(f"written to {output}", highlight=False)
 
 
 @app.command()

@@ -22,8 +22,8 @@ from caduceus.core.config.models import Config, Rule
 from caduceus.core.db.models import TASK_INSTANCES, TASK_TARGETS, TASKS
 from caduceus.core.db.upsert import insert_or_ignore
 from caduceus.core.events import record_event
-from caduceus.core.storage import DataRoot
 from caduceus.core.priorities import OFFPEAK, PRIORITY, next_offpeak_start
+from caduceus.core.storage import DataRoot
 
 TASK_NAMESPACE = uuid.UUID("6f1c1a52-8d0e-4f4b-9b7e-2f0d1c3a9e11")
 

@@ -64,8 +64,9 @@ def load(path: Path) -> Loaded:
     return parse(_read(path), str(path))
 
 
-def dump(config: Config, fmt: str = "yaml") -> str:
-    content = config.model_dump(mode="json")
+def dump(config: Config, fmt: str = "yaml", with_secrets: bool = False) -> str:
+    """The configuration as a file; secrets are masked unless asked for."""
+    content = config.model_dump(mode="json", context={"reveal_secrets": with_secrets})
     if fmt == "json":
         return json.dumps(content, indent=2, ensure_ascii=False) + "\n"
     return yaml.safe_dump(content, sort_keys=False, allow_unicode=True)

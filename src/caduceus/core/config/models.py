@@ -143,7 +143,7 @@ class SftpTarget(Strict):
 
 TargetSettings = (
     DicomTarget | DicomTlsTarget | FolderTarget | DicomWebTarget | S3Target | SftpTarget
-)  # noqa: E501
+)
 Target = Annotated[TargetSettings, Field(discriminator="type")]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, insert, select
 
-from caduceus.core.config.models import Config
+from caduceus.core.config.models import MASK, Config
 from caduceus.core.db.models import CONFIG_VERSIONS
 from caduceus.core.events import record_event
 
@@ -42,15 +43,43 @@ def get(engine: Engine, version: int) -> Config:
     return Config.model_validate(content)
 
 
+def keep_secrets(config: Config, previous: Config | None) -> Config:
+    """Masked secrets (as an export without secrets shows them) keep their stored value.
+
+    A configuration exported without its secrets can so be edited and imported again, and a
+    form that never shows a password can save the rest. A masked secret with nothing to keep
+    is an error, not a password of ten asterisks.
+    """
+    updated = config.model_copy(deep=True)
+    problems = []
+    for name, target in updated.targets.items():
+        old = previous.targets.get(name) if previous else None
+        for field in type(target).model_fields:
+            value = getattr(target, field)
+            if not isinstance(value, SecretStr) or value.get_secret_value() != MASK:
+                continue
+            if old is not None and old.type == target.type:
+                setattr(target, field, getattr(old, field))
+            else:
+                problems.append(f"target {name!r}: {field} is masked; give the real value")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return updated
+
+
 def save(engine: Engine, config: Config, author: str, comment: str = "") -> tuple[int, bool]:
-    """Store config as the newest version. Returns (version, whether anything changed)."""
-    content = content_of(config)
+    """Store config as the newest version. Returns (version, whether anything changed).
+
+    Raises ValueError when a masked secret has no stored value to keep.
+    """
     with engine.begin() as conn:
         row = conn.execute(
             select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)
             .order_by(CONFIG_VERSIONS.c.id.desc())
             .limit(1)
         ).first()
+        previous = Config.model_validate(row.content) if row is not None else None
+        content = content_of(keep_secrets(config, previous))
         if row is not None and row.content == content:
             return int(row.id), False
         version = conn.execute(
