@@ -216,3 +216,62 @@ def test_caduceus_run_receives_routes_and_delivers(
     while time.monotonic() < deadline and tasks(instance)[0]["state"] != "done":
         time.sleep(0.2)
     assert [t["state"] for t in tasks(instance)] == ["done"]
+
+
+def test_dispatcher_killed_mid_send_is_taken_over_and_nothing_is_lost(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    """SIGKILL a real `caduceus dispatcher` while it sends to a slow target; a second one takes
+    the task over when the lease expires, and every instance arrives (some perhaps twice)."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from caduceus.core.db.models import INSTANCES
+    from tests.support.flaky_scp import start_flaky_scp
+
+    scp = start_flaky_scp(delay=0.1)
+    try:
+        files = send(receiver, tmp_path / "ct", count=40, modality="CT")
+        document = {
+            "targets": {
+                "slow": {
+                    "type": "dicom",
+                    "host": "127.0.0.1",
+                    "port": scp.port,
+                    "called_aet": "FLAKY",
+                }
+            },
+            "rules": {"ct": {"rule": "True", "targets": ["slow"]}},
+        }
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+        receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+        cfg = Config.model_validate(document)
+        router_for(receiver).run_pass(cfg, datetime.now(UTC) + timedelta(seconds=61))
+        lease = {"CADUCEUS_DISPATCHER_LEASE_SECONDS": "3"}
+        first = launch("dispatcher", home=receiver.home, **lease)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(scp.stores) < 10:
+            time.sleep(0.05)
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        arrived_before = len(scp.stores)
+        assert 10 <= arrived_before < 40, "the kill must land in the middle of the send"
+        [task] = tasks(receiver)
+        assert task["state"] != "done" and task["lease_owner"]
+
+        launch("dispatcher", home=receiver.home, **lease)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and tasks(receiver)[0]["state"] != "done":
+            time.sleep(0.2)
+        assert tasks(receiver)[0]["state"] == "done"
+        with receiver.engine().connect() as conn:
+            sent = set(conn.execute(select(INSTANCES.c.sop_instance_uid)).scalars())
+        assert len(sent) == len(files)
+        assert scp.uids() == sent  # every instance arrived at least once
+        assert scp.associations == 2
+    finally:
+        scp.stop()

@@ -97,7 +97,8 @@ class Caduceus:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for_port(self.port, process=self.process)
+        if command in ("receiver", "run"):  # the others listen on no port
+            wait_for_port(self.port, process=self.process)
         return self
 
     def cli(

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     receiver_check_called_aet: bool = True
     receiver_accept_private_sop_classes: bool = True
     receiver_network_timeout: float = Field(default=60.0, gt=0)
+    dispatcher_lease_seconds: int = Field(
+        default=600,
+        ge=2,
+        description="A dispatcher holds a task this long unless it renews; when it dies, "
+        "another one takes the task over after this time.",
+    )
     fsync: bool = Field(
         default=True,
         description="Flush each received file, its folder and each database commit to disk "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import timedelta
 
 from caduceus.core.config import store
 from caduceus.core.database import open_database
@@ -12,7 +13,7 @@ from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import dispatch
-from caduceus.dispatcher.queue import claim, release, suspended
+from caduceus.dispatcher.queue import claim, keep_lease, release, suspended
 
 log = logging.getLogger("caduceus.dispatcher")
 IDLE_WAIT = 0.5
@@ -23,16 +24,19 @@ def serve(settings: Settings) -> None:
     engine = open_database(settings)
     root = DataRoot(settings.home)
     owner = f"{socket.gethostname()}:{os.getpid()}"
+    lease = timedelta(seconds=settings.dispatcher_lease_seconds)
     log.info("dispatcher %s started", owner)
     while not stopping.is_set():
         try:
             paused = suspended(engine)
-            task_id = None if "dispatch" in paused else claim(engine, owner)
+            task_id = None if "dispatch" in paused else claim(engine, owner, lease=lease)
             if task_id is None:
                 stopping.wait(IDLE_WAIT)
                 continue
             try:
-                state = dispatch(engine, root, store.current_or_default(engine), task_id, paused)
+                with keep_lease(engine, task_id, owner, lease):
+                    config = store.current_or_default(engine)
+                    state = dispatch(engine, root, config, task_id, paused)
                 log.info("task %s: %s", task_id, state)
             except Exception:
                 log.exception("task %s failed in the dispatcher", task_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ log = logging.getLogger("caduceus.dispatcher")
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 MAX_RECONNECTS = 3
+MIN_PER_ASSOCIATION = 10  # fewer files than this are not worth another association
 VERIFICATION = "1.2.840.10008.1.1"
 
 
@@ -147,15 +149,43 @@ class DicomSender:
                 if len(contexts) < MAX_CONTEXTS:
                     contexts.append((sop_class, syntax))
         pending = [p for p in files if p in meta]
+        chunks = _split(pending, self.settings.associations)
+        if len(chunks) <= 1:
+            self._send_all(pending, meta, contexts, shipment, report)
+            return report
+        self._tls()  # built once, before the threads share it
+        parts = [SendReport() for _ in chunks]
+        with ThreadPoolExecutor(len(chunks), thread_name_prefix="dicom-send") as pool:
+            futures = [
+                pool.submit(self._send_all, chunk, meta, contexts, shipment, part)
+                for chunk, part in zip(chunks, parts, strict=True)
+            ]
+            for future in futures:
+                future.result()
+        for part in parts:
+            report.accepted += part.accepted
+            report.failed.update(part.failed)
+            report.transcoded += part.transcoded
+        return report
+
+    def _send_all(
+        self,
+        pending: list[Path],
+        meta: dict[Path, tuple[str, str, str]],
+        contexts: list[tuple[str, str]],
+        shipment: Shipment,
+        report: SendReport,
+    ) -> None:
+        """Send on one association, resuming on a new one with what was not yet confirmed."""
         for _attempt in range(MAX_RECONNECTS + 1):
             if not pending:
-                break
+                return
             try:
                 scu = self._open(contexts, shipment)
             except TargetError as exc:
                 for path in pending:
                     report.failed[path] = str(exc)
-                return report
+                return
             try:
                 pending = self._send_on(scu, pending, meta, report)
             finally:
@@ -169,7 +199,6 @@ class DicomSender:
                 )
         for path in pending:
             report.failed[path] = "association lost repeatedly"
-        return report
 
     def _send_on(
         self,
@@ -208,6 +237,13 @@ class DicomSender:
             else:
                 report.failed[path] = f"status 0x{response.status:04X} {response.comment}".strip()
         return []
+
+
+def _split(files: list[Path], associations: int) -> list[list[Path]]:
+    """Contiguous shares for parallel associations; small sends stay on one association."""
+    count = max(1, min(associations, len(files) // MIN_PER_ASSOCIATION))
+    size = -(-len(files) // count) if files else 0
+    return [files[i : i + size] for i in range(0, len(files), size)] if files else []
 
 
 def _decoded(path: Path, syntax: str) -> bytes:
