@@ -31,10 +31,10 @@ class StoreSCP:
             self.process.kill()
 
 
-def start_storescp(folder: Path, *options: str) -> StoreSCP:
+def start_storescp(folder: Path, *options: str, port: int | None = None) -> StoreSCP:
     """Options e.g. "+xa" (accept all transfer syntaxes); by default only uncompressed ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [require("storescp"), "-aet", "STORESCP", "-od", str(folder), *options, str(port)],
         stdout=subprocess.DEVNULL,
