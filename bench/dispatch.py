@@ -1,11 +1,13 @@
 """Dispatch benchmark: caduceus' DICOM target against DCMTK's dcmsend, into one storescp.
 
-    .venv/bin/python bench/dispatch.py [--count 500] [--size 512]
+    .venv/bin/python bench/dispatch.py [--count 500] [--size 512] [--associations 2]
 
 Generates a CT series (512x512 16-bit, about 0.5 MB per image), then sends it to a fresh
 DCMTK storescp (TCP_NODELAY=1 in its environment, so the receiver is never the bottleneck):
-once with caduceus' DicomSender (what the dispatcher uses: pynetdicom, chunked sending,
-TCP_NODELAY) and once with `dcmsend` (what mercure uses), and prints images/s and the ratio.
+once with caduceus' DicomSender (what the dispatcher uses: the lean storage SCU in core/net,
+file to socket in PDU-sized pieces, TCP_NODELAY) and once with `dcmsend` (what mercure uses),
+and prints images/s and the ratio. With --associations N > 1, a third run sends over N
+associations at once into a storescp that forks per association.
 """
 
 from __future__ import annotations
@@ -30,16 +32,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def storescp(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+def storescp(folder: Path, fork: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        ["storescp", "-od", str(folder), "+xa", str(port)],
+        ["storescp", "-od", str(folder), "+xa", *(["--fork"] if fork else []), str(port)],
         env={**os.environ, "TCP_NODELAY": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.5)
+    import socket
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
     return process, port
 
 
@@ -52,22 +62,29 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--associations", type=int, default=1)
     args = parser.parse_args()
+    senders = ["caduceus", "dcmsend"] + (["parallel"] if args.associations > 1 else [])
     with tempfile.TemporaryDirectory(prefix="caduceus-dispatch-bench-") as scratch_name:
         scratch = Path(scratch_name)
         files = write_series(
             scratch / "series", SeriesSpec(count=args.count, rows=args.size, columns=args.size)
         )
         megabytes = sum(p.stat().st_size for p in files) / 2**20
-        results: dict[str, list[float]] = {"caduceus": [], "dcmsend": []}
+        results: dict[str, list[float]] = {sender: [] for sender in senders}
         for repeat in range(args.repeats):
-            for sender in ("caduceus", "dcmsend"):
+            for sender in senders:
                 out = scratch / f"out-{sender}-{repeat}"
-                process, port = storescp(out)
+                process, port = storescp(out, fork=sender == "parallel")
                 try:
                     start = time.perf_counter()
-                    if sender == "caduceus":
-                        target = DicomTarget(host="127.0.0.1", port=port, called_aet="ANY")
+                    if sender in ("caduceus", "parallel"):
+                        target = DicomTarget(
+                            host="127.0.0.1",
+                            port=port,
+                            called_aet="ANY",
+                            associations=args.associations if sender == "parallel" else 1,
+                        )
                         report = plugin_for(target).send(files, Shipment("bench"))
                         assert report.complete, list(report.failed.items())[:3]
                     else:
@@ -95,6 +112,12 @@ def main() -> int:
             f"{best['dcmsend']:.1f} images/s, ratio caduceus/dcmsend "
             f"{best['caduceus'] / best['dcmsend']:.2f}"
         )
+        if "parallel" in best:
+            print(
+                f"best of {args.repeats}: caduceus over {args.associations} associations "
+                f"{best['parallel']:.1f} images/s, ratio to dcmsend "
+                f"{best['parallel'] / best['dcmsend']:.2f}"
+            )
     return 0
 
 
