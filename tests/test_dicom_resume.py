@@ -78,3 +78,30 @@ def test_several_associations_share_a_series_and_deliver_all_of_it(
     assert flaky.uids() == set(uids_of(files))
     per_association = {n for n, _ in flaky.stores}
     assert len(per_association) == 4  # three in parallel, one resumption
+
+
+def test_ae_titles_and_address_can_come_from_the_sender(flaky: FlakySCP, tmp_path: Path) -> None:
+    """mercure's options: send back to the sender, pass its AE title and the one it called."""
+    files = write_series(tmp_path / "ct", SeriesSpec(count=3, rows=32, columns=32))
+    plain = plugin_for(target(flaky.port))
+    assert plain.send(files, Shipment("t", sender_aet="SCANNER")).complete
+    assert flaky.titles == [("CADUCEUS", "FLAKY")]
+
+    echo = DicomTarget(
+        port=flaky.port,
+        called_aet="FLAKY",
+        send_to_sender=True,
+        pass_sender_aet=True,
+        pass_receiver_aet=True,
+    )
+    shipment = Shipment(
+        "t", sender_aet="SCANNER", sender_address="127.0.0.1", receiver_aet="ROUTER_IN"
+    )
+    assert plugin_for(echo).send(files, shipment).complete
+    assert flaky.titles[-1] == ("SCANNER", "ROUTER_IN")
+
+    unknown = plugin_for(echo).send(files, Shipment("t"))
+    assert not unknown.accepted
+    assert set(unknown.failed.values()) == {
+        "send back to the sender: the task has no sender address"
+    }

@@ -98,6 +98,8 @@ def test_complete_series_becomes_a_task_with_linked_files(
     assert document["info"]["applied_rule"] == "ct"
     assert document["info"]["patient_name"] == "Doe^Jane"
     assert document["info"]["sender_aet"] == "STORESCU"
+    assert document["info"]["sender_address"] == "127.0.0.1"
+    assert document["info"]["receiver_aet"] == receiver.ae_title
     assert document["dispatch"]["target_name"] == ["pacs"]
     with receiver.engine().connect() as conn:
         assert conn.execute(select(SERIES.c.state, SERIES.c.generation)).one() == ("complete", 1)

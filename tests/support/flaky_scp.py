@@ -24,11 +24,15 @@ class FlakySCP:
     delay: float = 0.0  # seconds per instance: a slow target
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: Any = None
+    # (calling AE title, called AE title) of each association, as the requestor sent them.
+    titles: list[tuple[str, str]] = field(default_factory=list)
 
     def on_open(self, event: Any) -> None:
         with self.lock:
             self.associations += 1
             event.assoc.number = self.associations
+            request = event.assoc.requestor.primitive
+            self.titles.append((request.calling_ae_title, request.called_ae_title))
 
     def on_store(self, event: Any) -> int:
         time.sleep(self.delay)
