@@ -245,3 +245,17 @@ def test_a_restarted_task_is_not_cleaned_under_the_dispatcher(
         conn.execute(update(TASKS).where(TASKS.c.id == task["id"]).values(updated_at=at(t0, -30)))
     cleaner_for(receiver).run_pass(cfg, at(t0, 30))
     assert (receiver.home / task["folder"] / "in").exists()
+
+
+def test_series_without_a_patient_id_settle_under_a_patient_rule(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    """Such studies are never grouped by patient, so their files must not wait for it."""
+    t0 = datetime.now(UTC)
+    send(receiver, tmp_path / "anon", count=2, modality="OT", patient_id="")
+    rules = {"pt": {"rule": "@Modality@ == 'MR'", "targets": ["archive"], "trigger": "patient"}}
+    cfg = config(tmp_path / "archive", rules)
+    route_and_send(receiver, cfg, t0)
+    files = received_files(receiver)
+    cleaner_for(receiver).run_pass(cfg, at(t0, 2.1))
+    assert not any(f.exists() for f in files)

@@ -334,22 +334,29 @@ def test_secrets_are_masked_in_every_output_and_kept_on_reimport(
     assert exported["targets"]["web"]["password"] == "**********"
 
     # The masked export, edited and imported again, keeps the stored passwords.
-    exported["targets"]["web"]["username"] = "router2"
+    exported["targets"]["web"]["batch_size"] = 10
     masked = write(tmp_path, exported, "masked.yaml")
     assert run([*CADUCEUS, "config", "import", str(masked)], env=env).returncode == 0
     engine = open_database(Settings(home=tmp_path / "home", database_url=sqlite_url))
     current = store.current_or_default(engine)
     engine.dispose()
     web = current.targets["web"]
-    assert web.type == "dicomweb" and web.username == "router2"
+    assert web.type == "dicomweb" and web.batch_size == 10
     assert web.password.get_secret_value() == SECRET
     assert current.targets["box"].password.get_secret_value() == SECRET + "2"  # type: ignore[union-attr]
 
-    # Secrets are exported only into a private file, on request.
+    # Secrets are exported only into a private file, on request, even over a readable one.
     assert run([*CADUCEUS, "config", "export", "--with-secrets"], env=env).returncode == 2
     private = tmp_path / "full.yaml"
+    private.write_text("old")
+    private.chmod(0o644)
     run([*CADUCEUS, "config", "export", "--with-secrets", "-o", str(private)], env=env)
     assert SECRET in private.read_text() and private.stat().st_mode & 0o777 == 0o600
+
+    # A target pointed elsewhere does not take its old password along.
+    exported["targets"]["web"]["url"] = "http://elsewhere.example/dicom-web"
+    moved = run([*CADUCEUS, "config", "import", str(write(tmp_path, exported, "m.yaml"))], env=env)
+    assert moved.returncode == 1 and "now points elsewhere" in moved.stderr
 
     # A masked secret with nothing stored to keep is refused, naming the target.
     other = {**env, "CADUCEUS_HOME": str(tmp_path / "fresh")}

@@ -275,3 +275,64 @@ def test_dispatcher_killed_mid_send_is_taken_over_and_nothing_is_lost(
         assert scp.associations == 2
     finally:
         scp.stop()
+
+
+def test_a_live_dispatcher_renews_its_lease_and_a_lost_lease_is_not_written(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    import time
+
+    from caduceus.dispatcher.queue import keep_lease, renew
+
+    send(receiver, tmp_path / "ct", count=1, modality="CT")
+    cfg = config(storescp.port)
+    router_for(receiver).run_pass(cfg, later(61))
+    engine = receiver.engine()
+    lease = timedelta(seconds=2)
+    task_id = claim(engine, "first", lease=lease)
+    assert task_id is not None
+
+    def expires() -> datetime:
+        with engine.connect() as conn:
+            value = conn.execute(
+                select(TASKS.c.lease_expires).where(TASKS.c.id == task_id)
+            ).scalar_one()
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    with keep_lease(engine, task_id, "first", lease):
+        time.sleep(3)  # longer than the lease: only renewal keeps it
+        assert claim(engine, "second", lease=lease) is None
+        assert expires() > datetime.now(UTC)
+    assert not renew(engine, task_id, "someone else")
+
+    # The first dispatcher stalls past its lease; the second takes over. When the first
+    # finally settles the task, it must not overwrite the second one's state or lease.
+    time.sleep(2.2)
+    assert claim(engine, "second", lease=timedelta(minutes=5)) == task_id
+    dispatch(engine, DataRoot(receiver.home), cfg, task_id, set(), owner="first")
+    [task] = tasks(receiver)
+    assert task["lease_owner"] == "second"
+
+
+def test_missing_files_are_a_failed_attempt_never_a_delivery(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    import shutil
+
+    send(receiver, tmp_path / "ct", count=4, modality="CT")
+    cfg = config(storescp.port)
+    router_for(receiver).run_pass(cfg, later(61))
+    [task] = tasks(receiver)
+    folder = receiver.home / task["folder"] / "in"
+    next(folder.glob("*.dcm")).unlink()  # e.g. removed by hand
+    assert run_dispatcher(receiver, cfg, later(62)) == ["dispatching"]
+    [row] = target_rows(receiver)
+    assert row["state"] == "pending"
+    assert "only 3 of the task's 4 files" in row["last_error"]
+    assert storescp.files() == [], "half a series is never sent"
+    shutil.rmtree(folder.parent)  # the whole folder gone: still no delivery
+    assert run_dispatcher(receiver, cfg, later(10_000)) == ["dispatching"]
+    assert run_dispatcher(receiver, cfg, later(20_000)) == ["error"]  # retry_max is 2
+    assert storescp.files() == []
+    assert "removed" not in tasks(receiver)[0]["error"]
+    assert "only 0 of the task's 4 files" in tasks(receiver)[0]["error"]

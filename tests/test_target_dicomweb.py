@@ -260,3 +260,40 @@ def test_targets_test_command_names_the_failure_without_the_password(
     for result in (ok, failed, listed):
         output = result.stdout + result.stderr
         assert PASSWORD not in output and PASSWORD[::-1] not in output
+
+
+class AnswersAnyPost(BaseHTTPRequestHandler):
+    """Not a DICOMweb server: a proxy or a login page that answers every POST with 200."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        page = b"<html>Welcome</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_bare_200_is_not_taken_as_delivery(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", SeriesSpec(count=3, rows=32, columns=32))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnswersAnyPost)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        report = plugin_for(DicomWebTarget(url=url)).send(series, Shipment("t"))
+    finally:
+        server.shutdown()
+    assert report.accepted == []
+    assert set(report.failed.values()) == {
+        "HTTP 200 without a STOW-RS answer naming the stored instances"
+    }
+
+
+def test_a_token_that_could_break_a_header_is_refused_by_the_configuration() -> None:
+    with pytest.raises(ValueError, match="printable ASCII") as caught:
+        DicomWebTarget(url="http://x/dicom-web", token=SecretStr("abc\nInjected: yes"))
+    assert "Injected" not in str(caught.value)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import INSTANCES, PATIENT_GROUPS, SERIES, STUDIES, TASKS
@@ -106,10 +106,13 @@ class Cleaner:
         engine: Engine,
         root: DataRoot,
         usage: Callable[[Path], float] = disk_used_percent,
+        should_stop: Callable[[], bool] = lambda: False,
     ):
         self.engine = engine
         self.root = root
         self.usage = usage
+        # Checked between removals, so that stopping the service never waits for a long pass.
+        self.should_stop = should_stop
 
     def run_pass(self, config: Config, now: datetime | None = None) -> CleanResult:
         now = now or datetime.now(UTC)
@@ -124,6 +127,8 @@ class Cleaner:
         )
         if not settings.clean_offpeak_only or offpeak:
             for candidate in self._due(config, now):
+                if self.should_stop():
+                    break
                 self._clean(candidate, "retention", result)
         return result
 
@@ -161,11 +166,20 @@ class Cleaner:
     def _settled_series(self, config: Config, limit: int = BATCH) -> list[_Candidate]:
         """Series with received files that no grouping can collect any more, oldest first."""
         levels = {rule.trigger for rule in config.rules.values() if not rule.disabled}
+        unsettled: list[ColumnElement[bool]] = [SERIES.c.completed_at.is_not(None)]
+        if "study" in levels:
+            unsettled.append(STUDIES.c.completed_at.is_not(None))
+        if "patient" in levels:
+            # Studies without a patient ID are never grouped by patient.
+            unsettled.append(
+                or_(STUDIES.c.patient_id == "", PATIENT_GROUPS.c.completed_at.is_not(None))
+            )
         query = (
             select(
                 SERIES.c.id,
                 SERIES.c.completed_at,
                 SERIES.c.files_removed_through,
+                STUDIES.c.patient_id,
                 STUDIES.c.completed_at.label("study_completed_at"),
                 PATIENT_GROUPS.c.completed_at.label("patient_completed_at"),
             )
@@ -173,7 +187,7 @@ class Cleaner:
             .outerjoin(PATIENT_GROUPS, PATIENT_GROUPS.c.patient_id == STUDIES.c.patient_id)
             .where(
                 and_(
-                    SERIES.c.completed_at.is_not(None),
+                    *unsettled,
                     or_(
                         SERIES.c.files_removed_through.is_(None),
                         SERIES.c.files_removed_through < SERIES.c.completed_at,
@@ -181,23 +195,24 @@ class Cleaner:
                 )
             )
             .order_by(SERIES.c.completed_at)
-            .limit(limit)
         )
-        found = []
+        found: list[_Candidate] = []
         with self.engine.connect() as conn:
-            for row in conn.execute(query):
+            # Streamed, not limited in SQL: series whose settled point has not moved are
+            # skipped here, and must not fill the batch and hide the others.
+            for row in conn.execution_options(yield_per=500).execute(query):
                 marks = [row.completed_at]
                 if "study" in levels:
                     marks.append(row.study_completed_at)
-                if "patient" in levels:
+                if "patient" in levels and row.patient_id:
                     marks.append(row.patient_completed_at)
-                if any(m is None for m in marks):
-                    continue  # a grouping that has not happened yet may still need the files
                 settled = min(_utc(m) for m in marks)
                 done = row.files_removed_through
                 if done is not None and _utc(done) >= settled:
                     continue
                 found.append(_Candidate(settled, "series", row.id, settled_through=settled))
+                if len(found) >= limit:
+                    break
         return found
 
     def _emergency(self, config: Config, now: datetime, result: CleanResult) -> None:
@@ -212,7 +227,7 @@ class Cleaner:
         before = Freed()
         before.add(result.freed)
         for candidate in candidates:
-            if self.usage(self.root.home) < settings.disk_low_water:
+            if self.should_stop() or self.usage(self.root.home) < settings.disk_low_water:
                 break
             self._clean(candidate, "disk", result)
         used = self.usage(self.root.home)
@@ -243,28 +258,33 @@ class Cleaner:
 
     def _clean(self, candidate: _Candidate, reason: str, result: CleanResult) -> None:
         if candidate.kind == "task":
-            self._clean_task(str(candidate.key), candidate.state, reason, result)
+            self._clean_task(candidate, reason, result)
         else:
             assert candidate.settled_through is not None
             self._clean_series(int(candidate.key), candidate.settled_through, reason, result)
 
-    def _clean_task(self, task_id: str, state: str, reason: str, result: CleanResult) -> None:
+    def _clean_task(self, candidate: _Candidate, reason: str, result: CleanResult) -> None:
+        task_id, state = str(candidate.key), candidate.state
         with self.engine.begin() as conn:
-            # Claimed in the same statement that checks it is still finished: a task restarted
-            # a moment ago keeps its files.
+            # Claimed, and committed, before anything is removed: a task restarted a moment
+            # ago (its state or finish time changed) keeps its files, and a cleaner killed
+            # half-way leaves a task that is marked cleaned, never one that looks whole.
             claimed = conn.execute(
                 update(TASKS)
                 .where(
                     and_(
-                        TASKS.c.id == task_id, TASKS.c.state == state, TASKS.c.cleaned_at.is_(None)
+                        TASKS.c.id == task_id,
+                        TASKS.c.state == state,
+                        TASKS.c.updated_at <= candidate.since,
+                        TASKS.c.cleaned_at.is_(None),
                     )
                 )
                 .values(cleaned_at=datetime.now(UTC))
             ).rowcount
-            if not claimed:
-                return
-            folder = self.root.home / "tasks" / task_id
-            freed = _remove_tree(folder)
+        if not claimed:
+            return
+        freed = _remove_tree(self.root.home / "tasks" / task_id)
+        with self.engine.begin() as conn:
             record_event(
                 conn,
                 "task.cleaned",
@@ -293,17 +313,31 @@ class Cleaner:
             if since is not None:
                 condition = and_(condition, INSTANCES.c.received_at > since)
             paths = conn.execute(select(INSTANCES.c.path).where(condition)).scalars().all()
-            freed = Freed()
-            for relative in paths:
-                freed.add(_remove_file(self.root.absolute(relative)))
+            # Recorded first: a cleaner killed half-way must not leave the rest looking needed
+            # by nobody and present, nor present files looking removed (they are re-checked).
             conn.execute(
                 update(SERIES).where(SERIES.c.id == series_id).values(files_removed_through=through)
             )
+        freed = Freed()
+        kept = 0
+        for relative in paths:
+            path = self.root.absolute(relative)
+            try:
+                newer = path.stat().st_mtime > through.timestamp()
+            except FileNotFoundError:
+                continue
+            if newer:
+                # The same instance was sent again after the grouping: this file is a new
+                # arrival that the next grouping needs.
+                kept += 1
+                continue
+            freed.add(_remove_file(path))
+        with self.engine.begin() as conn:
             record_event(
                 conn,
                 "series.files_removed",
                 f"received files removed ({reason}): {freed.files} file(s), "
-                f"{freed.bytes} bytes freed",
+                f"{freed.bytes} bytes freed" + (f"; {kept} newer file(s) kept" if kept else ""),
                 series_id=series_id,
                 details={"reason": reason, "files": freed.files, "bytes": freed.bytes},
             )

@@ -20,7 +20,7 @@ def serve(settings: Settings) -> None:
     engine = open_database(settings)
     root = DataRoot(settings.home)
     root.create()
-    cleaner = Cleaner(engine, root)
+    cleaner = Cleaner(engine, root, should_stop=stopping.is_set)
     log.info("cleaner started")
     while not stopping.is_set():
         try:

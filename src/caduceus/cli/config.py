@@ -109,10 +109,17 @@ def export(
     if output is None:
         print(text, end="")
         return
-    # Created private before anything is written: the file may hold secrets.
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    # A new file, private from its creation (the export may hold secrets), then renamed over
+    # the name: an existing file's looser mode or a planted symbolic link is never reused.
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.part")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(temporary, output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     console.print(f"written to {output}", highlight=False)
 
 

@@ -7,10 +7,11 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from caduceus.core.config.models import Config
-from caduceus.core.db.models import DELIVERIES, TASK_TARGETS, TASKS
+from caduceus.core.db.models import DELIVERIES, TASK_INSTANCES, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
@@ -33,8 +34,14 @@ def dispatch(
     task_id: str,
     suspended: set[str],
     now: datetime | None = None,
+    owner: str | None = None,
 ) -> str:
-    """Send what is due; return the task's new state."""
+    """Send what is due; return the task's new state.
+
+    With `owner`, the task's state is written only while that dispatcher still holds its lease:
+    one that lost it (it stalled past the lease) must not overwrite the state or free the lease
+    of the dispatcher that took the task over.
+    """
     now = now or datetime.now(UTC)
     with engine.connect() as conn:
         task = conn.execute(select(TASKS).where(TASKS.c.id == task_id)).one()
@@ -43,7 +50,20 @@ def dispatch(
             (d.target, d.file_name)
             for d in conn.execute(select(DELIVERIES).where(DELIVERIES.c.task_id == task_id))
         }
+        expected = conn.execute(
+            select(func.count()).where(TASK_INSTANCES.c.task_id == task_id)
+        ).scalar_one()
     files = sorted((root.home / task.folder / "in").glob("*.dcm"))
+    # Never "deliver" what is not there: a missing file (an unmounted data volume, a folder
+    # removed by hand or by the cleaner) is a failed attempt, so the series is not sent half.
+    problem = ""
+    if task.cleaned_at is not None:
+        problem = "the task's files were removed by the cleaner"
+    elif len(files) < expected:
+        problem = (
+            f"only {len(files)} of the task's {expected} files are in "
+            f"{task.folder}/in; nothing sent"
+        )
     info = (task.info or {}).get("info", {})
     shipment = Shipment(
         task_id,
@@ -56,8 +76,8 @@ def dispatch(
             continue
         if row.next_attempt_at is not None and _utc(row.next_attempt_at) > now:
             continue
-        _send_to(engine, config, shipment, row.target, row.attempts, files, delivered, now)
-    return _settle(engine, task_id, now)
+        _send_to(engine, config, shipment, row.target, row.attempts, files, delivered, now, problem)
+    return _settle(engine, task_id, now, owner)
 
 
 def _utc(value: datetime) -> datetime:
@@ -73,12 +93,15 @@ def _send_to(
     files: list[Path],
     delivered: set[tuple[str, str]],
     now: datetime,
+    problem: str = "",
 ) -> None:
     task_id = shipment.task_id
     todo = [f for f in files if (target, f.name) not in delivered]
-    error = ""
+    error = problem
     accepted: list[Path] = []
-    if target not in config.targets:
+    if error:
+        pass
+    elif target not in config.targets:
         error = f"target {target!r} is no longer configured"
     else:
         try:
@@ -99,8 +122,10 @@ def _send_to(
     retry_max = config.settings.retry_max
     with engine.begin() as conn:
         if accepted:
+            # Another dispatcher that took the task over may have recorded some already.
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             conn.execute(
-                insert(DELIVERIES),
+                dialect.insert(DELIVERIES).on_conflict_do_nothing(),
                 [
                     {"task_id": task_id, "target": target, "file_name": f.name, "delivered_at": now}
                     for f in accepted
@@ -149,7 +174,7 @@ def _send_to(
         )
 
 
-def _settle(engine: Engine, task_id: str, now: datetime) -> str:
+def _settle(engine: Engine, task_id: str, now: datetime, owner: str | None = None) -> str:
     with engine.begin() as conn:
         rows = conn.execute(select(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task_id)).all()
         states = {r.state for r in rows}
@@ -163,9 +188,12 @@ def _settle(engine: Engine, task_id: str, now: datetime) -> str:
         else:
             state, not_before = "error", None
             error = "; ".join(f"{r.target}: {r.last_error}" for r in rows if r.state == "error")
+        mine = TASKS.c.id == task_id
+        if owner is not None:
+            mine = and_(mine, TASKS.c.lease_owner == owner)
         conn.execute(
             update(TASKS)
-            .where(TASKS.c.id == task_id)
+            .where(mine)
             .values(
                 state=state,
                 not_before=not_before,
@@ -192,16 +220,18 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
                 f"task {task_id} cannot be restarted: the cleaner removed its files "
                 f"on {task.cleaned_at:%Y-%m-%d %H:%M}"
             )
+        reopened = conn.execute(
+            update(TASKS)
+            .where(and_(TASKS.c.id == task_id, TASKS.c.cleaned_at.is_(None)))
+            .values(state="queued", error=None, not_before=None, updated_at=now)
+        ).rowcount
+        if not reopened:  # the cleaner claimed it in the meantime
+            raise LookupError(f"task {task_id} cannot be restarted: the cleaner removed its files")
         failed = conn.execute(
             update(TASK_TARGETS)
             .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.state == "error"))
             .values(state="pending", attempts=0, next_attempt_at=None, updated_at=now)
         ).rowcount
-        conn.execute(
-            update(TASKS)
-            .where(TASKS.c.id == task_id)
-            .values(state="queued", error=None, not_before=None, updated_at=now)
-        )
         record_event(
             conn,
             "task.restarted",

@@ -36,7 +36,7 @@ def serve(settings: Settings) -> None:
             try:
                 with keep_lease(engine, task_id, owner, lease):
                     config = store.current_or_default(engine)
-                    state = dispatch(engine, root, config, task_id, paused)
+                    state = dispatch(engine, root, config, task_id, paused, owner=owner)
                 log.info("task %s: %s", task_id, state)
             except Exception:
                 log.exception("task %s failed in the dispatcher", task_id)

@@ -30,7 +30,8 @@ AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Errors never quote the input: it may hold a password.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 MASK = "**********"
@@ -72,10 +73,17 @@ class DicomTlsTarget(DicomTarget):
     """DICOM over TLS. Paths are files on the dispatcher's machine."""
 
     type: Literal["dicomtls"] = "dicomtls"  # type: ignore[assignment]
-    tls_key: str = Field(min_length=1, description="our private key (PEM file)")
-    tls_certificate: str = Field(min_length=1, description="our certificate (PEM file)")
     tls_ca_certificate: str = Field(min_length=1, description="CA that signed the target's")
+    # Ours, for targets that ask for a client certificate (mutual TLS); both or neither.
+    tls_certificate: str = Field(default="", description="our certificate (PEM file)")
+    tls_key: str = Field(default="", description="our private key (PEM file)")
     verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> DicomTlsTarget:
+        if bool(self.tls_certificate) != bool(self.tls_key):
+            raise ValueError("tls_certificate and tls_key go together: give both or neither")
+        return self
 
 
 class FolderTarget(Strict):
@@ -98,6 +106,14 @@ class DicomWebTarget(Strict):
     batch_size: int = Field(default=50, ge=1, le=1000, description="instances per request")
     timeout_seconds: float = Field(default=120.0, gt=0)
     comment: str = ""
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_one_word(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token != MASK and any(not 0x21 <= ord(c) <= 0x7E for c in token):
+            raise ValueError("a bearer token is printable ASCII without spaces or line breaks")
+        return value
 
     @model_validator(mode="after")
     def _one_kind_of_auth(self) -> DicomWebTarget:
@@ -126,7 +142,9 @@ class SftpTarget(Strict):
     private_key_file: str = ""
     folder: str = Field(min_length=1)
     # The server's public key ("ssh-ed25519 AAAA..."): an unverified server could be anyone.
-    host_key: str = ""
+    host_key: str = Field(
+        default="", pattern=r"^$|^(\S+ )?(ssh|ecdsa|sk)-[\w@.\-]+ [A-Za-z0-9+/]+={0,3}( .*)?$"
+    )
     accept_unknown_host_key: bool = False
     comment: str = ""
 

@@ -43,23 +43,39 @@ def get(engine: Engine, version: int) -> Config:
     return Config.model_validate(content)
 
 
+# Where a target sends to: a masked secret is kept only while these stay the same, so that
+# pointing a target elsewhere never hands its old password to the new place.
+_DESTINATION = ("host", "port", "url", "bucket", "endpoint_url", "region", "user", "username")
+
+
 def keep_secrets(config: Config, previous: Config | None) -> Config:
     """Masked secrets (as an export without secrets shows them) keep their stored value.
 
     A configuration exported without its secrets can so be edited and imported again, and a
-    form that never shows a password can save the rest. A masked secret with nothing to keep
-    is an error, not a password of ten asterisks.
+    form that never shows a password can save the rest. A masked secret with nothing to keep,
+    or on a target that now points elsewhere, is an error, not a password of ten asterisks.
     """
     updated = config.model_copy(deep=True)
     problems = []
     for name, target in updated.targets.items():
         old = previous.targets.get(name) if previous else None
+        moved = old is None or old.type != target.type
+        if old is not None and not moved:
+            moved = any(
+                getattr(old, key, None) != getattr(target, key, None) for key in _DESTINATION
+            )
         for field in type(target).model_fields:
             value = getattr(target, field)
             if not isinstance(value, SecretStr) or value.get_secret_value() != MASK:
                 continue
-            if old is not None and old.type == target.type:
-                setattr(target, field, getattr(old, field))
+            kept = None if moved else getattr(old, field)
+            if isinstance(kept, SecretStr) and kept.get_secret_value():
+                setattr(target, field, kept)
+            elif moved and old is not None:
+                problems.append(
+                    f"target {name!r}: {field} is masked but the target now points elsewhere; "
+                    "give the real value"
+                )
             else:
                 problems.append(f"target {name!r}: {field} is masked; give the real value")
     if problems:

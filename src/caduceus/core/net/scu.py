@@ -117,6 +117,12 @@ class StoreSCU:
         self.peer_max = 0
         try:
             self._associate(calling, called, contexts)
+        except AssociationFailed:
+            self.sock.close()
+            raise
+        except (ValueError, struct.error) as exc:  # an answer that does not decode
+            self.sock.close()
+            raise AssociationFailed(f"{called}@{host}:{port}: malformed answer: {exc}") from exc
         except (pdu.PeerClosed, OSError) as exc:
             self.sock.close()
             cause = exc.__cause__ if isinstance(exc, pdu.PeerClosed) else exc

@@ -77,11 +77,13 @@ class DicomSender:
         s = self.settings
         if not isinstance(s, DicomTlsTarget) or self._ssl_context is not None:
             return self._ssl_context
-        for role, name, marker in (
-            ("CA certificate", s.tls_ca_certificate, b"-----BEGIN CERTIFICATE-----"),
-            ("certificate", s.tls_certificate, b"-----BEGIN CERTIFICATE-----"),
-            ("private key", s.tls_key, b"PRIVATE KEY-----"),
-        ):
+        files = [("CA certificate", s.tls_ca_certificate, b"-----BEGIN CERTIFICATE-----")]
+        if s.tls_certificate:
+            files += [
+                ("certificate", s.tls_certificate, b"-----BEGIN CERTIFICATE-----"),
+                ("private key", s.tls_key, b"PRIVATE KEY-----"),
+            ]
+        for role, name, marker in files:
             try:
                 pem = Path(name).read_bytes()
             except OSError as exc:
@@ -97,7 +99,8 @@ class DicomSender:
                 f"TLS CA certificate {s.tls_ca_certificate}: unusable ({exc.reason or 'bad PEM'})"
             ) from exc
         try:
-            context.load_cert_chain(s.tls_certificate, s.tls_key, password=b"")
+            if s.tls_certificate:
+                context.load_cert_chain(s.tls_certificate, s.tls_key, password=b"")
         except ssl.SSLError as exc:
             why = "they do not match" if exc.reason == "KEY_VALUES_MISMATCH" else exc.reason
             raise TargetError(
@@ -232,6 +235,11 @@ class DicomSender:
                         report.transcoded.append(path)
             except AssociationLost:
                 return files[index:]
+            except (OSError, ValueError) as exc:
+                # The file could not be read whole (changed or damaged on disk); part of it may
+                # be on the wire, so the rest goes on a new association.
+                report.failed[path] = f"cannot send: {exc}"
+                return files[index + 1 :]
             if response.ok:
                 report.accepted.append(path)
             else:

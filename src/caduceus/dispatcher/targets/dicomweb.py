@@ -90,6 +90,9 @@ class StowSender:
             return f"no answer from {self.origin} within {self.settings.timeout_seconds:g}s"
         if isinstance(exc, httpx.ConnectError):
             return f"cannot connect to {self.origin}: {_reason(exc)}"
+        if isinstance(exc, httpx.LocalProtocolError):
+            # Its text can quote a header, and a header can hold the credentials.
+            return f"request to {self.where} could not be formed (check the credentials)"
         return f"request to {self.where} failed: {_reason(exc)}"
 
     def _refused(self, response: httpx.Response) -> str | None:
@@ -181,11 +184,13 @@ class StowSender:
         code = response.status_code
         outcome = _outcome(response)
         if outcome is None:
-            if code == 200:  # success without the detail: the standard's "all stored"
-                report.accepted.extend(batch)
-            else:
-                for path in batch:
-                    report.failed[path] = f"HTTP {code} {response.reason_phrase}".strip()
+            # A STOW-RS server names what it stored; a bare 200 may come from anything that
+            # answers a POST (a proxy, a login page), so it proves no delivery.
+            why = f"HTTP {code} {response.reason_phrase}".strip()
+            if code == 200:
+                why = "HTTP 200 without a STOW-RS answer naming the stored instances"
+            for path in batch:
+                report.failed[path] = why
             return
         referenced, failed = outcome
         for path in batch:
