@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from caduceus.core.config.models import Config
 from caduceus.core.db.engine import make_engine
-from caduceus.core.db.models import EVENTS, SERIES, TASK_INSTANCES, TASKS
+from caduceus.core.db.models import EVENTS, INSTANCES, SERIES, TASK_INSTANCES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.storage import DataRoot
 from caduceus.router import completion
@@ -402,3 +402,29 @@ def test_a_rule_can_shorten_the_series_trigger(receiver: Caduceus, tmp_path: Pat
     assert [t["rule"] for t in tasks(receiver)] == ["stroke_ct"]  # the MR series waits for 60 s
     router.run_pass(config(rules, series_complete_trigger=60), later(61))
     assert sorted(t["rule"] for t in tasks(receiver)) == ["mr", "stroke_ct"]
+
+
+def test_a_group_with_a_missing_file_is_set_aside_and_blocks_no_other(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    send(receiver, tmp_path / "a", count=3, modality="CT", series_uid="1.2.826.0.1.3680043.8.498.1")
+    send(receiver, tmp_path / "b", count=2, modality="CT", series_uid="1.2.826.0.1.3680043.8.498.2")
+    with receiver.engine().connect() as conn:
+        first = (
+            conn.execute(
+                select(INSTANCES.c.path)
+                .join(SERIES, SERIES.c.id == INSTANCES.c.series_id)
+                .where(SERIES.c.series_uid == "1.2.826.0.1.3680043.8.498.1")
+            )
+            .scalars()
+            .first()
+        )
+    (receiver.home / first).unlink()  # e.g. removed by hand
+    router_for(receiver).run_pass(config(CT_TO_PACS), later(61))
+    [task] = tasks(receiver)
+    assert task["series_uid"] == "1.2.826.0.1.3680043.8.498.2"
+    with receiver.engine().connect() as conn:
+        states = dict(conn.execute(select(SERIES.c.series_uid, SERIES.c.state)).all())
+    assert states["1.2.826.0.1.3680043.8.498.1"] == "error"
+    [error] = events(receiver, "series.error")
+    assert "is missing; the group is not routed" in error["message"]

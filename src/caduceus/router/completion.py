@@ -29,7 +29,7 @@ from caduceus.core.events import record_event
 from caduceus.core.storage import DataRoot
 from caduceus.router.rules import compiled, match
 from caduceus.router.tags import UnreadableSeries, read_tags
-from caduceus.router.taskmaker import Group, make_task
+from caduceus.router.taskmaker import Group, MissingFile, make_task
 
 log = logging.getLogger("caduceus.router")
 
@@ -61,6 +61,15 @@ class Router:
         self._studies(config, now, result)
         self._patients(config, now, result)
         return result
+
+    def _fail(
+        self, table: Any, key: Any, value: Any, kind: str, exc: Exception, **refs: Any
+    ) -> None:
+        """Set a group that cannot be routed aside, visibly, so it blocks no other group."""
+        log.error("%s %s: %s", kind, value, exc)
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(key == value).values(state="error"))
+            record_event(conn, kind, str(exc), severity="error", **refs)
 
     # -- series ---------------------------------------------------------------------------
 
@@ -132,7 +141,10 @@ class Router:
                     result.next_due = min(filter(None, (result.next_due, own)))
                     continue
             self._trigger_tags.pop(row.id, None)
-            self._complete_series(config, row.id, now, result)
+            try:
+                self._complete_series(config, row.id, now, result)
+            except MissingFile as exc:
+                self._fail(SERIES, SERIES.c.id, row.id, "series.error", exc, series_id=row.id)
 
     def _group_instances(
         self, conn: Connection, column: Any, value: Any, since: datetime | None
@@ -333,12 +345,15 @@ class Router:
             STUDIES.c.id, STUDIES.c.last_received_at, STUDIES.c.first_received_at
         ):
             last = _utc(row.last_received_at)
-            if last + quiet <= now or (
+            ready = last + quiet <= now or (
                 waiting_rules and self._required_series_present(config, row.id)
-            ):
-                self._complete_study(config, row.id, now, result, forced=False)
-            elif _utc(row.first_received_at) + force <= now:
-                self._complete_study(config, row.id, now, result, forced=True)
+            )
+            forced = not ready and _utc(row.first_received_at) + force <= now
+            if ready or forced:
+                try:
+                    self._complete_study(config, row.id, now, result, forced=forced)
+                except MissingFile as exc:
+                    self._fail(STUDIES, STUDIES.c.id, row.id, "study.error", exc, study_id=row.id)
             else:
                 due = last + quiet
                 result.next_due = min(filter(None, (result.next_due, due)))
@@ -473,7 +488,11 @@ class Router:
             if due > now:
                 result.next_due = min(filter(None, (result.next_due, due)))
                 break
-            self._complete_patient(config, rules, row.patient_id, now, result)
+            try:
+                self._complete_patient(config, rules, row.patient_id, now, result)
+            except MissingFile as exc:
+                key = PATIENT_GROUPS.c.patient_id
+                self._fail(PATIENT_GROUPS, key, row.patient_id, "patient.error", exc)
 
     def _complete_patient(
         self, config: Config, rules: list[str], patient_id: str, now: datetime, result: PassResult

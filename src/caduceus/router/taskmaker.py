@@ -105,6 +105,10 @@ def _task_json(
     }
 
 
+class MissingFile(Exception):
+    """A received file the group needs is gone: routing it would send the group half."""
+
+
 def make_task(
     conn: Connection,
     root: DataRoot,
@@ -128,6 +132,10 @@ def make_task(
         link = incoming / source.name
         try:
             os.link(source, link)
+        except FileNotFoundError as exc:
+            raise MissingFile(
+                f"received file {relative} is missing; the group is not routed"
+            ) from exc
         except FileExistsError:
             if not os.path.samefile(source, link):  # a leftover from an older generation
                 link.unlink()
