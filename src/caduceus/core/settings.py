@@ -60,6 +60,19 @@ class Settings(BaseSettings):
         description="A dispatcher holds a task this long unless it renews; when it dies, "
         "another one takes the task over after this time.",
     )
+    processor_docker_url: str = Field(
+        default="",
+        description="Docker Engine API of the container engine (Docker or Podman), e.g. "
+        "unix:///run/podman/podman.sock; empty: DOCKER_HOST or the engine's default socket.",
+    )
+    processor_allow_root: bool = Field(
+        default=False, description="Let modules that ask for it run as root in their container."
+    )
+    processor_volume_root: Path | None = Field(
+        default=None, description="The only folder whose subfolders modules may mount."
+    )
+    processor_parallel: int = Field(default=1, ge=1, le=64, description="Modules run at once.")
+    processor_lease_seconds: int = Field(default=600, ge=2)
     fsync: bool = Field(
         default=True,
         description="Flush each received file, its folder and each database commit to disk "

@@ -179,6 +179,12 @@ class Module(Strict):
     cpus: float = Field(default=1.0, gt=0)
     timeout_seconds: int = Field(default=3600, ge=1)
     gpu: bool = False
+    # Extra bind mounts "HOST:CONTAINER[:ro]"; HOST must lie in the administrator's allow-listed
+    # folder (CADUCEUS_PROCESSOR_VOLUME_ROOT).
+    volumes: list[str] = Field(default_factory=list)
+    pull: Literal["missing", "always"] = "missing"
+    # A local command runs in a bubblewrap sandbox where bwrap is installed, unless this is off.
+    sandbox: bool = True
     comment: str = ""
 
     @model_validator(mode="after")
