@@ -1,0 +1,414 @@
+"""Run a module as a local command, plainly (LocalRunner) or in bubblewrap (SandboxRunner).
+
+For hosts without a container engine. The command is a list of arguments, never a shell line.
+The module gets a clean environment (never the processor's own, which may hold the database URL
+with its password), runs in its own session with the output folder as working directory, and its
+output (stdout and stderr) goes to the run's log. At the time limit the whole process group gets
+SIGTERM, then SIGKILL after a grace period; processes a module leaves behind when it ends are
+killed as well.
+
+memory_mb and cpus are not enforced here: an address-space rlimit breaks runtimes that reserve
+large virtual ranges (JVM, Go, CUDA, NumPy's allocators), and setting limits in a pre-exec hook
+is unsafe in a threaded processor. Modules that need hard limits belong in a container.
+
+The sandbox shows the module the system (/usr, the /bin and /lib links, a few files of /etc), a
+private /dev, /proc and /tmp, its input folder read-only, its output folder (and persistence
+folder) writable, files named by absolute path in its command and the administrator's extra
+read-only paths; nothing else of the host, in particular not the data root with the other tasks
+and the database. No network unless the module asks for it, no capabilities, new namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from caduceus.core.config.models import Module
+from caduceus.processor.runners.base import (
+    ModuleRun,
+    Runner,
+    RunnerError,
+    RunOutcome,
+    folder_environment,
+)
+
+log = logging.getLogger("caduceus.processor")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GRACE_SECONDS = 5.0
+SANDBOX_TMP = "/tmp"  # noqa: S108 - a private tmpfs inside the sandbox, not the host's /tmp
+
+# Visible in the sandbox, read-only, where they exist.
+_SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # links into /usr, or folders
+_ETC_FILES = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "fonts",
+    "group",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "ssl",
+    "timezone",
+)
+_ETC_NETWORK_FILES = ("gai.conf", "host.conf", "hosts", "protocols", "resolv.conf", "services")
+
+
+@dataclass(frozen=True)
+class _Finished:
+    returncode: int
+    timed_out: bool
+    seconds: float
+
+
+class LocalRunner:
+    """Runs the module's command directly on the host, as the processor's user."""
+
+    def __init__(
+        self, *, pass_environment: Sequence[str] = (), grace_seconds: float = GRACE_SECONDS
+    ) -> None:
+        # Names of the processor's environment variables a module may see (e.g. TZ).
+        self._pass_environment = tuple(pass_environment)
+        self._grace = grace_seconds
+
+    def run(self, job: ModuleRun) -> RunOutcome:
+        _check_folders(job)
+        with tempfile.TemporaryDirectory(prefix="caduceus-module-") as scratch:
+            env = module_environment(
+                job,
+                path=os.environ.get("PATH") or DEFAULT_PATH,
+                scratch=scratch,
+                pass_environment=self._pass_environment,
+            )
+            argv = [_find_program(job, env["PATH"]), *job.module.command[1:]]
+            done = _run_process(argv, env, job, grace=self._grace)
+        return _outcome(job, done)
+
+
+class SandboxRunner:
+    """Runs the module's command inside bubblewrap (bwrap); see the module's docstring."""
+
+    def __init__(
+        self,
+        *,
+        readonly_paths: Sequence[str | Path] = (),
+        pass_environment: Sequence[str] = (),
+        grace_seconds: float = GRACE_SECONDS,
+        bwrap: str | None = None,
+    ) -> None:
+        # Folders or files the administrator makes visible to every sandboxed module, at the
+        # same path (an interpreter's installation, a module's code).
+        self._readonly_paths = tuple(Path(p) for p in readonly_paths)
+        self._pass_environment = tuple(pass_environment)
+        self._grace = grace_seconds
+        self._bwrap = bwrap
+
+    def run(self, job: ModuleRun) -> RunOutcome:
+        bwrap = self._bwrap or shutil.which("bwrap")
+        if bwrap is None:
+            raise RunnerError("bubblewrap (bwrap) is not installed")
+        _check_folders(job)
+        env = module_environment(
+            job, path=DEFAULT_PATH, scratch=SANDBOX_TMP, pass_environment=self._pass_environment
+        )
+        program = _find_program(job, env["PATH"])
+        command = [program, *job.module.command[1:]]
+        status_read, status_write = os.pipe()
+        try:
+            argv = [
+                bwrap,
+                *_sandbox_options(job, self._visible_paths(job, command)),
+                "--json-status-fd",
+                str(status_write),
+                "--clearenv",
+                *[arg for name, value in env.items() for arg in ("--setenv", name, value)],
+                "--",
+                *command,
+            ]
+            done = _run_process(argv, None, job, grace=self._grace, pass_fds=(status_write,))
+            status = _read_status(status_read)
+        finally:
+            for fd in (status_read, status_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if not done.timed_out and done.returncode >= 0 and "exit-code" not in status:
+            # bwrap ended before the command ran: it could not build the sandbox.
+            reason = _last_bwrap_message(job.log_path) or f"bwrap exited with {done.returncode}"
+            raise RunnerError(
+                f"module {job.module_name}: the sandbox could not be set up: {reason}"
+            )
+        return _outcome(job, done)
+
+    def _visible_paths(self, job: ModuleRun, command: Sequence[str]) -> list[Path]:
+        """Extra read-only paths: the administrator's, and files the command names by path."""
+        paths: list[Path] = []
+        for path in self._readonly_paths:
+            if not path.is_absolute() or not path.exists():
+                raise RunnerError(f"sandbox path {path} is not an existing absolute path")
+            paths.append(path)
+        for arg in command:
+            path = Path(arg)
+            if (
+                path.is_absolute()
+                and path.is_file()
+                and not _under_system(path)
+                and not any(path.is_relative_to(shown) for shown in paths)
+            ):
+                paths.append(path)
+        task_folders = [job.in_dir, job.out_dir]
+        if job.persistence_dir is not None:
+            task_folders.append(job.persistence_dir)
+        for path in paths:
+            real = path.resolve()
+            for folder in task_folders:
+                if folder.resolve().is_relative_to(real) and folder.resolve() != real:
+                    raise RunnerError(
+                        f"module {job.module_name}: sandbox path {path} contains the task's "
+                        "folders and would show the data root"
+                    )
+        return paths
+
+
+def local_runner(
+    module: Module,
+    *,
+    readonly_paths: Sequence[str | Path] = (),
+    pass_environment: Sequence[str] = (),
+) -> Runner:
+    """The runner for a module that is a command: sandboxed when asked for and possible."""
+    global _warned_no_bwrap
+    if module.sandbox:
+        if shutil.which("bwrap") is not None:
+            return SandboxRunner(readonly_paths=readonly_paths, pass_environment=pass_environment)
+        if not _warned_no_bwrap:
+            _warned_no_bwrap = True
+            log.warning(
+                "bubblewrap (bwrap) is not installed: modules that ask for a sandbox run as "
+                "plain local commands"
+            )
+    return LocalRunner(pass_environment=pass_environment)
+
+
+_warned_no_bwrap = False
+
+
+def module_environment(
+    job: ModuleRun, *, path: str, scratch: str, pass_environment: Sequence[str] = ()
+) -> dict[str, str]:
+    """The module's whole environment: a minimal base, the variables the administrator lets
+    through, the module's and the run's own, and the folder variables (which always win)."""
+    env = {
+        "PATH": path,
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+    }
+    for name in pass_environment:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(job.module.environment)
+    env.update(job.environment)
+    env.update(folder_environment(str(job.in_dir), str(job.out_dir)))
+    if job.module.persistence and job.persistence_dir is not None:
+        env["MERCURE_PERSISTENT_DIR"] = str(job.persistence_dir)
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise RunnerError(f"module {job.module_name}: invalid environment variable {name!r}")
+    return env
+
+
+def _check_folders(job: ModuleRun) -> None:
+    if not job.module.command:
+        raise RunnerError(f"module {job.module_name}: has no command to run")
+    if not job.in_dir.is_dir():
+        raise RunnerError(f"module {job.module_name}: input folder {job.in_dir} is missing")
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    if job.module.persistence and job.persistence_dir is not None:
+        job.persistence_dir.mkdir(parents=True, exist_ok=True)
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _find_program(job: ModuleRun, path: str) -> str:
+    """The command's program as a path, looked up the way the module's PATH would find it."""
+    name = job.module.command[0]
+    if "/" in name and not name.startswith("/"):
+        raise RunnerError(
+            f"module {job.module_name}: the command must be an absolute path or a name on "
+            f"PATH, not {name}"
+        )
+    found = shutil.which(name, path=path) if name else None
+    if found is None:
+        raise RunnerError(f"module {job.module_name}: command not found: {name}")
+    return found
+
+
+def _under_system(path: Path) -> bool:
+    return any(path.is_relative_to(root) for root in ("/usr", "/etc", "/proc", "/dev"))
+
+
+def _sandbox_options(job: ModuleRun, readonly: Sequence[Path]) -> list[str]:
+    options = ["--unshare-all"]
+    if job.module.network:
+        options.append("--share-net")
+    options += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    options += ["--ro-bind", "/usr", "/usr"]
+    for name in _SYSTEM_LINKS:
+        top = Path("/", name)
+        if top.is_symlink():
+            options += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            options += ["--ro-bind", str(top), str(top)]
+    etc = _ETC_FILES + (_ETC_NETWORK_FILES if job.module.network else ())
+    for name in etc:
+        path = Path("/etc", name)
+        if path.exists():
+            options += ["--ro-bind", str(path), str(path)]
+    options += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
+    for path in readonly:
+        options += ["--ro-bind", str(path), str(path)]
+    options += ["--ro-bind", str(job.in_dir), str(job.in_dir)]
+    if job.module.persistence and job.persistence_dir is not None:
+        options += ["--bind", str(job.persistence_dir), str(job.persistence_dir)]
+    options += ["--bind", str(job.out_dir), str(job.out_dir)]
+    # The sandbox's own root (where bwrap made the mount points) is not writable either.
+    options += ["--remount-ro", "/", "--chdir", str(job.out_dir)]
+    return options
+
+
+def _run_process(
+    argv: list[str],
+    env: dict[str, str] | None,
+    job: ModuleRun,
+    *,
+    grace: float,
+    pass_fds: tuple[int, ...] = (),
+) -> _Finished:
+    """Start argv in a new session, logging to job.log_path; enforce the time limit; kill what
+    is left of its process group at the end."""
+    with open(job.log_path, "ab") as log_file:
+        started = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=job.out_dir,
+                env=env if env is not None else {},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        except FileNotFoundError as exc:
+            raise RunnerError(f"module {job.module_name}: command not found: {argv[0]}") from exc
+        except PermissionError as exc:
+            raise RunnerError(
+                f"module {job.module_name}: command not executable: {argv[0]}"
+            ) from exc
+        except OSError as exc:
+            raise RunnerError(f"module {job.module_name}: could not start: {exc}") from exc
+        timed_out = False
+        with _exit_waiter(process.pid) as wait_exit:
+            try:
+                # The leader is waited for without being reaped: while it is a zombie its
+                # process group id cannot be reused, so the group signals reach only its own.
+                if not wait_exit(job.module.timeout_seconds):
+                    timed_out = True
+                    _signal_group(process.pid, signal.SIGTERM)
+                    wait_exit(grace)
+            finally:
+                _signal_group(process.pid, signal.SIGKILL)
+                returncode = process.wait()
+        seconds = time.monotonic() - started
+        if timed_out:
+            note = f"time limit of {job.module.timeout_seconds} s reached, module stopped"
+        elif returncode < 0:
+            note = f"module killed by signal {signal.Signals(-returncode).name}"
+        else:
+            note = ""
+        if note:
+            log_file.write(f"\ncaduceus: {note}\n".encode())
+    return _Finished(returncode=returncode, timed_out=timed_out, seconds=seconds)
+
+
+@contextlib.contextmanager
+def _exit_waiter(pid: int) -> Iterator[Callable[[float], bool]]:
+    """A function that waits up to N seconds for the child to end, without reaping it."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:  # kernels before 5.3
+        pidfd = None
+
+    def wait(seconds: float) -> bool:
+        if pidfd is not None:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            return bool(poller.poll(max(0, int(seconds * 1000))))
+        deadline = time.monotonic() + seconds
+        while True:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    try:
+        yield wait
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _outcome(job: ModuleRun, done: _Finished) -> RunOutcome:
+    exit_code = None if done.timed_out or done.returncode < 0 else done.returncode
+    if done.timed_out:
+        log.warning("module %s (task %s) reached its time limit", job.module_name, job.task_id)
+    return RunOutcome(exit_code=exit_code, timed_out=done.timed_out, seconds=done.seconds)
+
+
+def _read_status(fd: int) -> dict[str, object]:
+    """What bwrap reported on its status pipe (JSON documents, one a line)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    status: dict[str, object] = {}
+    for line in data.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            document = json.loads(line)
+            if isinstance(document, dict):
+                status.update(document)
+    return status
+
+
+def _last_bwrap_message(log_path: Path) -> str:
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - 4096))
+            tail = log_file.read().decode(errors="replace")
+    except OSError:
+        return ""
+    messages = [line for line in tail.splitlines() if line.startswith("bwrap:")]
+    return messages[-1] if messages else ""

@@ -1,0 +1,344 @@
+"""Local-command runners: the plain one and the bubblewrap sandbox."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from caduceus.core.config.models import Module
+from caduceus.processor.runners import local
+from caduceus.processor.runners.base import ModuleRun, RunnerError
+from caduceus.processor.runners.local import LocalRunner, SandboxRunner, local_runner
+
+SECRET_URL = "postgresql://caduceus:hunter2-secret@db.example/caduceus"
+FOLDER_VARIABLES = {
+    "MERCURE_IN_DIR": "in",
+    "MONAI_INPUTPATH": "in",
+    "HOLOSCAN_INPUT_PATH": "in",
+    "MERCURE_OUT_DIR": "out",
+    "MONAI_OUTPUTPATH": "out",
+    "HOLOSCAN_OUTPUT_PATH": "out",
+}
+
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed"
+)
+
+
+class Task:
+    """A data root with one task being processed, a sibling task and a database file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "data"
+        self.task_dir = self.root / "processing" / "task-1"
+        self.in_dir = self.task_dir / "in"
+        self.out_dir = self.task_dir / "out"
+        self.in_dir.mkdir(parents=True)
+        self.out_dir.mkdir()
+        (self.in_dir / "image.dcm").write_bytes(b"DICM-image-bytes")
+        (self.in_dir / "task.json").write_text('{"id": "task-1"}')
+        self.sibling = self.root / "processing" / "task-2"
+        self.sibling.mkdir()
+        (self.sibling / "other.dcm").write_text("SIBLING-PATIENT-DATA")
+        self.database = self.root / "caduceus.db"
+        self.database.write_text("DATABASE-CONTENT")
+        self.persistence = self.root / "persistent" / "m"
+        self.log_path = self.root / "logs" / "task-1.log"
+        self.bin = root / "bin"
+        self.bin.mkdir()
+
+    def script(self, name: str, body: str) -> str:
+        path = self.bin / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(0o755)
+        return str(path)
+
+    def job(self, command: list[str], **module: Any) -> ModuleRun:
+        environment = module.pop("job_environment", {})
+        return ModuleRun(
+            task_id="task-1",
+            module_name="m",
+            module=Module(command=command, **module),
+            in_dir=self.in_dir,
+            out_dir=self.out_dir,
+            log_path=self.log_path,
+            persistence_dir=self.persistence,
+            environment=environment,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def logged_environment(self) -> dict[str, str]:
+        lines = [line for line in self.log().splitlines() if "=" in line]
+        return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.fixture
+def task(tmp_path: Path) -> Task:
+    return Task(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def parent_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CADUCEUS_DATABASE_URL", SECRET_URL)
+    monkeypatch.setenv("CADUCEUS_SECRET_KEY", "hunter2-secret-key")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+COPY = 'cp "$MERCURE_IN_DIR"/* "$MERCURE_OUT_DIR"/ && pwd > cwd.txt && echo copied'
+
+# --- plain runner -----------------------------------------------------------------------------
+
+
+def test_local_copies_input_to_output(task: Task) -> None:
+    outcome = LocalRunner().run(task.job(["/bin/sh", "-c", COPY]))
+    assert outcome.ok and outcome.exit_code == 0 and not outcome.timed_out
+    assert (task.out_dir / "image.dcm").read_bytes() == b"DICM-image-bytes"
+    assert (task.out_dir / "cwd.txt").read_text().strip() == str(task.out_dir)
+    assert "copied" in task.log()
+
+
+def test_local_environment_is_clean_and_complete(
+    task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    job = task.job(
+        ["env"],
+        persistence=True,
+        environment={"MODULE_VAR": "1", "MERCURE_OUT_DIR": "/elsewhere"},
+        job_environment={"RUN_VAR": "2"},
+    )
+    assert LocalRunner(pass_environment=["TZ"]).run(job).ok
+    env = task.logged_environment()
+    folders = {"in": str(task.in_dir), "out": str(task.out_dir)}
+    for name, which in FOLDER_VARIABLES.items():
+        assert env[name] == folders[which]
+    assert env["MERCURE_PERSISTENT_DIR"] == str(task.persistence)
+    assert task.persistence.is_dir()
+    assert env["MODULE_VAR"] == "1" and env["RUN_VAR"] == "2" and env["TZ"] == "Europe/Berlin"
+    assert env["HOME"] != os.environ.get("HOME")
+    assert "hunter2" not in task.log()
+    expected = {"PATH", "HOME", "TMPDIR", "LANG", "TZ", "MERCURE_PERSISTENT_DIR"}
+    assert set(env) == expected | set(FOLDER_VARIABLES) | {"MODULE_VAR", "RUN_VAR"}
+
+
+def test_local_no_persistence_variable_unless_asked(task: Task) -> None:
+    assert LocalRunner().run(task.job(["env"])).ok
+    assert "MERCURE_PERSISTENT_DIR" not in task.logged_environment()
+
+
+def test_local_nonzero_exit_and_stderr_logged(task: Task) -> None:
+    outcome = LocalRunner().run(task.job(["/bin/sh", "-c", "echo broken >&2; exit 3"]))
+    assert outcome.exit_code == 3 and not outcome.ok and not outcome.timed_out
+    assert "broken" in task.log()
+
+
+def test_local_killed_by_signal(task: Task) -> None:
+    outcome = LocalRunner().run(task.job(["/bin/sh", "-c", "kill -KILL $$"]))
+    assert outcome.exit_code is None and not outcome.timed_out and not outcome.ok
+    assert "SIGKILL" in task.log()
+
+
+def test_local_timeout_kills_the_process_group(task: Task) -> None:
+    # Both the module and its child ignore SIGTERM: only the SIGKILL after the grace ends them.
+    script = task.script(
+        "stubborn.sh",
+        "trap '' TERM\nsleep 600 &\necho $! > child.pid\necho $$ > leader.pid\nwait\n",
+    )
+    started = time.monotonic()
+    outcome = LocalRunner(grace_seconds=0.5).run(task.job([script], timeout_seconds=1))
+    assert outcome.timed_out and outcome.exit_code is None and not outcome.ok
+    assert 1 <= time.monotonic() - started < 5
+    leader = int((task.out_dir / "leader.pid").read_text())
+    child = int((task.out_dir / "child.pid").read_text())
+    assert not process_alive(leader) and not process_alive(child)
+    assert "time limit" in task.log()
+
+
+def test_local_leftover_processes_are_killed_at_the_end(task: Task) -> None:
+    outcome = LocalRunner().run(
+        task.job(["/bin/sh", "-c", "sleep 600 & echo $! > child.pid; exit 0"])
+    )
+    assert outcome.ok and outcome.seconds < 5
+    assert not process_alive(int((task.out_dir / "child.pid").read_text()))
+
+
+def test_local_command_not_found(task: Task) -> None:
+    with pytest.raises(RunnerError, match="module m: command not found: no-such-command-xyz"):
+        LocalRunner().run(task.job(["no-such-command-xyz"]))
+    with pytest.raises(RunnerError, match="command not found"):
+        LocalRunner().run(task.job([str(task.bin / "missing.sh")]))
+    with pytest.raises(RunnerError, match="absolute path"):
+        LocalRunner().run(task.job(["bin/relative.sh"]))
+
+
+def test_local_runner_choice(task: Task, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    assert isinstance(local_runner(Module(command=["true"], sandbox=False)), LocalRunner)
+    if shutil.which("bwrap"):
+        assert isinstance(local_runner(Module(command=["true"])), SandboxRunner)
+    monkeypatch.setenv("PATH", str(task.bin))  # no bwrap there
+    monkeypatch.setattr(local, "_warned_no_bwrap", False)
+    with caplog.at_level(logging.WARNING, logger="caduceus.processor"):
+        assert isinstance(local_runner(Module(command=["true"])), LocalRunner)
+        assert isinstance(local_runner(Module(command=["true"])), LocalRunner)
+    assert [r.getMessage() for r in caplog.records if "bwrap" in r.getMessage()] != []
+    assert len([r for r in caplog.records if "bwrap" in r.getMessage()]) == 1
+
+
+def test_sandbox_without_bwrap(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(task.bin))
+    with pytest.raises(RunnerError, match=r"bubblewrap \(bwrap\) is not installed"):
+        SandboxRunner().run(task.job(["/bin/true"]))
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+
+
+@needs_bwrap
+def test_sandbox_copies_input_to_output(task: Task) -> None:
+    command = COPY + ' && echo state > "$MERCURE_PERSISTENT_DIR/state"'
+    outcome = SandboxRunner().run(task.job(["/bin/sh", "-c", command], persistence=True))
+    assert outcome.ok, task.log()
+    assert (task.out_dir / "image.dcm").read_bytes() == b"DICM-image-bytes"
+    assert (task.out_dir / "cwd.txt").read_text().strip() == str(task.out_dir)
+    assert (task.persistence / "state").read_text() == "state\n"
+
+
+@needs_bwrap
+def test_sandbox_environment_is_only_what_we_set(task: Task) -> None:
+    job = task.job(["/usr/bin/env"], environment={"MODULE_VAR": "1"})
+    assert SandboxRunner().run(job).ok, task.log()
+    env = task.logged_environment()
+    expected = {"PATH", "HOME", "TMPDIR", "LANG", "MODULE_VAR", *FOLDER_VARIABLES}
+    assert set(env) == expected | {"PWD"}  # bwrap sets PWD for --chdir
+    assert env["PWD"] == str(task.out_dir) and env["HOME"] == "/tmp"
+    assert env["MERCURE_IN_DIR"] == str(task.in_dir)
+    assert "hunter2" not in task.log()
+
+
+@needs_bwrap
+def test_sandbox_cannot_write_outside_its_output_or_read_the_data_root(task: Task) -> None:
+    targets = {
+        "input": task.in_dir / "new",
+        "etc": Path("/etc/caduceus-sandbox-test"),
+        "root": Path("/caduceus-sandbox-test"),
+        "sibling": task.sibling / "new",
+        "task": task.task_dir / "new",
+    }
+    lines = [f'touch "{path}" 2>/dev/null && echo "wrote {name}"' for name, path in targets.items()]
+    lines += [
+        f'cat "{task.database}" 2>/dev/null',
+        f'cat "{task.sibling}/other.dcm" 2>/dev/null',
+        f'ls "{task.root}" "{task.sibling}" 2>/dev/null',
+        'cat "$MERCURE_IN_DIR/task.json" && echo',
+        "touch out-ok && echo wrote output",
+    ]
+    script = task.script("escape.sh", "\n".join(lines) + "\nexit 0\n")
+    assert SandboxRunner().run(task.job([script])).ok, task.log()
+    log = task.log()
+    assert "wrote output" in log and '{"id": "task-1"}' in log  # the script did run
+    for name, path in targets.items():
+        assert not path.exists()  # nothing reached the host
+        if name != "task":  # the folder above the task's is the sandbox's own private /tmp
+            assert f"wrote {name}" not in log
+    assert "DATABASE-CONTENT" not in log and "SIBLING-PATIENT-DATA" not in log
+    assert "caduceus.db" not in log and "other.dcm" not in log
+
+
+@needs_bwrap
+@pytest.mark.parametrize("network", [False, True])
+def test_sandbox_network_only_when_asked(task: Task, network: bool) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        connect = f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"
+        job = task.job(["/bin/bash", "-c", connect], network=network)
+        outcome = SandboxRunner().run(job)
+        try:
+            connection, _ = listener.accept()
+            connection.close()
+            seen = True
+        except TimeoutError:
+            seen = False
+    assert seen is network
+    assert ("connected" in task.log()) is network
+    assert outcome.ok is network
+
+
+@needs_bwrap
+def test_sandbox_timeout_kills_everything(task: Task) -> None:
+    marker = str(600_000 + secrets.randbelow(300_000))
+    script = task.script("stubborn.sh", f"trap '' TERM\nsleep {marker} &\nsleep {marker}\n")
+    started = time.monotonic()
+    outcome = SandboxRunner(grace_seconds=0.5).run(task.job([script], timeout_seconds=1))
+    assert outcome.timed_out and outcome.exit_code is None
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 2  # the namespace's processes die with its first one
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
+
+
+@needs_bwrap
+def test_sandbox_python_module_with_readonly_paths(task: Task) -> None:
+    code = task.bin / "copy.py"
+    code.write_text(
+        "import os, shutil\n"
+        "src, dst = os.environ['MERCURE_IN_DIR'], os.environ['MERCURE_OUT_DIR']\n"
+        "for name in os.listdir(src):\n"
+        "    shutil.copy(os.path.join(src, name), os.path.join(dst, 'py-' + name))\n"
+    )
+    runner = SandboxRunner(readonly_paths=sorted({sys.prefix, sys.base_prefix}))
+    outcome = runner.run(task.job([sys.executable, str(code)]))
+    assert outcome.ok, task.log()
+    assert (task.out_dir / "py-image.dcm").read_bytes() == b"DICM-image-bytes"
+
+
+@needs_bwrap
+def test_sandbox_refuses_paths_that_show_the_data_root(task: Task) -> None:
+    with pytest.raises(RunnerError, match="data root"):
+        SandboxRunner(readonly_paths=[task.root]).run(task.job(["/bin/true"]))
+    with pytest.raises(RunnerError, match="not an existing absolute path"):
+        SandboxRunner(readonly_paths=[task.root / "nothing"]).run(task.job(["/bin/true"]))
+    with pytest.raises(RunnerError, match="command not found: no-such-command-xyz"):
+        SandboxRunner().run(task.job(["no-such-command-xyz"]))
+
+
+def test_sandbox_setup_failure_is_a_runner_error(task: Task) -> None:
+    # A stand-in for bwrap that fails the way bwrap does when it cannot build the sandbox.
+    fake = task.script("fake-bwrap", "echo 'bwrap: Creating new namespace failed' >&2\nexit 1\n")
+    with pytest.raises(RunnerError, match="sandbox could not be set up: bwrap: Creating new"):
+        SandboxRunner(bwrap=fake).run(task.job(["/bin/true"]))
