@@ -109,6 +109,19 @@ def dispatcher() -> None:
 
 
 @app.command()
+def processor() -> None:
+    """Run the processor alone: runs the modules of tasks that process images."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.processor.service import serve
+
+    setup_logging("processor")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
 def cleaner() -> None:
     """Run the cleaner alone: removes finished work after its retention, or when the disk fills."""
     from caduceus.cleaner.service import serve

@@ -147,7 +147,8 @@ def _engine() -> Engine:
 def restart_command(
     task_id: Annotated[str, typer.Argument(help="Task id (or its start).")],
 ) -> None:
-    """Send a failed task again, only to the targets that failed."""
+    """Restart a failed task: processing resumes at the failed step; sending goes only to the
+    targets that failed."""
     import getpass
 
     from caduceus.dispatcher.dispatch import restart
@@ -167,7 +168,8 @@ def restart_command(
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
-    console.print(f"task {matches[0]} restarted: {count} target(s) will be tried again")
+    again = f": {count} target(s) will be tried again" if count else ""
+    console.print(f"task {matches[0]} restarted{again}")
 
 
 def _set_suspended(name: str, value: bool) -> None:
@@ -200,20 +202,34 @@ def _set_suspended(name: str, value: bool) -> None:
     console.print(f"{name}: {'suspended' if value else 'resumed'}")
 
 
+def _queue_name(target: str, processing: bool) -> str:
+    if processing:
+        if target:
+            raise typer.BadParameter("--processing takes no target name")
+        return "process"
+    return f"dispatch:{target}" if target else "dispatch"
+
+
 @queue_actions.command("suspend")
 def suspend(
     target: Annotated[str, typer.Argument(help="A target name; none for all.")] = "",
+    processing: Annotated[
+        bool, typer.Option("--processing", help="Suspend processing instead.")
+    ] = False,
 ) -> None:
-    """Stop dispatching (all, or to one target) until resumed."""
-    _set_suspended(f"dispatch:{target}" if target else "dispatch", True)
+    """Stop dispatching (all, or to one target), or processing, until resumed."""
+    _set_suspended(_queue_name(target, processing), True)
 
 
 @queue_actions.command("resume")
 def resume(
     target: Annotated[str, typer.Argument(help="A target name; none for all.")] = "",
+    processing: Annotated[
+        bool, typer.Option("--processing", help="Resume processing instead.")
+    ] = False,
 ) -> None:
-    """Resume dispatching."""
-    _set_suspended(f"dispatch:{target}" if target else "dispatch", False)
+    """Resume dispatching or processing."""
+    _set_suspended(_queue_name(target, processing), False)
 
 
 task_actions.callback()(tasks_command)

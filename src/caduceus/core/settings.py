@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=None, description="The only folder whose subfolders modules may mount."
     )
     processor_parallel: int = Field(default=1, ge=1, le=64, description="Modules run at once.")
+    processor_sandbox_paths: list[Path] = Field(
+        default_factory=list,
+        description="Folders a sandboxed local command may read besides the system (/usr...): "
+        "where module programs and their interpreters live, e.g. /opt/modules.",
+    )
     processor_lease_seconds: int = Field(default=600, ge=2)
     fsync: bool = Field(
         default=True,

@@ -53,7 +53,11 @@ def dispatch(
         expected = conn.execute(
             select(func.count()).where(TASK_INSTANCES.c.task_id == task_id)
         ).scalar_one()
-    files = sorted((root.home / task.folder / "in").glob("*.dcm"))
+    # A processed task sends the pipeline's result, which the processor published as out/.
+    sent = "out" if task.action == "both" else "in"
+    files = sorted((root.home / task.folder / sent).glob("*.dcm"))
+    if task.file_count is not None:
+        expected = task.file_count
     # Never "deliver" what is not there: a missing file (an unmounted data volume, a folder
     # removed by hand or by the cleaner) is a failed attempt, so the series is not sent half.
     problem = ""
@@ -62,7 +66,7 @@ def dispatch(
     elif len(files) < expected:
         problem = (
             f"only {len(files)} of the task's {expected} files are in "
-            f"{task.folder}/in; nothing sent"
+            f"{task.folder}/{sent}; nothing sent"
         )
     info = (task.info or {}).get("info", {})
     shipment = Shipment(
@@ -211,7 +215,9 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
     now = datetime.now(UTC)
     with engine.begin() as conn:
         task = conn.execute(
-            select(TASKS.c.state, TASKS.c.cleaned_at).where(TASKS.c.id == task_id)
+            select(
+                TASKS.c.state, TASKS.c.cleaned_at, TASKS.c.action, TASKS.c.step, TASKS.c.modules
+            ).where(TASKS.c.id == task_id)
         ).first()
         if task is None:
             raise LookupError(f"no task {task_id}")
@@ -227,11 +233,23 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
         ).rowcount
         if not reopened:  # the cleaner claimed it in the meantime
             raise LookupError(f"task {task_id} cannot be restarted: the cleaner removed its files")
+        steps = len(task.modules or [])
+        if task.action in ("process", "both") and task.step < steps:
+            # Processing failed: the processor takes the task again at the step that failed.
+            record_event(
+                conn,
+                "task.restarted",
+                f"restarted by {author or 'someone'} at step {task.step + 1} of {steps}",
+                task_id=task_id,
+            )
+            return 0
         failed = conn.execute(
             update(TASK_TARGETS)
             .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.state == "error"))
             .values(state="pending", attempts=0, next_attempt_at=None, updated_at=now)
         ).rowcount
+        if task.action == "both":
+            conn.execute(update(TASKS).where(TASKS.c.id == task_id).values(state="dispatching"))
         record_event(
             conn,
             "task.restarted",

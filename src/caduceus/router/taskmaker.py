@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from caduceus import __version__
 from caduceus.core.config.models import Config, Rule
 from caduceus.core.db.models import TASK_INSTANCES, TASK_TARGETS, TASKS
+from caduceus.core.db.rows import pending_targets
 from caduceus.core.db.upsert import insert_or_ignore
 from caduceus.core.events import record_event
 from caduceus.core.priorities import OFFPEAK, PRIORITY, next_offpeak_start
@@ -182,19 +183,7 @@ def make_task(
         [{"task_id": task_id, "instance_id": instance_id} for instance_id, _ in group.instances],
     )
     if targets and state == "queued":
-        conn.execute(
-            TASK_TARGETS.insert(),
-            [
-                {
-                    "task_id": task_id,
-                    "target": t,
-                    "state": "pending",
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                for t in targets
-            ],
-        )
+        conn.execute(TASK_TARGETS.insert(), pending_targets(task_id, targets, now))
     record_event(
         conn,
         "task.created",

@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-SERVICES: tuple[str, ...] = ("receiver", "router", "dispatcher", "cleaner")
+SERVICES: tuple[str, ...] = (
+    "receiver",
+    "router",
+    "processor",
+    "dispatcher",
+    "cleaner",
+)

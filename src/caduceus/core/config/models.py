@@ -226,6 +226,11 @@ class Rule(Strict):
     study_trigger_condition: Literal["timeout", "received_series"] = "timeout"
     required_series: str = ""
     notification: Notification = Field(default_factory=Notification)
+    # Like mercure: the last module's result.json may choose the targets ("__mercure_routing":
+    # {"target": [...]}, {"discard": true} or {"use_alternate_target": true}), when allowed here.
+    dynamic_routing: bool = False
+    dynamic_routing_allowed_targets: list[Name] = Field(default_factory=list)
+    alternate_target: Name | None = None
     comment: str = ""
 
     @field_validator("rule")
@@ -304,6 +309,11 @@ class Config(Strict):
                 f"rule {name!r}: unknown module {m!r}"
                 for m in rule.modules
                 if m not in self.modules
+            ]
+            problems += [
+                f"rule {name!r}: unknown target {t!r} for dynamic routing"
+                for t in [*rule.dynamic_routing_allowed_targets, rule.alternate_target]
+                if t is not None and t not in self.targets
             ]
         if problems:
             raise ValueError("; ".join(problems))

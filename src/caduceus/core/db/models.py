@@ -153,6 +153,11 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # When the cleaner removed the task's folder; the row and its history stay.
     cleaned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Processing: the next module step to run (a restart resumes there), what each step's
+    # result.json said, and how many files the dispatcher is to find (None: the task's instances).
+    step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    results: Mapped[list[Any] | None] = mapped_column(JSON)
+    file_count: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index(None, "state", "priority", "not_before"),

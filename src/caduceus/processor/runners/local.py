@@ -98,6 +98,13 @@ class LocalRunner:
                 pass_environment=self._pass_environment,
             )
             argv = [_find_program(job, env["PATH"]), *job.module.command[1:]]
+            # A module must not outlive a processor that is killed: another processor takes
+            # the task over and would run the same step beside it. setpriv (util-linux) asks
+            # the kernel to kill the module when its parent dies; the sandbox has bwrap's
+            # --die-with-parent for the same.
+            setpriv = shutil.which("setpriv")
+            if setpriv:
+                argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
             done = _run_process(argv, env, job, grace=self._grace)
         return _outcome(job, done)
 

@@ -1,0 +1,122 @@
+"""Claiming tasks from the shared queue with a lease, so that several workers never collide.
+
+A claim is one guarded UPDATE: it succeeds only if nobody holds a live lease on the task. A
+worker renews its lease while it works; one that dies stops renewing, its lease expires, and
+the task is claimed again. Dispatchers and processors share this; each says which tasks are
+its own with a condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
+
+from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
+
+log = logging.getLogger("caduceus.queue")
+
+LEASE = timedelta(minutes=10)
+
+
+def suspended(engine: Engine) -> set[str]:
+    """Names of suspended queues ("dispatch", "dispatch:<target>", "process", ...)."""
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                select(QUEUE_CONTROLS.c.name).where(QUEUE_CONTROLS.c.suspended.is_(True))
+            ).scalars()
+        )
+
+
+def claim(
+    engine: Engine,
+    owner: str,
+    mine: ColumnElement[bool],
+    now: datetime | None = None,
+    lease: timedelta = LEASE,
+) -> str | None:
+    """Lease the most urgent due task that matches `mine`; None when there is none."""
+    now = now or datetime.now(UTC)
+    free = or_(TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now)
+    due = or_(TASKS.c.not_before.is_(None), TASKS.c.not_before <= now)
+    with engine.begin() as conn:
+        candidates = (
+            conn.execute(
+                select(TASKS.c.id)
+                .where(and_(mine, due, free))
+                .order_by(TASKS.c.priority, TASKS.c.created_at)
+                .limit(5)
+            )
+            .scalars()
+            .all()
+        )
+        for task_id in candidates:
+            taken = conn.execute(
+                update(TASKS)
+                .where(and_(TASKS.c.id == task_id, free))
+                .values(lease_owner=owner, lease_expires=now + lease)
+            ).rowcount
+            if taken:
+                return str(task_id)
+    return None
+
+
+def renew(
+    engine: Engine,
+    task_id: str,
+    owner: str,
+    now: datetime | None = None,
+    lease: timedelta = LEASE,
+) -> bool:
+    """Extend our lease; False if it is no longer ours (it expired and someone took over)."""
+    now = now or datetime.now(UTC)
+    with engine.begin() as conn:
+        return bool(
+            conn.execute(
+                update(TASKS)
+                .where(and_(TASKS.c.id == task_id, TASKS.c.lease_owner == owner))
+                .values(lease_expires=now + lease)
+            ).rowcount
+        )
+
+
+@contextmanager
+def keep_lease(
+    engine: Engine, task_id: str, owner: str, lease: timedelta = LEASE
+) -> Iterator[threading.Event]:
+    """Renew the lease in the background while the work runs; the event it yields is set
+    when the lease was lost to another worker, so long work can stop early."""
+    done = threading.Event()
+    lost = threading.Event()
+
+    def renewing() -> None:
+        while not done.wait(lease.total_seconds() / 4):
+            try:
+                if not renew(engine, task_id, owner, lease=lease):
+                    log.warning("task %s: lease lost to another worker", task_id)
+                    lost.set()
+                    return
+            except Exception:
+                log.exception("task %s: lease renewal failed; trying again", task_id)
+
+    thread = threading.Thread(target=renewing, name=f"lease-{task_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield lost
+    finally:
+        done.set()
+        thread.join()
+
+
+def release(engine: Engine, task_id: str, owner: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(TASKS)
+            .where(and_(TASKS.c.id == task_id, TASKS.c.lease_owner == owner))
+            .values(lease_owner=None, lease_expires=None)
+        )

@@ -1,0 +1,408 @@
+"""Running a task's modules one after another, each step's output the next step's input.
+
+    tasks/<id>/in/                 the received images (hard links) and task.json
+    tasks/<id>/steps/<n>/in/       step n's input: hard links to the previous output, and a
+                                   task.json whose "process" is this step's module and settings
+    tasks/<id>/steps/<n>/out/      what step n wrote
+    tasks/<id>/logs/<n>-<name>.log what step n printed
+    tasks/<id>/out/                the pipeline's result, published by a rename when all is done
+
+A step that finished is recorded (tasks.step) before the next begins; a processor that dies
+leaves the task to another one, which starts again at the step that had not finished, with
+its output folder emptied first. A step that fails puts the task in error and keeps
+everything, so `caduceus tasks restart` resumes at that step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, insert, select, update
+
+from caduceus.core.config.models import Config, Module
+from caduceus.core.db.models import TASK_TARGETS, TASKS
+from caduceus.core.db.rows import pending_targets
+from caduceus.core.events import record_event
+from caduceus.core.storage import DataRoot
+from caduceus.processor.runners.base import ModuleRun, Runner, RunnerError
+
+log = logging.getLogger("caduceus.processor")
+
+LOG_TAIL_LINES = 20
+NOTIFICATION = "__mercure_notification"
+ROUTING = "__mercure_routing"
+
+
+class StepFailed(Exception):
+    """A module step did not produce a usable result; the message says why."""
+
+
+@dataclass
+class _Task:
+    id: str
+    folder: Path
+    action: str
+    rule: str
+    modules: list[str]
+    step: int
+    results: list[Any]
+    document: dict[str, Any]
+
+
+def _file_name(module: str) -> str:
+    # Module names are validated (letters, digits, "_.- ", never a leading dot); a space is
+    # all that needs replacing to make one a plain file name.
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", module)
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _link_dicom(source: Path, target: Path, overwrite: bool = True) -> int:
+    """Hard-link the DICOM files (*.dcm) of one folder into another; returns how many."""
+    count = 0
+    for path in sorted(source.glob("*.dcm")):
+        link = target / path.name
+        if link.exists():
+            if not overwrite:
+                continue
+            link.unlink()
+        os.link(path, link)
+        count += 1
+    return count
+
+
+def _read_result(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "result.json"
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StepFailed(f"invalid output: result.json is not valid JSON ({exc})") from exc
+    if not isinstance(result, dict):
+        raise StepFailed("invalid output: result.json is not a JSON object")
+    return result
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Engine,
+        root: DataRoot,
+        runner_for: Callable[[Module], Runner],
+    ):
+        self.engine = engine
+        self.root = root
+        self.runner_for = runner_for
+
+    def _load(self, task_id: str) -> _Task:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(TASKS).where(TASKS.c.id == task_id)).one()
+        folder = self.root.home / row.folder
+        return _Task(
+            id=row.id,
+            folder=folder,
+            action=row.action,
+            rule=row.rule,
+            modules=list(row.modules or []),
+            step=int(row.step or 0),
+            results=list(row.results or []),
+            document=dict(row.info or {}),
+        )
+
+    def run(
+        self,
+        config: Config,
+        task_id: str,
+        owner: str | None = None,
+        lost: threading.Event | None = None,
+    ) -> str:
+        """Run the task's remaining steps and hand it on; return its new state."""
+        task = self._load(task_id)
+        self._set(task.id, owner, state="processing")
+        if task.step == 0 and not task.results:
+            self._event(task.id, "process.started", f"pipeline: {' -> '.join(task.modules)}")
+        for index in range(task.step, len(task.modules)):
+            if lost is not None and lost.is_set():
+                return "processing"  # another processor has the task now
+            try:
+                result = self._run_step(config, task, index)
+            except StepFailed as exc:
+                return self._fail(task, index, str(exc), owner)
+            while len(task.results) <= index:
+                task.results.append(None)
+            task.results[index] = result
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(TASKS)
+                    .where(self._mine(task.id, owner))
+                    .values(step=index + 1, results=task.results, updated_at=datetime.now(UTC))
+                )
+            task.step = index + 1
+        try:
+            return self._finish(config, task, owner)
+        except StepFailed as exc:
+            return self._fail(task, len(task.modules) - 1, str(exc), owner)
+
+    # -- one step ------------------------------------------------------------------------
+
+    def _step_input(self, task: _Task, index: int, module: Module, name: str) -> Path:
+        """A fresh input folder: links to the previous output and this step's task.json."""
+        source = (
+            task.folder / "in" if index == 0 else task.folder / "steps" / str(index - 1) / "out"
+        )
+        step_in = task.folder / "steps" / str(index) / "in"
+        shutil.rmtree(step_in, ignore_errors=True)
+        step_in.mkdir(parents=True)
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.name != "task.json":
+                os.link(path, step_in / path.name)
+        document = json.loads(json.dumps(task.document))  # a copy: each step sees its own
+        settings = self._settings(module, task, index)
+        document["process"] = {
+            "module_name": name,
+            "module_config": None,
+            "settings": settings,
+            "retain_input_images": bool(
+                (task.document.get("process") or {}).get("retain_input_images", False)
+            ),
+        }
+        (step_in / "task.json").write_text(json.dumps(document, indent=2))
+        return step_in
+
+    def _settings(self, module: Module, task: _Task, index: int) -> dict[str, Any]:
+        """The module's settings merged with the rule's, as the router wrote them."""
+        process = task.document.get("process") or {}
+        settings = process.get("settings")
+        if isinstance(settings, list):
+            chosen = settings[index] if index < len(settings) else {}
+        elif isinstance(settings, dict) and len(task.modules) == 1:
+            chosen = settings
+        else:
+            chosen = {}
+        return {**module.settings, **chosen}
+
+    def _run_step(self, config: Config, task: _Task, index: int) -> dict[str, Any]:
+        name = task.modules[index]
+        module = config.modules.get(name)
+        if module is None:
+            raise StepFailed(f"module {name!r} is no longer configured")
+        step_in = self._step_input(task, index, module, name)
+        step_out = task.folder / "steps" / str(index) / "out"
+        shutil.rmtree(step_out, ignore_errors=True)  # a half-written output of a dead run
+        step_out.mkdir(parents=True)
+        logs = task.folder / "logs"
+        logs.mkdir(exist_ok=True)
+        log_path = logs / f"{index}-{_file_name(name)}.log"
+        persistence = None
+        if module.persistence:
+            persistence = self.root.home / "persistence" / _file_name(name)
+            persistence.mkdir(parents=True, exist_ok=True)
+        self._event(task.id, "process.step.started", f"step {index + 1}: {name}")
+        started = time.monotonic()
+        try:
+            runner = self.runner_for(module)
+            leftovers = getattr(runner, "remove_leftovers", None)
+            if callable(leftovers):  # containers of a processor that died on this task
+                leftovers(task.id)
+            outcome = runner.run(
+                ModuleRun(
+                    task_id=task.id,
+                    module_name=name,
+                    module=module,
+                    in_dir=step_in,
+                    out_dir=step_out,
+                    log_path=log_path,
+                    persistence_dir=persistence,
+                    environment=dict(module.environment),
+                )
+            )
+        except RunnerError as exc:
+            raise StepFailed(f"{name}: {exc}") from exc
+        seconds = round(time.monotonic() - started, 3)
+        if outcome.timed_out:
+            raise StepFailed(f"{name}: killed after its time limit of {module.timeout_seconds} s")
+        if outcome.exit_code != 0:
+            raise StepFailed(f"{name}: exited with code {outcome.exit_code}")
+        result = _read_result(step_out)
+        # Later steps (and the dispatcher) find task.json beside the images, as in mercure.
+        if not (step_out / "task.json").exists():
+            shutil.copyfile(step_in / "task.json", step_out / "task.json")
+        self._event(
+            task.id,
+            "process.step.done",
+            f"step {index + 1}: {name} finished in {seconds} s",
+            details={"module": name, "seconds": seconds, "result": result},
+        )
+        return {"module": name, "seconds": seconds, "result": result}
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _finish(self, config: Config, task: _Task, owner: str | None) -> str:
+        published = task.folder / "out"
+        last = task.folder / "steps" / str(len(task.modules) - 1) / "out"
+        if last.exists():
+            retain = bool((task.document.get("process") or {}).get("retain_input_images"))
+            if retain:
+                _link_dicom(task.folder / "in", last, overwrite=False)
+            shutil.rmtree(published, ignore_errors=True)
+            os.rename(last, published)  # all of the result at once, or none of it
+        elif not published.exists():
+            raise StepFailed("the pipeline's output is missing")
+        files = len(list(published.glob("*.dcm")))
+        final = task.results[-1] if task.results else None
+        output = (final or {}).get("result") or {}
+        rule = config.rules.get(task.rule)
+        targets, discard = self._routing(task, rule, output)
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            notification = output.get(NOTIFICATION)
+            if isinstance(notification, dict):
+                record_event(
+                    conn,
+                    "process.notification",
+                    str(notification.get("text", ""))[:2000],
+                    task_id=task.id,
+                    details={"requested": bool(notification.get("requested", False))},
+                )
+            if task.action == "both" and not discard:
+                if files == 0:
+                    raise StepFailed("the pipeline produced no DICOM files to send")
+                if targets is not None:
+                    conn.execute(delete(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task.id))
+                    conn.execute(insert(TASK_TARGETS), pending_targets(task.id, targets, now))
+                    record_event(
+                        conn,
+                        "process.routing",
+                        f"the module chose the targets: {', '.join(targets)}",
+                        task_id=task.id,
+                    )
+                state = "dispatching"
+            elif discard:
+                state = "discarded"
+                record_event(
+                    conn, "process.routing", "the module discarded the task", task_id=task.id
+                )
+            else:
+                state = "done"
+            conn.execute(
+                update(TASKS)
+                .where(self._mine(task.id, owner))
+                .values(
+                    state=state,
+                    file_count=files,
+                    updated_at=now,
+                    error=None,
+                    lease_owner=None,
+                    lease_expires=None,
+                    not_before=None,
+                )
+            )
+            record_event(
+                conn,
+                "process.done",
+                f"pipeline finished: {files} DICOM file(s) in the result",
+                task_id=task.id,
+                details={"files": files, "next": state},
+            )
+        return state
+
+    def _routing(
+        self, task: _Task, rule: Any, output: dict[str, Any]
+    ) -> tuple[list[str] | None, bool]:
+        """The targets a module chose (None: the rule's own) and whether it discarded."""
+        directive = output.get(ROUTING)
+        if not isinstance(directive, dict) or rule is None or not rule.dynamic_routing:
+            if isinstance(directive, dict):
+                self._event(
+                    task.id,
+                    "process.routing",
+                    "the module asked for routing, which the rule does not allow; ignored",
+                    severity="warning",
+                )
+            return None, False
+        if directive.get("discard"):
+            return None, True
+        wanted = directive.get("target")
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        if not wanted:
+            if directive.get("use_alternate_target") and rule.alternate_target:
+                return [rule.alternate_target], False
+            return None, False
+        allowed = rule.dynamic_routing_allowed_targets
+        if not isinstance(wanted, list) or any(
+            not isinstance(t, str) or (allowed and t not in allowed) for t in wanted
+        ):
+            self._event(
+                task.id,
+                "process.routing",
+                f"the module asked for targets the rule does not allow ({wanted!r}); "
+                "the rule's targets are used",
+                severity="warning",
+            )
+            return None, False
+        return list(wanted), False
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _mine(self, task_id: str, owner: str | None) -> Any:
+        # A processor that lost its lease must not overwrite what the new holder writes.
+        mine = TASKS.c.id == task_id
+        return and_(mine, TASKS.c.lease_owner == owner) if owner is not None else mine
+
+    def _set(self, task_id: str, owner: str | None, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(TASKS)
+                .where(self._mine(task_id, owner))
+                .values(updated_at=datetime.now(UTC), **values)
+            )
+
+    def _event(self, task_id: str, kind: str, message: str, **kwargs: Any) -> None:
+        with self.engine.begin() as conn:
+            record_event(conn, kind, message, task_id=task_id, **kwargs)
+
+    def _fail(self, task: _Task, index: int, reason: str, owner: str | None) -> str:
+        name = task.modules[index] if index < len(task.modules) else ""
+        log_path = task.folder / "logs" / f"{index}-{_file_name(name)}.log"
+        tail = _tail(log_path)
+        log.warning("task %s: step %d (%s) failed: %s", task.id, index + 1, name, reason)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(TASKS)
+                .where(self._mine(task.id, owner))
+                .values(
+                    state="error",
+                    error=f"step {index + 1} ({name}): {reason}",
+                    updated_at=datetime.now(UTC),
+                    lease_owner=None,
+                    lease_expires=None,
+                )
+            )
+            record_event(
+                conn,
+                "process.error",
+                f"step {index + 1} ({name}) failed: {reason}",
+                severity="error",
+                task_id=task.id,
+                details={"step": index, "module": name, "log_tail": tail},
+            )
+        return "error"

@@ -1,0 +1,360 @@
+"""The processor: mercure-compatible modules, run step by step, with failures that keep data.
+
+Modules here are small Python programs run as local commands (the container runner has its
+own tests against Podman). The end-to-end test goes through `caduceus run` with DCMTK on both
+sides; the others run the pipeline in the test with the real local runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydicom import dcmread
+from sqlalchemy import select
+
+from caduceus.core.config.models import Config
+from caduceus.core.db.models import TASK_TARGETS, TASKS
+from caduceus.core.settings import Settings
+from caduceus.core.storage import DataRoot
+from caduceus.dispatcher.dispatch import restart
+from caduceus.processor.pipeline import Pipeline
+from caduceus.processor.runners import runner_factory
+from tests.support.processes import Caduceus
+from tests.support.storescp import start_storescp
+from tests.test_router import events, router_for, send, tasks
+
+TAGGER = """
+    import json, os, pathlib
+    from pydicom import dcmread
+    src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
+    dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+    settings = json.loads((src / "task.json").read_text())["process"]["settings"]
+    for path in sorted(src.glob("*.dcm")):
+        ds = dcmread(path)
+        ds.SeriesDescription = settings["description"]
+        ds.save_as(dst / path.name)
+    print("tagged", len(list(dst.glob("*.dcm"))), "images as", settings["description"])
+"""
+
+ROUTER = """
+    import json, os, pathlib, shutil
+    src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
+    dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+    for path in src.glob("*.dcm"):
+        shutil.copyfile(path, dst / path.name)
+    (dst / "result.json").write_text(json.dumps({
+        "findings": 3,
+        "__mercure_routing": {"target": ["scp"]},
+        "__mercure_notification": {"text": "3 findings", "requested": True},
+    }))
+"""
+
+COUNTED = """
+    import os, pathlib, shutil, sys, time
+    src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
+    dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+    with open(os.environ["COUNTER"], "a") as fh:
+        fh.write(f"start {time.time()}\\n")
+    time.sleep(float(os.environ.get("SLEEP", "0")))
+    if pathlib.Path(os.environ.get("FAIL_IF", "/nonexistent")).exists():
+        print("the model could not load its weights")
+        sys.exit(3)
+    for path in src.glob("*.dcm"):
+        shutil.copyfile(path, dst / path.name)
+    if os.environ.get("RESULT") is not None:
+        (dst / "result.json").write_text(os.environ["RESULT"])
+    with open(os.environ["COUNTER"], "a") as fh:
+        fh.write(f"end {time.time()}\\n")
+"""
+
+
+def module(tmp_path: Path, name: str, source: str, **options: Any) -> dict[str, Any]:
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent(source))
+    # The sandbox is the default, but these modules need this interpreter's packages, which
+    # a fresh sandbox does not see; the sandbox has its own tests (test_runner_local.py).
+    return {"command": [sys.executable, str(script)], "sandbox": False, **options}
+
+
+def test_two_step_pipeline_through_caduceus_run(launch: Any, tmp_path: Path) -> None:
+    """Received, tagged by one module, routed by the next one's result.json, delivered."""
+    scp = start_storescp(tmp_path / "scp", "+xa")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    try:
+        document = {
+            "settings": {"series_complete_trigger": 1},
+            "targets": {"scp": scp.target(), "archive": {"type": "folder", "path": str(archive)}},
+            "modules": {
+                "tagger": module(tmp_path, "tagger", TAGGER, settings={"description": "X"}),
+                "router": module(tmp_path, "router", ROUTER),
+            },
+            "rules": {
+                "ct_ai": {
+                    "rule": "@Modality@ == 'CT'",
+                    "action": "both",
+                    "modules": ["tagger", "router"],
+                    "module_settings": [{"description": "AI RESULT"}],
+                    "targets": ["archive"],
+                    "dynamic_routing": True,
+                    "dynamic_routing_allowed_targets": ["scp", "archive"],
+                }
+            },
+        }
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+        instance = launch("run", "--config", str(tmp_path / "config.yaml"))
+        files = send(instance, tmp_path / "ct", count=5, modality="CT")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (
+            tasks(instance) and tasks(instance)[0]["state"] in ("done", "error")
+        ):
+            time.sleep(0.2)
+        [task] = tasks(instance)
+        assert task["state"] == "done", task["error"]
+        received = {dcmread(p).SOPInstanceUID: dcmread(p) for p in scp.files()}
+        assert sorted(received) == sorted(dcmread(p).SOPInstanceUID for p in files)
+        for original in files:
+            sent = dcmread(original)
+            got = received[sent.SOPInstanceUID]
+            assert got.SeriesDescription == "AI RESULT"  # the module's change arrived
+            assert got.PixelData == sent.PixelData
+        assert list(archive.iterdir()) == [], "the module's routing replaced the rule's target"
+        assert task["results"][1]["result"]["findings"] == 3
+        [note] = events(instance, "process.notification")
+        assert note["message"] == "3 findings" and note["details"] == {"requested": True}
+        log = (instance.home / task["folder"] / "logs" / "0-tagger.log").read_text()
+        assert "tagged 5 images as AI RESULT" in log
+    finally:
+        scp.stop()
+
+
+# -- the pipeline in the test, with an explicit clock ------------------------------------
+
+
+def pipeline_for(receiver: Caduceus) -> Pipeline:
+    settings = Settings(home=receiver.home, database_url=receiver.database_url)
+    return Pipeline(receiver.engine(), DataRoot(receiver.home), runner_factory(settings))
+
+
+def setup(
+    receiver: Caduceus, tmp_path: Path, modules: dict[str, Any], **rule: Any
+) -> tuple[Config, str]:
+    send(receiver, tmp_path / "ct", count=3, modality="CT")
+    cfg = Config.model_validate(
+        {
+            "targets": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+            "modules": modules,
+            "rules": {
+                "ai": {"rule": "True", "action": "process", "modules": list(modules), **rule}
+            },
+        }
+    )
+    router_for(receiver).run_pass(cfg, datetime.now(UTC) + timedelta(seconds=61))
+    [task] = tasks(receiver)
+    return cfg, task["id"]
+
+
+def starts(counter: Path) -> int:
+    return sum(1 for line in counter.read_text().splitlines() if line.startswith("start"))
+
+
+def test_a_failed_step_keeps_everything_and_a_restart_resumes_there(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first.count", tmp_path / "second.count"
+    broken = tmp_path / "weights-missing"
+    broken.touch()
+    modules = {
+        "one": module(tmp_path, "one", COUNTED, environment={"COUNTER": str(first)}),
+        "two": module(
+            tmp_path,
+            "two",
+            COUNTED,
+            environment={"COUNTER": str(second), "FAIL_IF": str(broken)},
+        ),
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    pipeline = pipeline_for(receiver)
+    assert pipeline.run(cfg, task_id) == "error"
+    [task] = tasks(receiver)
+    assert task["error"] == "step 2 (two): two: exited with code 3"
+    assert task["step"] == 1  # step one is done and recorded
+    [failure] = events(receiver, "process.error")
+    assert "the model could not load its weights" in failure["details"]["log_tail"]
+    folder = receiver.home / task["folder"]
+    assert len(list((folder / "in").glob("*.dcm"))) == 3  # the input is kept
+    assert len(list((folder / "steps" / "0" / "out").glob("*.dcm"))) == 3
+
+    broken.unlink()
+    restart(receiver.engine(), task_id)
+    assert tasks(receiver)[0]["state"] == "queued"
+    assert pipeline.run(cfg, task_id) == "done"
+    assert (starts(first), starts(second)) == (1, 2), "only the failed step ran again"
+    assert len(list((folder / "out").glob("*.dcm"))) == 3
+
+
+def test_a_module_past_its_time_limit_is_killed_and_the_task_fails(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    counter = tmp_path / "slow.count"
+    modules = {
+        "slow": module(
+            tmp_path,
+            "slow",
+            COUNTED,
+            environment={"COUNTER": str(counter), "SLEEP": "60"},
+            timeout_seconds=2,
+        )
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    began = time.monotonic()
+    assert pipeline_for(receiver).run(cfg, task_id) == "error"
+    assert time.monotonic() - began < 30
+    assert "killed after its time limit of 2 s" in tasks(receiver)[0]["error"]
+    assert "end" not in counter.read_text()
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [("[1, 2]", "result.json is not a JSON object"), ("{oops", "result.json is not valid JSON")],
+)
+def test_invalid_output_fails_the_task(
+    receiver: Caduceus, tmp_path: Path, result: str, reason: str
+) -> None:
+    modules = {
+        "odd": module(
+            tmp_path,
+            "odd",
+            COUNTED,
+            environment={"COUNTER": str(tmp_path / "c"), "RESULT": result},
+        )
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    assert pipeline_for(receiver).run(cfg, task_id) == "error"
+    assert reason in tasks(receiver)[0]["error"]
+
+
+def test_a_missing_command_or_module_is_a_clear_error(receiver: Caduceus, tmp_path: Path) -> None:
+    modules = {"ghost": {"command": ["/nonexistent/model-runner"], "sandbox": False}}
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    assert pipeline_for(receiver).run(cfg, task_id) == "error"
+    assert "not found" in tasks(receiver)[0]["error"]
+    gone = cfg.model_copy(update={"modules": {}}, deep=True)
+    restart(receiver.engine(), task_id)
+    assert pipeline_for(receiver).run(gone, task_id) == "error"
+    assert "module 'ghost' is no longer configured" in tasks(receiver)[0]["error"]
+
+
+def test_retained_input_images_are_sent_along_with_the_results(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    derived = """
+        import os, pathlib
+        from pydicom import dcmread
+        from pydicom.uid import generate_uid
+        src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
+        dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+        ds = dcmread(sorted(src.glob("*.dcm"))[0])
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = "SUMMARY"
+        ds.save_as(dst / "summary.dcm")
+    """
+    modules = {"summary": module(tmp_path, "summary", derived)}
+    cfg, task_id = setup(receiver, tmp_path, modules, retain_input_images=True)
+    assert pipeline_for(receiver).run(cfg, task_id) == "done"
+    [task] = tasks(receiver)
+    out = receiver.home / task["folder"] / "out"
+    names = sorted(p.name for p in out.glob("*.dcm"))
+    assert len(names) == 4 and "summary.dcm" in names
+    assert task["file_count"] == 4
+
+
+def test_a_module_can_discard_when_the_rule_allows_it(receiver: Caduceus, tmp_path: Path) -> None:
+    discard = json.dumps({"__mercure_routing": {"discard": True}})
+    modules = {
+        "triage": module(
+            tmp_path,
+            "triage",
+            COUNTED,
+            environment={"COUNTER": str(tmp_path / "c"), "RESULT": discard},
+        )
+    }
+    cfg, task_id = setup(
+        receiver,
+        tmp_path,
+        modules,
+        action="both",
+        targets=["archive"],
+        dynamic_routing=True,
+    )
+    assert pipeline_for(receiver).run(cfg, task_id) == "discarded"
+    assert [e["message"] for e in events(receiver, "process.routing")] == [
+        "the module discarded the task"
+    ]
+
+
+def test_routing_the_rule_does_not_allow_is_ignored(receiver: Caduceus, tmp_path: Path) -> None:
+    wish = json.dumps({"__mercure_routing": {"target": ["elsewhere"]}})
+    modules = {
+        "triage": module(
+            tmp_path,
+            "triage",
+            COUNTED,
+            environment={"COUNTER": str(tmp_path / "c"), "RESULT": wish},
+        )
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
+    assert pipeline_for(receiver).run(cfg, task_id) == "dispatching"
+    with receiver.engine().connect() as conn:
+        targets = conn.execute(select(TASK_TARGETS.c.target)).scalars().all()
+    assert targets == ["archive"]
+    [ignored] = events(receiver, "process.routing")
+    assert ignored["severity"] == "warning"
+
+
+def test_a_processor_killed_mid_module_is_taken_over_and_nothing_runs_twice_at_once(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    counter = tmp_path / "long.count"
+    modules = {
+        "long": module(
+            tmp_path, "long", COUNTED, environment={"COUNTER": str(counter), "SLEEP": "4"}
+        )
+    }
+    cfg, _ = setup(receiver, tmp_path, modules)
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
+    )
+    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+    lease = {"CADUCEUS_PROCESSOR_LEASE_SECONDS": "3"}
+    first = launch("processor", home=receiver.home, **lease)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (counter.exists() and starts(counter) == 1):
+        time.sleep(0.05)
+    assert first.process is not None
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+    assert tasks(receiver)[0]["state"] == "processing"
+
+    launch("processor", home=receiver.home, **lease)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and tasks(receiver)[0]["state"] != "done":
+        time.sleep(0.2)
+    assert tasks(receiver)[0]["state"] == "done"
+    lines = counter.read_text().splitlines()
+    # The killed run's module died with its processor: it never finished, and the second run
+    # began only after it was gone.
+    assert [line.split()[0] for line in lines] == ["start", "start", "end"]
+    with receiver.engine().connect() as conn:
+        assert conn.execute(select(TASKS.c.step)).scalar_one() == 1
