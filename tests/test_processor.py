@@ -358,3 +358,70 @@ def test_a_processor_killed_mid_module_is_taken_over_and_nothing_runs_twice_at_o
     assert [line.split()[0] for line in lines] == ["start", "start", "end"]
     with receiver.engine().connect() as conn:
         assert conn.execute(select(TASKS.c.step)).scalar_one() == 1
+
+
+def test_a_container_module_in_the_pipeline(receiver: Caduceus, tmp_path: Path) -> None:
+    """The pipeline with the container runner on a real Podman service (Docker Engine API)."""
+    from tests.support.podman import start_podman
+
+    podman = start_podman(tmp_path / "podman")
+    try:
+        script = "cp /tmp/data/*.dcm /tmp/output/ && id -u && echo copied in a container"
+        modules = {"copy": {"image": podman.image, "environment": {"TEST_SCRIPT": script}}}
+        cfg, task_id = setup(receiver, tmp_path, modules)
+        settings = Settings(
+            home=receiver.home,
+            database_url=receiver.database_url,
+            processor_docker_url=podman.url,
+        )
+        pipeline = Pipeline(receiver.engine(), DataRoot(receiver.home), runner_factory(settings))
+        assert pipeline.run(cfg, task_id) == "done", tasks(receiver)[0]["error"]
+        [task] = tasks(receiver)
+        folder = receiver.home / task["folder"]
+        for original in (folder / "in").glob("*.dcm"):
+            assert (folder / "out" / original.name).read_bytes() == original.read_bytes()
+        log = (folder / "logs" / "0-copy.log").read_text()
+        assert "copied in a container" in log
+        assert log.split()[0] != "0", "the module does not run as root"
+        assert podman.labelled(task_id) == []
+    finally:
+        podman.stop()
+
+
+def test_several_processors_share_the_queue_and_each_task_runs_once(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    counter = tmp_path / "runs.log"
+    script = """
+        import os, pathlib, shutil, time, json
+        src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
+        dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+        task = json.loads((src / "task.json").read_text())["id"]
+        with open(os.environ["COUNTER"], "a") as fh:
+            fh.write(f"{task} {os.getppid()}\\n")
+        time.sleep(1)
+        for path in src.glob("*.dcm"):
+            shutil.copyfile(path, dst / path.name)
+    """
+    for index in range(5):
+        send(receiver, tmp_path / f"s{index}", count=2, modality="CT")
+    document = {
+        "modules": {
+            "work": module(tmp_path, "work", script, environment={"COUNTER": str(counter)})
+        },
+        "rules": {"all": {"rule": "True", "action": "process", "modules": ["work"]}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+    cfg = Config.model_validate(document)
+    router_for(receiver).run_pass(cfg, datetime.now(UTC) + timedelta(seconds=61))
+    assert len(tasks(receiver)) == 5
+    launch("processor", home=receiver.home, CADUCEUS_PROCESSOR_PARALLEL="2")
+    launch("processor", home=receiver.home)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and any(t["state"] != "done" for t in tasks(receiver)):
+        time.sleep(0.2)
+    assert [t["state"] for t in tasks(receiver)] == ["done"] * 5
+    runs = [line.split() for line in counter.read_text().splitlines()]
+    assert sorted(task for task, _ in runs) == sorted(t["id"] for t in tasks(receiver))
+    assert len({pid for _, pid in runs}) >= 2, "both processors took work"

@@ -139,6 +139,10 @@ def container_options(
         options["cap_add"] = list(ROOT_CAPABILITIES)
     else:
         options["user"] = f"{user[0]}:{user[1]}"
+        if user == UNPRIVILEGED and os.getuid() == 0:
+            # Received files are readable by their owner and group only; a module running as
+            # nobody for a processor running as root reads them through the group.
+            options["group_add"] = [str(os.getgid())]
     if not module.network:
         options["network_mode"] = "none"
     if module.gpu:
