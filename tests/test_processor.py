@@ -425,3 +425,18 @@ def test_several_processors_share_the_queue_and_each_task_runs_once(
     runs = [line.split() for line in counter.read_text().splitlines()]
     assert sorted(task for task, _ in runs) == sorted(t["id"] for t in tasks(receiver))
     assert len({pid for _, pid in runs}) >= 2, "both processors took work"
+
+
+def test_a_link_left_in_the_output_fails_the_step(receiver: Caduceus, tmp_path: Path) -> None:
+    """A module must not make the next step or the dispatcher reach a file outside the task."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the PACS")
+    linker = f"""
+        import os, pathlib
+        dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+        os.symlink({str(secret)!r}, dst / "leak.dcm")
+    """
+    modules = {"linker": module(tmp_path, "linker", linker)}
+    cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
+    assert pipeline_for(receiver).run(cfg, task_id) == "error"
+    assert "invalid output: leak.dcm is a symbolic link" in tasks(receiver)[0]["error"]

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,19 @@ def _link_dicom(source: Path, target: Path, overwrite: bool = True) -> int:
         os.link(path, link)
         count += 1
     return count
+
+
+def _check_output(out_dir: Path) -> None:
+    """Only plain files and folders: a link a module leaves could make the next step, the
+    dispatcher or the cleaner reach a file outside the task (another task, /etc/shadow)."""
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                relative = path.relative_to(out_dir)
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+                raise StepFailed(f"invalid output: {relative} is {kind}")
 
 
 def _read_result(out_dir: Path) -> dict[str, Any] | None:
@@ -241,6 +255,7 @@ class Pipeline:
             raise StepFailed(f"{name}: killed after its time limit of {module.timeout_seconds} s")
         if outcome.exit_code != 0:
             raise StepFailed(f"{name}: exited with code {outcome.exit_code}")
+        _check_output(step_out)
         result = _read_result(step_out)
         # Later steps (and the dispatcher) find task.json beside the images, as in mercure.
         if not (step_out / "task.json").exists():
