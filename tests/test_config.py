@@ -225,6 +225,7 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
     )
     assert config.targets["share"].path == "/mnt/share"  # type: ignore[union-attr]
     assert config.modules["ai"].image == "vendor/ai:2"
+    assert config.modules["ai"].volumes == ["/models:/models"]
     brain = config.rules["brain"]
     assert (brain.action, brain.trigger, brain.modules, brain.module_settings) == (
         "both",
@@ -238,7 +239,6 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
     for name in (
         "targets -> remote",
         "rules -> offsite",
-        "modules -> ai -> additional_volumes",
         "incoming_folder",
         "router_scan_interval",
         "graphite_ip",

@@ -73,6 +73,8 @@ COUNTED = """
         shutil.copyfile(path, dst / path.name)
     if os.environ.get("RESULT") is not None:
         (dst / "result.json").write_text(os.environ["RESULT"])
+    if os.environ.get("RESULT_FILE"):
+        shutil.copyfile(os.environ["RESULT_FILE"], dst / "result.json")
     with open(os.environ["COUNTER"], "a") as fh:
         fh.write(f"end {time.time()}\\n")
 """
@@ -131,7 +133,8 @@ def test_two_step_pipeline_through_caduceus_run(launch: Any, tmp_path: Path) -> 
         assert list(archive.iterdir()) == [], "the module's routing replaced the rule's target"
         assert task["results"][1]["result"]["findings"] == 3
         [note] = events(instance, "process.notification")
-        assert note["message"] == "3 findings" and note["details"] == {"requested": True}
+        assert note["message"] == "3 findings"
+        assert note["details"] == {"requested": True, "module": "router"}
         log = (instance.home / task["folder"] / "logs" / "0-tagger.log").read_text()
         assert "tagged 5 images as AI RESULT" in log
     finally:
@@ -193,7 +196,8 @@ def test_a_failed_step_keeps_everything_and_a_restart_resumes_there(
     assert "the model could not load its weights" in failure["details"]["log_tail"]
     folder = receiver.home / task["folder"]
     assert len(list((folder / "in").glob("*.dcm"))) == 3  # the input is kept
-    assert len(list((folder / "steps" / "0" / "out").glob("*.dcm"))) == 3
+    step_one = folder / task["results"][0]["folder"] / "out"
+    assert len(list(step_one.glob("*.dcm"))) == 3
 
     broken.unlink()
     restart(receiver.engine(), task_id)
@@ -440,3 +444,103 @@ def test_a_link_left_in_the_output_fails_the_step(receiver: Caduceus, tmp_path: 
     cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
     assert "invalid output: leak.dcm is a symbolic link" in tasks(receiver)[0]["error"]
+
+
+def test_a_failure_after_the_last_module_reruns_it_on_restart(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    """A "both" task whose last module wrote no DICOM files fails; a restart runs it again."""
+    counter, empty = tmp_path / "c", tmp_path / "write-nothing"
+    empty.touch()
+    nothing = COUNTED.replace(
+        "for path in src.glob",
+        "for path in ([] if pathlib.Path(os.environ['EMPTY']).exists() else src.glob",
+    ).replace('.glob("*.dcm"):\n', '.glob("*.dcm")):\n')
+    modules = {
+        "maybe": module(
+            tmp_path, "maybe", nothing, environment={"COUNTER": str(counter), "EMPTY": str(empty)}
+        )
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
+    pipeline = pipeline_for(receiver)
+    assert pipeline.run(cfg, task_id) == "error"
+    assert "produced no DICOM files to send" in tasks(receiver)[0]["error"]
+    empty.unlink()
+    restart(receiver.engine(), task_id)
+    assert pipeline.run(cfg, task_id) == "dispatching"
+    assert starts(counter) == 2
+    with pytest.raises(LookupError, match="not in error"):
+        restart(receiver.engine(), task_id)
+
+
+def test_each_step_gets_its_own_answer_and_any_step_may_ask_for_a_notification(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    asks = json.dumps({"__mercure_notification": {"text": "look", "requested": True}})
+    copy_all = """
+        import os, pathlib, shutil
+        src, dst = os.environ["MERCURE_IN_DIR"], os.environ["MERCURE_OUT_DIR"]
+        print("input:", sorted(p.name for p in pathlib.Path(src).iterdir()))
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    """
+    modules = {
+        "first": module(
+            tmp_path, "first", COUNTED, environment={"COUNTER": str(tmp_path / "c"), "RESULT": asks}
+        ),
+        "second": module(tmp_path, "second", copy_all),
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    assert pipeline_for(receiver).run(cfg, task_id) == "done"
+    [task] = tasks(receiver)
+    log = (receiver.home / task["folder"] / "logs" / "1-second.log").read_text()
+    assert "result.json" not in log, "the first step's answer is not the second's input"
+    assert task["results"][1]["result"] is None
+    [note] = events(receiver, "process.notification")
+    assert note["details"] == {"requested": True, "module": "first"}
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        ('{"score": NaN}', "NaN is not a JSON value"),
+        ('{"x": "' + "a" * (1024 * 1024) + '"}', "result.json is larger than"),
+        ("[" * 100_000 + "]" * 100_000, "result.json is not valid JSON"),
+    ],
+)
+def test_results_that_cannot_be_stored_fail_the_step(
+    receiver: Caduceus, tmp_path: Path, result: str, reason: str
+) -> None:
+    answer = tmp_path / "answer.json"
+    answer.write_text(result)
+    modules = {
+        "odd": module(
+            tmp_path,
+            "odd",
+            COUNTED,
+            environment={"COUNTER": str(tmp_path / "c"), "RESULT_FILE": str(answer)},
+        )
+    }
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    assert pipeline_for(receiver).run(cfg, task_id) == "error"
+    assert reason in tasks(receiver)[0]["error"]
+
+
+def test_unexpected_failures_end_in_error_instead_of_a_loop(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    from caduceus.core.work_queue import claim
+    from caduceus.processor.pipeline import give_up_or_retry
+    from caduceus.processor.service import PROCESSABLE
+
+    _, task_id = setup(receiver, tmp_path, {"m": {"command": ["/bin/true"], "sandbox": False}})
+    engine = receiver.engine()
+    states = []
+    for attempt in range(3):
+        later = datetime.now(UTC) + timedelta(minutes=5 * attempt)
+        assert claim(engine, "p", PROCESSABLE, now=later) == task_id
+        states.append(give_up_or_retry(engine, task_id, "p", RuntimeError("bug")))
+    assert states == ["processing", "processing", "error"]
+    [task] = tasks(receiver)
+    assert (
+        task["error"] == "internal error in the processor: RuntimeError (see the processor's log)"
+    )

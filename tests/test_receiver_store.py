@@ -68,6 +68,7 @@ def test_storescu_series_is_stored_byte_for_byte(
         stored = receiver.home / by_uid[uid]["path"]
         assert stored.resolve().is_relative_to(receiver.home.resolve())
         assert dataset_bytes(stored) == dataset_bytes(original)
+        assert stored.stat().st_mode & 0o777 == 0o440  # never changed in place
         # The file is a valid DICOM file with the right meta information.
         meta = dcmread(stored, stop_before_pixels=True).file_meta
         assert meta.MediaStorageSOPInstanceUID == uid

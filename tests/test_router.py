@@ -333,6 +333,7 @@ def test_router_killed_half_way_redoes_without_duplicates(
 def test_unreadable_series_is_kept_and_marked(receiver: Caduceus, tmp_path: Path) -> None:
     send(receiver, tmp_path / "ct", count=2, modality="CT")
     for stored in (receiver.home / "incoming").rglob("*.dcm"):
+        stored.chmod(0o640)  # received files are read-only
         stored.write_bytes(b"not DICOM any more")
     router_for(receiver).run_pass(config(CT_TO_PACS), later(61))
     assert tasks(receiver) == []

@@ -81,7 +81,7 @@ def test_copies_input_to_output_with_environment_and_log(
     job = make_job(
         tmp_path,
         "cp /tmp/data/* /tmp/output/ && env > /tmp/output/env.txt"
-        " && echo kept > /tmp/persistent/state && echo to-stdout && echo to-stderr >&2",
+        " && echo kept > /tmp/persistence/state && echo to-stdout && echo to-stderr >&2",
         persistence=True,
     )
     job.environment["CUSTOM_SETTING"] = "42"
@@ -104,7 +104,7 @@ def test_copies_input_to_output_with_environment_and_log(
         assert env[variable] == "/tmp/data"
     for variable in ("MERCURE_OUT_DIR", "MONAI_OUTPUTPATH", "HOLOSCAN_OUTPUT_PATH"):
         assert env[variable] == "/tmp/output"
-    assert env["MERCURE_PERSISTENT_DIR"] == "/tmp/persistent"
+    assert env["MODULE_PERSISTENCE_DIR"] == "/tmp/persistence"
     assert env["CUSTOM_SETTING"] == "42"
     assert job.persistence_dir is not None
     assert (job.persistence_dir / "state").read_text() == "kept\n"

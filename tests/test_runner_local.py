@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -15,7 +14,6 @@ from typing import Any
 import pytest
 
 from caduceus.core.config.models import Module
-from caduceus.processor.runners import local
 from caduceus.processor.runners.base import ModuleRun, RunnerError
 from caduceus.processor.runners.local import LocalRunner, SandboxRunner, local_runner
 
@@ -142,18 +140,18 @@ def test_local_environment_is_clean_and_complete(
     folders = {"in": str(task.in_dir), "out": str(task.out_dir)}
     for name, which in FOLDER_VARIABLES.items():
         assert env[name] == folders[which]
-    assert env["MERCURE_PERSISTENT_DIR"] == str(task.persistence)
+    assert env["MODULE_PERSISTENCE_DIR"] == str(task.persistence)
     assert task.persistence.is_dir()
     assert env["MODULE_VAR"] == "1" and env["RUN_VAR"] == "2" and env["TZ"] == "Europe/Berlin"
     assert env["HOME"] != os.environ.get("HOME")
     assert "hunter2" not in task.log()
-    expected = {"PATH", "HOME", "TMPDIR", "LANG", "TZ", "MERCURE_PERSISTENT_DIR"}
+    expected = {"PATH", "HOME", "TMPDIR", "LANG", "TZ", "MODULE_PERSISTENCE_DIR"}
     assert set(env) == expected | set(FOLDER_VARIABLES) | {"MODULE_VAR", "RUN_VAR"}
 
 
 def test_local_no_persistence_variable_unless_asked(task: Task) -> None:
     assert LocalRunner().run(task.job(["env"])).ok
-    assert "MERCURE_PERSISTENT_DIR" not in task.logged_environment()
+    assert "MODULE_PERSISTENCE_DIR" not in task.logged_environment()
 
 
 def test_local_nonzero_exit_and_stderr_logged(task: Task) -> None:
@@ -201,17 +199,15 @@ def test_local_command_not_found(task: Task) -> None:
         LocalRunner().run(task.job(["bin/relative.sh"]))
 
 
-def test_local_runner_choice(task: Task, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+def test_local_runner_choice(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(local_runner(Module(command=["true"], sandbox=False)), LocalRunner)
     if shutil.which("bwrap"):
         assert isinstance(local_runner(Module(command=["true"])), SandboxRunner)
     monkeypatch.setenv("PATH", str(task.bin))  # no bwrap there
-    monkeypatch.setattr(local, "_warned_no_bwrap", False)
-    with caplog.at_level(logging.WARNING, logger="caduceus.processor"):
-        assert isinstance(local_runner(Module(command=["true"])), LocalRunner)
-        assert isinstance(local_runner(Module(command=["true"])), LocalRunner)
-    assert [r.getMessage() for r in caplog.records if "bwrap" in r.getMessage()] != []
-    assert len([r for r in caplog.records if "bwrap" in r.getMessage()]) == 1
+    # Asked for, the sandbox is never silently dropped.
+    with pytest.raises(RunnerError, match="cannot run in its sandbox"):
+        local_runner(Module(command=["true"]))
+    assert isinstance(local_runner(Module(command=["true"], sandbox=False)), LocalRunner)
 
 
 def test_sandbox_without_bwrap(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +221,7 @@ def test_sandbox_without_bwrap(task: Task, monkeypatch: pytest.MonkeyPatch) -> N
 
 @needs_bwrap
 def test_sandbox_copies_input_to_output(task: Task) -> None:
-    command = COPY + ' && echo state > "$MERCURE_PERSISTENT_DIR/state"'
+    command = COPY + ' && echo state > "$MODULE_PERSISTENCE_DIR/state"'
     outcome = SandboxRunner().run(task.job(["/bin/sh", "-c", command], persistence=True))
     assert outcome.ok, task.log()
     assert (task.out_dir / "image.dcm").read_bytes() == b"DICM-image-bytes"

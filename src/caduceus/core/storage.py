@@ -97,7 +97,9 @@ class TempFiles:
 
     def _create(self) -> tuple[int, Path]:
         path = self.root.temp_path()
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), path
+        # Read-only from the start (the creating descriptor may still write): a received image
+        # is never changed in place, also not through the hard links tasks and modules get.
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440), path
 
     def prepare(self) -> None:
         """Create one file for a coming instance; failure is left for take() to report."""

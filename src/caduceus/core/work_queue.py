@@ -56,9 +56,11 @@ def claim(
             .all()
         )
         for task_id in candidates:
+            # Guarded by the same conditions: another worker may have moved the task on since
+            # it was selected (done, error, handed to the dispatcher).
             taken = conn.execute(
                 update(TASKS)
-                .where(and_(TASKS.c.id == task_id, free))
+                .where(and_(TASKS.c.id == task_id, mine, due, free))
                 .values(lease_owner=owner, lease_expires=now + lease)
             ).rowcount
             if taken:

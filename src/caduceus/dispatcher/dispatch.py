@@ -226,6 +226,8 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
                 f"task {task_id} cannot be restarted: the cleaner removed its files "
                 f"on {task.cleaned_at:%Y-%m-%d %H:%M}"
             )
+        if task.state != "error":
+            raise LookupError(f"task {task_id} is {task.state}, not in error: nothing to restart")
         reopened = conn.execute(
             update(TASKS)
             .where(and_(TASKS.c.id == task_id, TASKS.c.cleaned_at.is_(None)))

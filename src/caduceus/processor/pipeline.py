@@ -1,9 +1,10 @@
 """Running a task's modules one after another, each step's output the next step's input.
 
     tasks/<id>/in/                 the received images (hard links) and task.json
-    tasks/<id>/steps/<n>/in/       step n's input: hard links to the previous output, and a
+    tasks/<id>/steps/<n>-<run>/in/  step n's input: hard links to the previous output, and a
                                    task.json whose "process" is this step's module and settings
-    tasks/<id>/steps/<n>/out/      what step n wrote
+    tasks/<id>/steps/<n>-<run>/out/ what step n wrote; every run of a step has its own folder,
+                                   so a leftover of a dead run can never mix into a new one
     tasks/<id>/logs/<n>-<name>.log what step n printed
     tasks/<id>/out/                the pipeline's result, published by a rename when all is done
 
@@ -15,6 +16,7 @@ everything, so `caduceus tasks restart` resumes at that step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,9 +25,10 @@ import shutil
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,13 @@ log = logging.getLogger("caduceus.processor")
 LOG_TAIL_LINES = 20
 NOTIFICATION = "__mercure_notification"
 ROUTING = "__mercure_routing"
+MAX_RESULT_BYTES = 1024 * 1024
+MAX_UNEXPECTED = 3
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and PostgreSQL refuses them.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class StepFailed(Exception):
@@ -63,16 +73,25 @@ class _Task:
 
 def _file_name(module: str) -> str:
     # Module names are validated (letters, digits, "_.- ", never a leading dot); a space is
-    # all that needs replacing to make one a plain file name.
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", module)
+    # all that needs replacing to make one a plain file name, and a digest keeps "a b" and
+    # "a_b" apart.
+    plain = re.sub(r"[^A-Za-z0-9_.-]", "_", module)
+    if plain == module:
+        return plain
+    return f"{plain}-{hashlib.sha256(module.encode()).hexdigest()[:8]}"
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def _tail(path: Path, lines: int = LOG_TAIL_LINES, limit: int = 64 * 1024) -> str:
+    """The last lines of a log, read from its end: a log may be gigabytes."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            data = fh.read()
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _link_dicom(source: Path, target: Path, overwrite: bool = True) -> int:
@@ -90,25 +109,37 @@ def _link_dicom(source: Path, target: Path, overwrite: bool = True) -> int:
 
 
 def _check_output(out_dir: Path) -> None:
-    """Only plain files and folders: a link a module leaves could make the next step, the
-    dispatcher or the cleaner reach a file outside the task (another task, /etc/shadow)."""
-    for dirpath, dirnames, filenames in os.walk(out_dir):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            mode = path.lstat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    """Only plain files and folders with names that are text: a link a module leaves could
+    make the next step, the dispatcher or the cleaner reach a file outside the task (another
+    task, /etc/shadow); a name that is not UTF-8 cannot be recorded as delivered."""
+    try:
+        for dirpath, dirnames, filenames in os.walk(out_dir):
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
                 relative = path.relative_to(out_dir)
-                kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
-                raise StepFailed(f"invalid output: {relative} is {kind}")
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise StepFailed(
+                        f"invalid output: a file name is not UTF-8 text: {str(relative)!a}"
+                    ) from None
+                mode = path.lstat().st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+                    raise StepFailed(f"invalid output: {relative} is {kind}")
+    except RecursionError:
+        raise StepFailed("invalid output: folders nested too deep") from None
 
 
 def _read_result(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / "result.json"
     if not path.exists():
         return None
+    if path.stat().st_size > MAX_RESULT_BYTES:
+        raise StepFailed(f"invalid output: result.json is larger than {MAX_RESULT_BYTES} bytes")
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        result = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as exc:
         raise StepFailed(f"invalid output: result.json is not valid JSON ({exc})") from exc
     if not isinstance(result, dict):
         raise StepFailed("invalid output: result.json is not a JSON object")
@@ -160,34 +191,54 @@ class Pipeline:
                 result = self._run_step(config, task, index)
             except StepFailed as exc:
                 return self._fail(task, index, str(exc), owner)
+            except (OSError, ValueError, RecursionError) as exc:
+                # What a module leaves can break our handling of it (a name the database
+                # refuses, a full disk): the task fails, visibly, rather than loop.
+                log.exception("task %s: step %d", task_id, index + 1)
+                return self._fail(task, index, f"{type(exc).__name__}: {exc!r}"[:500], owner)
             while len(task.results) <= index:
                 task.results.append(None)
             task.results[index] = result
             with self.engine.begin() as conn:
-                conn.execute(
+                recorded = conn.execute(
                     update(TASKS)
                     .where(self._mine(task.id, owner))
                     .values(step=index + 1, results=task.results, updated_at=datetime.now(UTC))
-                )
+                ).rowcount
+            if not recorded:
+                return "processing"  # the lease went to another processor meanwhile
             task.step = index + 1
+        if lost is not None and lost.is_set():
+            return "processing"
         try:
             return self._finish(config, task, owner)
         except StepFailed as exc:
-            return self._fail(task, len(task.modules) - 1, str(exc), owner)
+            # The last module's output is what failed: a restart runs that module again.
+            return self._fail(task, len(task.modules) - 1, str(exc), owner, step_back=True)
 
     # -- one step ------------------------------------------------------------------------
 
     def _step_input(self, task: _Task, index: int, module: Module, name: str) -> Path:
-        """A fresh input folder: links to the previous output and this step's task.json."""
-        source = (
-            task.folder / "in" if index == 0 else task.folder / "steps" / str(index - 1) / "out"
-        )
-        step_in = task.folder / "steps" / str(index) / "in"
-        shutil.rmtree(step_in, ignore_errors=True)
+        """A fresh folder for this run of the step; its input links the previous output and
+        holds this step's task.json."""
+        steps = task.folder / "steps"
+        steps.mkdir(exist_ok=True)
+        for old in steps.glob(f"{index}-*"):  # earlier runs of this step (failed or dead)
+            shutil.rmtree(old, ignore_errors=True)
+        run = steps / f"{index}-{uuid.uuid4().hex[:8]}"
+        step_in = run / "in"
         step_in.mkdir(parents=True)
-        for path in sorted(source.iterdir()):
-            if path.is_file() and path.name != "task.json":
-                os.link(path, step_in / path.name)
+        source = task.folder / "in" if index == 0 else self._output_of(task, index - 1)
+        # Like mercure, the next module sees everything the previous one wrote (folders too),
+        # but not its result.json: that was the previous step's answer, not this one's.
+        for dirpath, _dirs, names in os.walk(source):
+            here = Path(dirpath)
+            relative = here.relative_to(source)
+            (step_in / relative).mkdir(parents=True, exist_ok=True)
+            for file_name in names:
+                if relative == Path(".") and file_name in ("task.json", "result.json"):
+                    continue
+                os.link(here / file_name, step_in / relative / file_name, follow_symlinks=False)
         document = json.loads(json.dumps(task.document))  # a copy: each step sees its own
         settings = self._settings(module, task, index)
         document["process"] = {
@@ -219,9 +270,8 @@ class Pipeline:
         if module is None:
             raise StepFailed(f"module {name!r} is no longer configured")
         step_in = self._step_input(task, index, module, name)
-        step_out = task.folder / "steps" / str(index) / "out"
-        shutil.rmtree(step_out, ignore_errors=True)  # a half-written output of a dead run
-        step_out.mkdir(parents=True)
+        step_out = step_in.parent / "out"
+        step_out.mkdir()
         logs = task.folder / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"{index}-{_file_name(name)}.log"
@@ -266,17 +316,29 @@ class Pipeline:
             f"step {index + 1}: {name} finished in {seconds} s",
             details={"module": name, "seconds": seconds, "result": result},
         )
-        return {"module": name, "seconds": seconds, "result": result}
+        return {
+            "module": name,
+            "seconds": seconds,
+            "result": result,
+            "folder": step_in.parent.relative_to(task.folder).as_posix(),
+        }
+
+    def _output_of(self, task: _Task, index: int) -> Path:
+        folder = (task.results[index] or {}).get("folder") if index < len(task.results) else None
+        if not folder:
+            raise StepFailed(f"the output of step {index + 1} is not recorded; restart the task")
+        return Path(task.folder / str(folder) / "out")
 
     # -- the end -------------------------------------------------------------------------
 
     def _finish(self, config: Config, task: _Task, owner: str | None) -> str:
         published = task.folder / "out"
-        last = task.folder / "steps" / str(len(task.modules) - 1) / "out"
+        last = self._output_of(task, len(task.modules) - 1)
         if last.exists():
             retain = bool((task.document.get("process") or {}).get("retain_input_images"))
             if retain:
-                _link_dicom(task.folder / "in", last, overwrite=False)
+                # As in mercure, a received image wins over a result file of the same name.
+                _link_dicom(task.folder / "in", last, overwrite=True)
             shutil.rmtree(published, ignore_errors=True)
             os.rename(last, published)  # all of the result at once, or none of it
         elif not published.exists():
@@ -285,39 +347,16 @@ class Pipeline:
         final = task.results[-1] if task.results else None
         output = (final or {}).get("result") or {}
         rule = config.rules.get(task.rule)
-        targets, discard = self._routing(task, rule, output)
+        targets, discard = self._routing(task, rule, output, config)
         now = datetime.now(UTC)
+        if task.action == "both" and not discard:
+            state = "dispatching"
+            if files == 0:
+                raise StepFailed("the pipeline produced no DICOM files to send")
+        else:
+            state = "discarded" if discard else "done"
         with self.engine.begin() as conn:
-            notification = output.get(NOTIFICATION)
-            if isinstance(notification, dict):
-                record_event(
-                    conn,
-                    "process.notification",
-                    str(notification.get("text", ""))[:2000],
-                    task_id=task.id,
-                    details={"requested": bool(notification.get("requested", False))},
-                )
-            if task.action == "both" and not discard:
-                if files == 0:
-                    raise StepFailed("the pipeline produced no DICOM files to send")
-                if targets is not None:
-                    conn.execute(delete(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task.id))
-                    conn.execute(insert(TASK_TARGETS), pending_targets(task.id, targets, now))
-                    record_event(
-                        conn,
-                        "process.routing",
-                        f"the module chose the targets: {', '.join(targets)}",
-                        task_id=task.id,
-                    )
-                state = "dispatching"
-            elif discard:
-                state = "discarded"
-                record_event(
-                    conn, "process.routing", "the module discarded the task", task_id=task.id
-                )
-            else:
-                state = "done"
-            conn.execute(
+            handed_on = conn.execute(
                 update(TASKS)
                 .where(self._mine(task.id, owner))
                 .values(
@@ -329,7 +368,36 @@ class Pipeline:
                     lease_expires=None,
                     not_before=None,
                 )
-            )
+            ).rowcount
+            if not handed_on:  # the lease went to another processor: it finishes the task
+                conn.rollback()
+                return "processing"
+            for step in task.results:  # any step may ask, as in mercure
+                notification = ((step or {}).get("result") or {}).get(NOTIFICATION)
+                if isinstance(notification, dict):
+                    record_event(
+                        conn,
+                        "process.notification",
+                        str(notification.get("text", ""))[:2000],
+                        task_id=task.id,
+                        details={
+                            "requested": bool(notification.get("requested", False)),
+                            "module": (step or {}).get("module", ""),
+                        },
+                    )
+            if state == "dispatching" and targets is not None:
+                conn.execute(delete(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task.id))
+                conn.execute(insert(TASK_TARGETS), pending_targets(task.id, targets, now))
+                record_event(
+                    conn,
+                    "process.routing",
+                    f"the module chose the targets: {', '.join(targets)}",
+                    task_id=task.id,
+                )
+            if discard:
+                record_event(
+                    conn, "process.routing", "the module discarded the task", task_id=task.id
+                )
             record_event(
                 conn,
                 "process.done",
@@ -340,7 +408,7 @@ class Pipeline:
         return state
 
     def _routing(
-        self, task: _Task, rule: Any, output: dict[str, Any]
+        self, task: _Task, rule: Any, output: dict[str, Any], config: Config
     ) -> tuple[list[str] | None, bool]:
         """The targets a module chose (None: the rule's own) and whether it discarded."""
         directive = output.get(ROUTING)
@@ -362,9 +430,9 @@ class Pipeline:
             if directive.get("use_alternate_target") and rule.alternate_target:
                 return [rule.alternate_target], False
             return None, False
-        allowed = rule.dynamic_routing_allowed_targets
+        allowed = rule.dynamic_routing_allowed_targets or list(config.targets)
         if not isinstance(wanted, list) or any(
-            not isinstance(t, str) or (allowed and t not in allowed) for t in wanted
+            not isinstance(t, str) or t not in allowed or t not in config.targets for t in wanted
         ):
             self._event(
                 task.id,
@@ -374,7 +442,7 @@ class Pipeline:
                 severity="warning",
             )
             return None, False
-        return list(wanted), False
+        return list(dict.fromkeys(wanted)), False
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -395,7 +463,9 @@ class Pipeline:
         with self.engine.begin() as conn:
             record_event(conn, kind, message, task_id=task_id, **kwargs)
 
-    def _fail(self, task: _Task, index: int, reason: str, owner: str | None) -> str:
+    def _fail(
+        self, task: _Task, index: int, reason: str, owner: str | None, step_back: bool = False
+    ) -> str:
         name = task.modules[index] if index < len(task.modules) else ""
         log_path = task.folder / "logs" / f"{index}-{_file_name(name)}.log"
         tail = _tail(log_path)
@@ -406,6 +476,7 @@ class Pipeline:
                 .where(self._mine(task.id, owner))
                 .values(
                     state="error",
+                    step=min(task.step, index) if step_back else task.step,
                     error=f"step {index + 1} ({name}): {reason}",
                     updated_at=datetime.now(UTC),
                     lease_owner=None,
@@ -421,3 +492,49 @@ class Pipeline:
                 details={"step": index, "module": name, "log_tail": tail},
             )
         return "error"
+
+
+def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseException) -> str:
+    """After an unexpected failure (a bug, the database gone): try again a little later, and
+    after MAX_UNEXPECTED of them put the task in error instead of looping for ever."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        attempts = conn.execute(
+            select(TASKS.c.attempts).where(TASKS.c.id == task_id)
+        ).scalar_one_or_none()
+        attempts = (attempts or 0) + 1
+        mine = and_(TASKS.c.id == task_id, TASKS.c.lease_owner == owner)
+        reason = f"internal error in the processor: {type(error).__name__}"
+        if attempts >= MAX_UNEXPECTED:
+            conn.execute(
+                update(TASKS)
+                .where(mine)
+                .values(
+                    state="error",
+                    attempts=attempts,
+                    error=f"{reason} (see the processor's log)",
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires=None,
+                )
+            )
+            record_event(conn, "process.error", reason, severity="error", task_id=task_id)
+            return "error"
+        conn.execute(
+            update(TASKS)
+            .where(mine)
+            .values(
+                attempts=attempts,
+                not_before=now + timedelta(seconds=30 * attempts),
+                lease_owner=None,
+                lease_expires=None,
+            )
+        )
+        record_event(
+            conn,
+            "process.retry",
+            f"{reason}; trying again",
+            severity="warning",
+            task_id=task_id,
+        )
+    return "processing"

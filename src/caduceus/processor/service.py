@@ -22,7 +22,7 @@ from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.core.work_queue import claim, keep_lease, release, suspended
-from caduceus.processor.pipeline import Pipeline
+from caduceus.processor.pipeline import Pipeline, give_up_or_retry
 from caduceus.processor.runners import runner_factory
 
 log = logging.getLogger("caduceus.processor")
@@ -59,9 +59,13 @@ def serve(settings: Settings) -> None:
                         config = store.current_or_default(engine)
                         state = pipeline.run(config, task_id, owner=me, lost=lost)
                     log.info("task %s: %s", task_id, state)
-                except Exception:
+                except Exception as exc:
                     log.exception("task %s failed in the processor", task_id)
-                    release(engine, task_id, me)
+                    try:
+                        give_up_or_retry(engine, task_id, me, exc)
+                    except Exception:
+                        log.exception("task %s: cannot record the failure", task_id)
+                        release(engine, task_id, me)
                     stopping.wait(IDLE_WAIT)
             except Exception:
                 log.exception("processor loop failed; retrying")

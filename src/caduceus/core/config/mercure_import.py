@@ -33,6 +33,8 @@ _RULE_FIELDS = {
     "disabled": "disabled",
     "fallback": "fallback",
     "comment": "comment",
+    "dynamic_routing": "dynamic_routing",
+    "conditional_alternate_target": "alternate_target",
 }
 _NOTIFICATION_FIELDS = {
     "notification_webhook": "webhook_url",
@@ -127,14 +129,21 @@ def _module(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]
         "environment": {k: str(v) for k, v in (raw.get("environment") or {}).items()},
         "requires_root": bool(raw.get("requires_root", False)),
         "persistence": bool(raw.get("requires_persistence", False)),
+        "network": bool(raw.get("network_enabled", False)),
         "comment": raw.get("comment", ""),
     }
+    # mercure's additional_volumes: "host:container[:mode],..." in one string.
+    volumes = [v.strip() for v in str(raw.get("additional_volumes") or "").split(",") if v.strip()]
+    if volumes:
+        module["volumes"] = volumes
     known = {
         "docker_tag",
         "settings",
         "environment",
         "requires_root",
         "requires_persistence",
+        "network_enabled",
+        "additional_volumes",
         "comment",
     }
     for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
@@ -147,6 +156,13 @@ def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
     rule: dict[str, Any] = {
         ours: raw[theirs] for theirs, ours in _RULE_FIELDS.items() if theirs in raw
     }
+    allowed = raw.get("dynamic_routing_allowed_targets")
+    if allowed:
+        rule["dynamic_routing_allowed_targets"] = _as_list(
+            [t.strip() for t in allowed.split(",")] if isinstance(allowed, str) else allowed
+        )
+    if not rule.get("alternate_target"):
+        rule.pop("alternate_target", None)
     rule["targets"] = _as_list(raw.get("target"))
     rule["modules"] = _as_list(raw.get("processing_module"))
     settings = raw.get("processing_settings")
@@ -164,7 +180,13 @@ def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
     known = (
         set(_RULE_FIELDS)
         | set(_NOTIFICATION_FIELDS)
-        | {"target", "processing_module", "processing_settings", "notification_email"}
+        | {
+            "target",
+            "processing_module",
+            "processing_settings",
+            "notification_email",
+            "dynamic_routing_allowed_targets",
+        }
     )
     for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
         if raw[key] not in (None, "", [], {}, False):

@@ -177,7 +177,7 @@ class Module(Strict):
     persistence: bool = False
     memory_mb: int = Field(default=4096, ge=16)
     cpus: float = Field(default=1.0, gt=0)
-    timeout_seconds: int = Field(default=3600, ge=1)
+    timeout_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
     gpu: bool = False
     # Extra bind mounts "HOST:CONTAINER[:ro]"; HOST must lie in the administrator's allow-listed
     # folder (CADUCEUS_PROCESSOR_VOLUME_ROOT).

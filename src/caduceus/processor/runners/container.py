@@ -1,7 +1,7 @@
 """Run a module in a container through the Docker Engine API (Docker, or Podman's service).
 
 Safe by default: the module sees its input folder read-only at /tmp/data, its output folder
-writable at /tmp/output (mercure's paths) and its persistence folder at /tmp/persistent; it runs
+writable at /tmp/output (mercure's paths) and its persistence folder at /tmp/persistence; it runs
 as the processor's own user (an unprivileged uid when the processor runs as root), without any
 capability, without new privileges, without network unless it asks for it, within its memory,
 CPU and process limits, and with its labels so that the containers of a processor that died
@@ -36,7 +36,7 @@ log = logging.getLogger("caduceus.processor")
 # Paths inside the container (mercure's), not on the host.
 IN_PATH = "/tmp/data"  # noqa: S108
 OUT_PATH = "/tmp/output"  # noqa: S108
-PERSISTENT_PATH = "/tmp/persistent"  # noqa: S108
+PERSISTENT_PATH = "/tmp/persistence"  # noqa: S108
 RESERVED_PATHS = (IN_PATH, OUT_PATH, PERSISTENT_PATH)
 
 TASK_LABEL = "caduceus.task"
@@ -113,7 +113,7 @@ def container_options(
     environment = dict(job.environment)
     if job.persistence_dir is not None:
         volumes[str(job.persistence_dir.resolve())] = {"bind": PERSISTENT_PATH, "mode": "rw"}
-        environment["MERCURE_PERSISTENT_DIR"] = PERSISTENT_PATH
+        environment["MODULE_PERSISTENCE_DIR"] = PERSISTENT_PATH
     # The folder variables always tell the truth, whatever the module's environment says.
     environment.update(folder_environment(IN_PATH, OUT_PATH))
     for spec in module.volumes:
@@ -221,10 +221,13 @@ class ContainerRunner:
                 container.start()
             except (DockerException, requests.RequestException) as exc:
                 raise RunnerError(f"module {job.module_name} could not be started: {exc}") from exc
-            exit_code, timed_out = self._wait(container, job.module.timeout_seconds)
-            seconds = time.monotonic() - started
-            notes = self._notes(container, job, timed_out)
-            _write_log(container, job.log_path, notes)
+            try:
+                exit_code, timed_out = self._wait(container, job.module.timeout_seconds)
+                seconds = time.monotonic() - started
+                notes = self._notes(container, job, timed_out)
+                _write_log(container, job.log_path, notes)
+            except DockerException as exc:  # e.g. the container removed behind our back
+                raise RunnerError(f"module {job.module_name}: the engine failed: {exc}") from exc
             return RunOutcome(exit_code=exit_code, timed_out=timed_out, seconds=seconds)
         finally:
             _remove(container)

@@ -199,21 +199,19 @@ def local_runner(
     readonly_paths: Sequence[str | Path] = (),
     pass_environment: Sequence[str] = (),
 ) -> Runner:
-    """The runner for a module that is a command: sandboxed when asked for and possible."""
-    global _warned_no_bwrap
-    if module.sandbox:
-        if shutil.which("bwrap") is not None:
-            return SandboxRunner(readonly_paths=readonly_paths, pass_environment=pass_environment)
-        if not _warned_no_bwrap:
-            _warned_no_bwrap = True
-            log.warning(
-                "bubblewrap (bwrap) is not installed: modules that ask for a sandbox run as "
-                "plain local commands"
-            )
-    return LocalRunner(pass_environment=pass_environment)
+    """The runner for a module that is a command: sandboxed unless the module says otherwise.
 
-
-_warned_no_bwrap = False
+    A module that asks for the sandbox (the default) never runs without one: where bwrap is
+    missing it fails with the reason, instead of running with all of the processor's rights.
+    """
+    if not module.sandbox:
+        return LocalRunner(pass_environment=pass_environment)
+    if shutil.which("bwrap") is None:
+        raise RunnerError(
+            "bubblewrap (bwrap) is not installed, so the module cannot run in its sandbox; "
+            "install bubblewrap, or set sandbox: false for this module"
+        )
+    return SandboxRunner(readonly_paths=readonly_paths, pass_environment=pass_environment)
 
 
 def module_environment(
@@ -234,7 +232,7 @@ def module_environment(
     env.update(job.environment)
     env.update(folder_environment(str(job.in_dir), str(job.out_dir)))
     if job.module.persistence and job.persistence_dir is not None:
-        env["MERCURE_PERSISTENT_DIR"] = str(job.persistence_dir)
+        env["MODULE_PERSISTENCE_DIR"] = str(job.persistence_dir)
     for name, value in env.items():
         if not name or "=" in name or "\0" in name or "\0" in value:
             raise RunnerError(f"module {job.module_name}: invalid environment variable {name!r}")
