@@ -544,3 +544,27 @@ def test_unexpected_failures_end_in_error_instead_of_a_loop(
     assert (
         task["error"] == "internal error in the processor: RuntimeError (see the processor's log)"
     )
+
+
+def test_a_sandboxed_module_in_the_pipeline(receiver: Caduceus, tmp_path: Path) -> None:
+    """The default for local commands: bubblewrap, seeing only its own folders."""
+    import shutil as sh
+
+    if sh.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    script = tmp_path / "copy.sh"
+    script.write_text(
+        '#!/bin/sh\nset -e\ncp "$MERCURE_IN_DIR"/*.dcm "$MERCURE_OUT_DIR"/\n'
+        'ls "$(dirname "$(dirname "$MERCURE_IN_DIR")")" || echo "no view of other steps"\n'
+        'cat "$CADUCEUS_DB" 2>/dev/null || echo "database unreadable"\n'
+    )
+    script.chmod(0o755)
+    database = receiver.database_url.removeprefix("sqlite:///")
+    modules = {"copy": {"command": [str(script)], "environment": {"CADUCEUS_DB": database}}}
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    assert pipeline_for(receiver).run(cfg, task_id) == "done", tasks(receiver)[0]["error"]
+    [task] = tasks(receiver)
+    folder = receiver.home / task["folder"]
+    assert len(list((folder / "out").glob("*.dcm"))) == 3
+    log = (folder / "logs" / "0-copy.log").read_text()
+    assert "database unreadable" in log
