@@ -195,10 +195,15 @@ class Module(Strict):
 
 
 class Notification(Strict):
-    webhook_url: str = ""
+    """Per rule, like mercure: a webhook and/or a mail on reception, completion, error, or when
+    a module asks. Payload, subject and body are Jinja2 templates rendered in a sandbox."""
+
+    webhook_url: str = Field(default="", pattern=r"^$|^https?://")
     webhook_payload: str = ""
     email: list[str] = Field(default_factory=list)
+    email_subject: str = ""
     email_body: str = ""
+    email_type: Literal["plain", "html"] = "plain"
     on_reception: bool = False
     on_completion: bool = False
     on_completion_on_request: bool = False
@@ -262,6 +267,17 @@ class Rule(Strict):
         return self
 
 
+class SmtpSettings(Strict):
+    """The mail server notifications are sent through."""
+
+    host: str = ""
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str = ""
+    password: Secret = SecretStr("")
+    sender: str = "caduceus@localhost"
+
+
 class Settings(Strict):
     """Orchestrator settings that live in the versioned configuration."""
 
@@ -282,6 +298,11 @@ class Settings(Strict):
     disk_high_water: int = Field(default=90, ge=1, le=100)
     disk_low_water: int = Field(default=80, ge=0, le=99)
     clean_offpeak_only: bool = False
+    # Notifications carry patient names, IDs and accession numbers only when this is on.
+    notifications_include_phi: bool = False
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    # How long the history (events, finished tasks, received series) is kept, in days.
+    history_retention_days: int = Field(default=365, ge=1)
 
     @model_validator(mode="after")
     def _water_marks(self) -> Settings:

@@ -78,6 +78,13 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
                 )
             else:
                 problems.append(f"target {name!r}: {field} is masked; give the real value")
+    smtp = updated.settings.smtp
+    if smtp.password.get_secret_value() == MASK:
+        old_smtp = previous.settings.smtp if previous else None
+        if old_smtp and (old_smtp.host, old_smtp.username) == (smtp.host, smtp.username):
+            smtp.password = old_smtp.password
+        else:
+            problems.append("settings.smtp: password is masked; give the real value")
     if problems:
         raise ValueError("; ".join(problems))
     return updated

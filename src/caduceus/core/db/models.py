@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -296,6 +297,86 @@ class ConfigVersion(Base):
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class User(Base):
+    """Someone who logs in to the web interface or owns API tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)  # argon2id
+    role: Mapped[str] = mapped_column(String(16))  # admin, operator, viewer
+    must_change_password: Mapped[bool] = mapped_column(default=False)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Bumped on a password change, a demotion or a removal: every session of an older
+    # generation is void at once.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ApiToken(Base):
+    """A token for tools; only its SHA-256 is stored, the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class WebSession(Base):
+    """A login session of the web interface; revocable because it lives here."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the cookie value
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    generation: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index(None, "user_id"),)
+
+
+class Notification(Base):
+    """One notification (a webhook call or a mail) for one event and one rule, and its fate."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigId)
+    rule: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(16))  # webhook, email
+    trigger: Mapped[str] = mapped_column(String(32))  # reception, completion, error, request
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(16))  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "rule", "channel"),
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "task_id"),
+    )
+
+
+class Cursor(Base):
+    """How far an event consumer (the notifier) has read the events."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigId, default=0)
+
+
 # Core tables, for the statements on hot paths that do not need the ORM.
 ASSOCIATIONS = cast(Table, Association.__table__)
 STUDIES = cast(Table, Study.__table__)
@@ -309,3 +390,8 @@ PATIENT_GROUPS = cast(Table, PatientGroup.__table__)
 TASK_TARGETS = cast(Table, TaskTarget.__table__)
 DELIVERIES = cast(Table, Delivery.__table__)
 QUEUE_CONTROLS = cast(Table, QueueControl.__table__)
+USERS = cast(Table, User.__table__)
+API_TOKENS = cast(Table, ApiToken.__table__)
+WEB_SESSIONS = cast(Table, WebSession.__table__)
+NOTIFICATIONS = cast(Table, Notification.__table__)
+CURSORS = cast(Table, Cursor.__table__)
