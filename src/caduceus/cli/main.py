@@ -122,6 +122,19 @@ def processor() -> None:
 
 
 @app.command()
+def web() -> None:
+    """Run the bookkeeper API and web interface alone (port CADUCEUS_WEB_PORT)."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.web.service import serve
+
+    setup_logging("web")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
 def cleaner() -> None:
     """Run the cleaner alone: removes finished work after its retention, or when the disk fills."""
     from caduceus.cleaner.service import serve

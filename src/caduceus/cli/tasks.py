@@ -174,30 +174,11 @@ def restart_command(
 
 def _set_suspended(name: str, value: bool) -> None:
     import getpass
-    from datetime import UTC, datetime
 
-    from caduceus.core.db.models import QUEUE_CONTROLS
-    from caduceus.core.db.upsert import insert_or_update
-    from caduceus.core.events import record_event
+    from caduceus.core.work_queue import set_suspended
 
     engine = _engine()
-    with engine.begin() as conn:
-        conn.execute(
-            insert_or_update(
-                conn.dialect.name,
-                QUEUE_CONTROLS,
-                {
-                    "name": name,
-                    "suspended": value,
-                    "changed_at": datetime.now(UTC),
-                    "changed_by": getpass.getuser(),
-                },
-                "name",
-                ["suspended", "changed_at", "changed_by"],
-                returning=None,
-            )
-        )
-        record_event(conn, "queue.suspended" if value else "queue.resumed", name)
+    set_suspended(engine, name, value, getpass.getuser())
     engine.dispose()
     console.print(f"{name}: {'suspended' if value else 'resumed'}")
 

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         "where module programs and their interpreters live, e.g. /opt/modules.",
     )
     processor_lease_seconds: int = Field(default=600, ge=2)
+    web_host: str = "0.0.0.0"  # noqa: S104 - the interface is for the network
+    web_secure_cookies: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure even on plain HTTP (set it behind an HTTPS "
+        "proxy); requests that arrive over HTTPS always get it.",
+    )
     fsync: bool = Field(
         default=True,
         description="Flush each received file, its folder and each database commit to disk "

@@ -23,6 +23,30 @@ log = logging.getLogger("caduceus.queue")
 LEASE = timedelta(minutes=10)
 
 
+def set_suspended(engine: Engine, name: str, value: bool, author: str) -> None:
+    """Suspend or resume a queue ("dispatch", "dispatch:<target>", "process"), as an event."""
+    from caduceus.core.db.upsert import insert_or_update
+    from caduceus.core.events import record_event
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert_or_update(
+                conn.dialect.name,
+                QUEUE_CONTROLS,
+                {
+                    "name": name,
+                    "suspended": value,
+                    "changed_at": datetime.now(UTC),
+                    "changed_by": author,
+                },
+                "name",
+                ["suspended", "changed_at", "changed_by"],
+                returning=None,
+            )
+        )
+        record_event(conn, "queue.suspended" if value else "queue.resumed", f"{name} by {author}")
+
+
 def suspended(engine: Engine) -> set[str]:
     """Names of suspended queues ("dispatch", "dispatch:<target>", "process", ...)."""
     with engine.connect() as conn:

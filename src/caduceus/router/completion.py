@@ -71,6 +71,14 @@ class Router:
             conn.execute(update(table).where(key == value).values(state="error"))
             record_event(conn, kind, str(exc), severity="error", **refs)
 
+    def force_complete_study(
+        self, config: Config, study_id: int, now: datetime | None = None
+    ) -> PassResult:
+        """Complete a study now, as its force-complete timer would (an operator's action)."""
+        result = PassResult()
+        self._complete_study(config, study_id, now or datetime.now(UTC), result, forced=True)
+        return result
+
     # -- series ---------------------------------------------------------------------------
 
     def _open(self, key: Any, last: Any, *more: Any) -> list[Any]:

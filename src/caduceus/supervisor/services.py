@@ -8,4 +8,5 @@ SERVICES: tuple[str, ...] = (
     "processor",
     "dispatcher",
     "cleaner",
+    "web",
 )

@@ -1,0 +1,356 @@
+"""Finding series, studies, tasks and events: the history, searched.
+
+Every query picks its page first, through an index (patient ID, accession number, UIDs,
+modality, dates, rule, target, state, time), and only then counts or joins what it shows for
+that page, so a search costs the same on a hundred series as on a million instances
+(bench/history.py measures it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Engine,
+    Select,
+    and_,
+    cast,
+    exists,
+    func,
+    select,
+)
+
+from caduceus.core.db.models import (
+    ASSOCIATIONS,
+    DELIVERIES,
+    EVENTS,
+    INSTANCES,
+    SERIES,
+    STUDIES,
+    TASK_TARGETS,
+    TASKS,
+)
+
+MAX_LIMIT = 500
+
+
+def _name_prefix(column: Any, term: str) -> ColumnElement[bool]:
+    """Case-insensitive prefix match on a name, as a range on lower(name) so that the index on
+    lower(name) serves it (LIKE would not, with both databases' default collations)."""
+    low = term.lower()
+    return and_(func.lower(column) >= low, func.lower(column) < low + "\uffff")
+
+
+@dataclass
+class StudyFilter:
+    patient_id: str = ""
+    patient_name: str = ""  # prefix, case-insensitive ("doe" finds "DOE^JANE")
+    accession_number: str = ""
+    study_uid: str = ""
+    study_date_from: str = ""  # YYYYMMDD, as in DICOM
+    study_date_to: str = ""
+    received_from: datetime | None = None
+    received_to: datetime | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        st = STUDIES.c
+        found: list[ColumnElement[bool]] = []
+        if self.patient_id:
+            found.append(st.patient_id == self.patient_id)
+        if self.patient_name:
+            found.append(_name_prefix(st.patient_name, self.patient_name))
+        if self.accession_number:
+            found.append(st.accession_number == self.accession_number)
+        if self.study_uid:
+            found.append(st.study_uid == self.study_uid)
+        if self.study_date_from:
+            found.append(st.study_date >= self.study_date_from)
+        if self.study_date_to:
+            found.append(st.study_date <= self.study_date_to)
+        if self.received_from:
+            found.append(st.last_received_at >= self.received_from)
+        if self.received_to:
+            found.append(st.first_received_at <= self.received_to)
+        return found
+
+
+def _page(query: Select[Any], limit: int, offset: int) -> Select[Any]:
+    return query.limit(max(1, min(limit, MAX_LIMIT))).offset(max(0, offset))
+
+
+def search_studies(
+    engine: Engine, where: StudyFilter, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
+    st = STUDIES.c
+    query = _page(
+        select(STUDIES)
+        .where(*where.conditions())
+        .order_by(st.last_received_at.desc(), st.id.desc()),
+        limit,
+        offset,
+    )
+    with engine.connect() as conn:
+        studies = [dict(r._mapping) for r in conn.execute(query)]
+        ids = [s["id"] for s in studies]
+        if ids:
+            counts = conn.execute(
+                select(
+                    SERIES.c.study_id,
+                    func.count(func.distinct(SERIES.c.id)).label("series"),
+                    func.count(INSTANCES.c.id).label("instances"),
+                )
+                .join(INSTANCES, INSTANCES.c.series_id == SERIES.c.id, isouter=True)
+                .where(SERIES.c.study_id.in_(ids))
+                .group_by(SERIES.c.study_id)
+            ).all()
+            by_study = {c.study_id: c for c in counts}
+            for study in studies:
+                row = by_study.get(study["id"])
+                study["series"] = row.series if row else 0
+                study["instances"] = row.instances if row else 0
+    return studies
+
+
+def search_series(
+    engine: Engine,
+    where: StudyFilter,
+    series_uid: str = "",
+    modality: str = "",
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    se, st = SERIES.c, STUDIES.c
+    conditions = where.conditions()
+    if series_uid:
+        conditions.append(se.series_uid == series_uid)
+    if modality:
+        conditions.append(se.modality == modality.upper())
+    query = _page(
+        select(
+            se.id,
+            se.series_uid,
+            se.modality,
+            se.series_number,
+            se.series_description,
+            se.state,
+            se.first_received_at,
+            se.last_received_at,
+            se.completed_at,
+            se.study_id,
+            st.study_uid,
+            st.patient_id,
+            st.patient_name,
+            st.accession_number,
+            st.study_date,
+            st.study_description,
+        )
+        .join(STUDIES, st.id == se.study_id)
+        .where(*conditions)
+        .order_by(se.last_received_at.desc(), se.id.desc()),
+        limit,
+        offset,
+    )
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+        ids = [r["id"] for r in rows]
+        if ids:
+            counts = {
+                c.series_id: c
+                for c in conn.execute(
+                    select(
+                        INSTANCES.c.series_id,
+                        func.count().label("n"),
+                        cast(func.sum(INSTANCES.c.size_bytes), BigInteger).label("b"),
+                    )
+                    .where(INSTANCES.c.series_id.in_(ids))
+                    .group_by(INSTANCES.c.series_id)
+                )
+            }
+            senders: dict[int, set[str]] = {}
+            for pair in conn.execute(
+                select(INSTANCES.c.series_id, ASSOCIATIONS.c.calling_aet, ASSOCIATIONS.c.peer_host)
+                .join(ASSOCIATIONS, ASSOCIATIONS.c.id == INSTANCES.c.association_id)
+                .where(INSTANCES.c.series_id.in_(ids))
+                .distinct()
+            ):
+                senders.setdefault(pair.series_id, set()).add(
+                    f"{pair.calling_aet}@{pair.peer_host}"
+                )
+            for row in rows:
+                count = counts.get(row["id"])
+                row["instances"] = count.n if count else 0
+                row["bytes"] = int(count.b or 0) if count else 0
+                row["senders"] = sorted(senders.get(row["id"], ()))
+    return rows
+
+
+@dataclass
+class TaskFilter:
+    state: str = ""
+    rule: str = ""
+    action: str = ""
+    target: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        t = TASKS.c
+        found: list[ColumnElement[bool]] = []
+        for column, value in (
+            (t.state, self.state),
+            (t.rule, self.rule),
+            (t.action, self.action),
+            (t.patient_id, self.patient_id),
+            (t.study_uid, self.study_uid),
+            (t.series_uid, self.series_uid),
+        ):
+            if value:
+                found.append(column == value)
+        if self.target:
+            found.append(
+                exists().where(
+                    and_(TASK_TARGETS.c.task_id == t.id, TASK_TARGETS.c.target == self.target)
+                )
+            )
+        if self.accession_number:
+            found.append(
+                t.study_uid.in_(
+                    select(STUDIES.c.study_uid).where(
+                        STUDIES.c.accession_number == self.accession_number
+                    )
+                )
+            )
+        if self.created_from:
+            found.append(t.created_at >= self.created_from)
+        if self.created_to:
+            found.append(t.created_at <= self.created_to)
+        return found
+
+
+TASK_COLUMNS = (
+    "id",
+    "created_at",
+    "updated_at",
+    "rule",
+    "action",
+    "level",
+    "state",
+    "priority",
+    "not_before",
+    "study_uid",
+    "series_uid",
+    "patient_id",
+    "targets",
+    "modules",
+    "step",
+    "error",
+    "cleaned_at",
+)
+
+
+def search_tasks(
+    engine: Engine, where: TaskFilter, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
+    t = TASKS.c
+    query = _page(
+        select(*(t[name] for name in TASK_COLUMNS))
+        .where(*where.conditions())
+        .order_by(t.created_at.desc(), t.id),
+        limit,
+        offset,
+    )
+    with engine.connect() as conn:
+        tasks = [dict(r._mapping) for r in conn.execute(query)]
+        ids = [task["id"] for task in tasks]
+        states: dict[str, dict[str, str]] = {}
+        if ids:
+            for row in conn.execute(
+                select(TASK_TARGETS.c.task_id, TASK_TARGETS.c.target, TASK_TARGETS.c.state).where(
+                    TASK_TARGETS.c.task_id.in_(ids)
+                )
+            ):
+                states.setdefault(row.task_id, {})[row.target] = row.state
+        for task in tasks:
+            task["target_states"] = states.get(task["id"], {})
+    return tasks
+
+
+def task_detail(engine: Engine, task_id: str) -> dict[str, Any] | None:
+    """One task whole: its row, task.json, each target's state, module results and history."""
+    with engine.connect() as conn:
+        row = conn.execute(select(TASKS).where(TASKS.c.id == task_id)).first()
+        if row is None:
+            return None
+        task = dict(row._mapping)
+        task.pop("lease_owner", None)
+        task["targets_detail"] = [
+            dict(r._mapping)
+            for r in conn.execute(select(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task_id))
+        ]
+        delivered: dict[str, int] = dict(
+            conn.execute(
+                select(DELIVERIES.c.target, func.count())
+                .where(DELIVERIES.c.task_id == task_id)
+                .group_by(DELIVERIES.c.target)
+            ).all()
+        )
+        for target in task["targets_detail"]:
+            target["delivered"] = delivered.get(target["target"], 0)
+        task["events"] = [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(EVENTS).where(EVENTS.c.task_id == task_id).order_by(EVENTS.c.id)
+            )
+        ]
+    return task
+
+
+@dataclass
+class EventFilter:
+    kind: str = ""  # exact, or a prefix ending in "." ("dispatch.")
+    severity: str = ""
+    task_id: str = ""
+    series_id: int | None = None
+    study_id: int | None = None
+    since: datetime | None = None
+    before_id: int | None = None  # paging backwards through time
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        e = EVENTS.c
+        found: list[ColumnElement[bool]] = []
+        if self.kind.endswith("."):
+            found.append(and_(e.kind >= self.kind, e.kind < self.kind + "\uffff"))
+        elif self.kind:
+            found.append(e.kind == self.kind)
+        if self.severity:
+            found.append(e.severity == self.severity)
+        if self.task_id:
+            found.append(e.task_id == self.task_id)
+        if self.series_id is not None:
+            found.append(e.series_id == self.series_id)
+        if self.study_id is not None:
+            found.append(e.study_id == self.study_id)
+        if self.since:
+            found.append(e.at >= self.since)
+        if self.before_id is not None:
+            found.append(e.id < self.before_id)
+        return found
+
+
+def list_events(engine: Engine, where: EventFilter, limit: int = 100) -> list[dict[str, Any]]:
+    query = (
+        select(EVENTS)
+        .where(*where.conditions())
+        .order_by(EVENTS.c.id.desc())
+        .limit(max(1, min(limit, MAX_LIMIT)))
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]

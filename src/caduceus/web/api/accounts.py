@@ -1,0 +1,233 @@
+"""Logging in and out, one's own account, users (admins) and API tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, and_, delete, select, update
+
+from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
+from caduceus.core.events import record_event
+from caduceus.web import auth
+from caduceus.web.auth import ROLES, Admin, Principal, Viewer
+
+router = APIRouter(prefix="/api", tags=["accounts"])
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+class Credentials(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+@router.post("/login")
+def login(request: Request, response: Response, credentials: Credentials) -> dict[str, Any]:
+    """Start a session: an HttpOnly, SameSite=Strict cookie, and the CSRF token to send back
+    in the X-CSRF-Token header with every change."""
+    throttle: auth.LoginThrottle = request.app.state.throttle
+    address = request.client.host if request.client else "unknown"
+    if throttle.blocked(address, credentials.username):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins; try again later"
+        )
+    started = auth.login(_engine(request), credentials.username, credentials.password, address)
+    if started is None:
+        throttle.failed(address, credentials.username)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
+    throttle.succeeded(address, credentials.username)
+    cookie, csrf = started
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        cookie,
+        max_age=int(auth.SESSION_LIFETIME.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        # Always over HTTPS; over plain HTTP only where the administrator has not said that
+        # the interface is reached through HTTPS (then the browser would drop the cookie).
+        secure=request.app.state.settings.web_secure_cookies or request.url.scheme == "https",
+        path="/",
+    )
+    with _engine(request).connect() as conn:
+        must = conn.execute(
+            select(USERS.c.must_change_password).where(USERS.c.username == credentials.username)
+        ).scalar()
+    return {"csrf_token": csrf, "must_change_password": bool(must)}
+
+
+@router.post("/logout")
+def logout(request: Request, response: Response, _: Principal = auth.CurrentUser) -> dict[str, str]:
+    if cookie := request.cookies.get(auth.SESSION_COOKIE):
+        auth.logout(_engine(request), cookie)
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    return {"state": "logged out"}
+
+
+@router.get("/me")
+def me(who: Principal = auth.CurrentUser) -> dict[str, Any]:
+    return {
+        "username": who.username,
+        "role": who.role,
+        "must_change_password": who.must_change_password,
+        "csrf_token": who.csrf_token,
+    }
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=10, max_length=1024)
+
+
+@router.post("/me/password")
+def change_password(
+    request: Request, change: PasswordChange, who: Principal = auth.CurrentUser
+) -> dict[str, str]:
+    """Every session of the user ends, this one too: log in again with the new password."""
+    engine = _engine(request)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(USERS.c.password_hash).where(USERS.c.id == who.user_id)
+        ).scalar_one()
+    if not auth.password_matches(stored, change.current_password):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
+    if change.new_password == change.current_password:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "choose a new password")
+    auth.change_password(engine, who.user_id, change.new_password)
+    return {"state": "password changed; log in again"}
+
+
+# -- users ------------------------------------------------------------------------------------
+
+
+class NewUser(BaseModel):
+    username: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
+    password: str = Field(min_length=10, max_length=1024)
+    role: str = Field(pattern="^(" + "|".join(ROLES) + ")$")
+
+
+class UserChange(BaseModel):
+    role: str | None = Field(default=None, pattern="^(" + "|".join(ROLES) + ")$")
+    disabled: bool | None = None
+    password: str | None = Field(default=None, min_length=10, max_length=1024)
+
+
+@router.get("/users")
+def users(request: Request, _: Admin) -> list[dict[str, Any]]:
+    with _engine(request).connect() as conn:
+        return [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(
+                    USERS.c.id,
+                    USERS.c.username,
+                    USERS.c.role,
+                    USERS.c.disabled,
+                    USERS.c.must_change_password,
+                    USERS.c.created_at,
+                ).order_by(USERS.c.username)
+            )
+        ]
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED)
+def add_user(request: Request, user: NewUser, who: Admin) -> dict[str, Any]:
+    engine = _engine(request)
+    with engine.connect() as conn:
+        if conn.execute(select(USERS.c.id).where(USERS.c.username == user.username)).first():
+            raise HTTPException(status.HTTP_409_CONFLICT, "that user name is taken")
+    user_id = auth.create_user(engine, user.username, user.password, user.role, must_change=True)
+    return {"id": user_id, "username": user.username, "role": user.role}
+
+
+@router.patch("/users/{user_id}")
+def change_user(request: Request, user_id: int, change: UserChange, who: Admin) -> dict[str, Any]:
+    """A demotion, a disabling or a new password ends the user's sessions at once."""
+    values: dict[str, Any] = {}
+    if change.role is not None:
+        values["role"] = change.role
+    if change.disabled is not None:
+        values["disabled"] = change.disabled
+    if change.password is not None:
+        values["password_hash"] = auth.hash_password(change.password)
+        values["must_change_password"] = True
+    if not values:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "nothing to change")
+    with _engine(request).begin() as conn:
+        found = conn.execute(
+            update(USERS)
+            .where(USERS.c.id == user_id)
+            .values(generation=USERS.c.generation + 1, **values)
+        ).rowcount
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
+        conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.user_id == user_id))
+        shown = {k: v for k, v in values.items() if k != "password_hash"}
+        record_event(conn, "user.changed", f"user {user_id} changed by {who.username}: {shown}")
+    return {"id": user_id, **{k: v for k, v in values.items() if k != "password_hash"}}
+
+
+@router.delete("/users/{user_id}")
+def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
+    if user_id == who.user_id:
+        raise HTTPException(status.HTTP_409_CONFLICT, "you cannot remove yourself")
+    with _engine(request).begin() as conn:
+        found = conn.execute(delete(USERS).where(USERS.c.id == user_id)).rowcount
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
+        conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.user_id == user_id))
+        conn.execute(delete(API_TOKENS).where(API_TOKENS.c.user_id == user_id))
+        record_event(conn, "user.removed", f"user {user_id} removed by {who.username}")
+    return {"removed": user_id}
+
+
+# -- API tokens -------------------------------------------------------------------------------
+
+
+class NewToken(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+
+
+@router.get("/tokens")
+def tokens(request: Request, who: Viewer) -> list[dict[str, Any]]:
+    """One's own tokens (never the tokens themselves)."""
+    with _engine(request).connect() as conn:
+        return [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(
+                    API_TOKENS.c.id,
+                    API_TOKENS.c.name,
+                    API_TOKENS.c.created_at,
+                    API_TOKENS.c.last_used_at,
+                    API_TOKENS.c.revoked,
+                ).where(API_TOKENS.c.user_id == who.user_id)
+            )
+        ]
+
+
+@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+def new_token(request: Request, token: NewToken, who: Viewer) -> dict[str, str]:
+    """The token is shown this once; it acts with its owner's role."""
+    return {
+        "name": token.name,
+        "token": auth.create_token(_engine(request), who.user_id, token.name),
+    }
+
+
+@router.delete("/tokens/{token_id}")
+def revoke_token(request: Request, token_id: int, who: Viewer) -> dict[str, Any]:
+    with _engine(request).begin() as conn:
+        found = conn.execute(
+            update(API_TOKENS)
+            .where(and_(API_TOKENS.c.id == token_id, API_TOKENS.c.user_id == who.user_id))
+            .values(revoked=True)
+        ).rowcount
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such token")
+        record_event(conn, "token.revoked", f"API token {token_id} of {who.username}", details=None)
+    return {"revoked": token_id, "at": datetime.now(UTC).isoformat()}

@@ -1,0 +1,119 @@
+"""Control: queues, the configuration (read, validate, write, history, restore), health."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Request, status
+from sqlalchemy import Engine, func, select, text
+
+from caduceus.core.config import files, store
+from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
+from caduceus.core.work_queue import set_suspended
+from caduceus.web.auth import Admin, Operator, Viewer
+
+router = APIRouter(prefix="/api", tags=["control"])
+QUEUE_NAME = re.compile(r"^(dispatch|process|dispatch:[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63})$")
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+@router.get("/health")
+def health(request: Request, _: Viewer) -> dict[str, Any]:
+    """The database answers and the data root has room."""
+    import shutil
+
+    with _engine(request).connect() as conn:
+        conn.execute(text("SELECT 1"))
+    usage = shutil.disk_usage(request.app.state.settings.home)
+    return {"database": "ok", "disk_free_bytes": usage.free, "disk_total_bytes": usage.total}
+
+
+@router.get("/queues")
+def queues(request: Request, _: Viewer) -> dict[str, Any]:
+    """Tasks per state, and which queues are suspended."""
+    with _engine(request).connect() as conn:
+        by_state: dict[str, int] = dict(
+            conn.execute(select(TASKS.c.state, func.count()).group_by(TASKS.c.state)).all()
+        )
+        controls = [dict(r._mapping) for r in conn.execute(select(QUEUE_CONTROLS))]
+    return {"tasks": by_state, "controls": controls}
+
+
+def _queue(name: str) -> str:
+    if not QUEUE_NAME.match(name):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            "a queue is dispatch, dispatch:<target> or process",
+        )
+    return name
+
+
+@router.post("/queues/{name}/suspend")
+def suspend(request: Request, name: str, who: Operator) -> dict[str, str]:
+    set_suspended(_engine(request), _queue(name), True, who.username)
+    return {"queue": name, "state": "suspended"}
+
+
+@router.post("/queues/{name}/resume")
+def resume(request: Request, name: str, who: Operator) -> dict[str, str]:
+    set_suspended(_engine(request), _queue(name), False, who.username)
+    return {"queue": name, "state": "resumed"}
+
+
+@router.get("/config")
+def config(request: Request, _: Viewer) -> dict[str, Any]:
+    """The newest configuration; secrets are masked."""
+    return store.current_or_default(_engine(request)).model_dump(mode="json")
+
+
+@router.post("/config/validate")
+def validate(_: Viewer, document: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    """Check a configuration document (caduceus or mercure.json format) without saving it."""
+    try:
+        loaded = files.parse(document, "request")
+    except files.ConfigFileError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    return {"valid": True, "format": loaded.source_format, "not_mapped": loaded.not_mapped}
+
+
+@router.put("/config")
+def save_config(
+    request: Request,
+    who: Admin,
+    document: dict[str, Any] = Body(...),
+    comment: str = "",
+) -> dict[str, Any]:
+    """Validate and store as the newest version; masked secrets keep their stored values."""
+    try:
+        loaded = files.parse(document, "request")
+        version, changed = store.save(
+            _engine(request), loaded.config, who.username, comment or "changed through the API"
+        )
+    except (files.ConfigFileError, ValueError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    return {"version": version, "changed": changed, "not_mapped": loaded.not_mapped}
+
+
+@router.get("/config/versions")
+def versions(request: Request, _: Viewer) -> list[dict[str, Any]]:
+    return store.history(_engine(request))
+
+
+@router.get("/config/versions/{version}")
+def one_version(request: Request, version: int, _: Viewer) -> dict[str, Any]:
+    try:
+        return store.get(_engine(request), version).model_dump(mode="json")
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.post("/config/versions/{version}/restore")
+def restore(request: Request, version: int, who: Admin) -> dict[str, int]:
+    try:
+        return {"version": store.restore(_engine(request), version, who.username)}
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

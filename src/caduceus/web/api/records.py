@@ -1,0 +1,201 @@
+"""Read the history: series, studies and events; register outside events; force a study."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, select
+
+from caduceus.bookkeeper.search import (
+    EventFilter,
+    StudyFilter,
+    list_events,
+    search_series,
+    search_studies,
+)
+from caduceus.core.config import store
+from caduceus.core.db.models import SERIES, STUDIES
+from caduceus.core.events import record_event
+from caduceus.core.storage import DataRoot
+from caduceus.router.completion import Router
+from caduceus.web.auth import Operator, Viewer
+
+router = APIRouter(prefix="/api", tags=["history"])
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def _study_filter(
+    patient_id: str,
+    patient_name: str,
+    accession_number: str,
+    study_uid: str,
+    study_date_from: str,
+    study_date_to: str,
+    received_from: datetime | None,
+    received_to: datetime | None,
+) -> StudyFilter:
+    return StudyFilter(
+        patient_id=patient_id,
+        patient_name=patient_name,
+        accession_number=accession_number,
+        study_uid=study_uid,
+        study_date_from=study_date_from,
+        study_date_to=study_date_to,
+        received_from=received_from,
+        received_to=received_to,
+    )
+
+
+@router.get("/series")
+def series(
+    request: Request,
+    _: Viewer,
+    patient_id: str = "",
+    patient_name: str = "",
+    accession_number: str = "",
+    study_uid: str = "",
+    series_uid: str = "",
+    modality: str = "",
+    study_date_from: str = "",
+    study_date_to: str = "",
+    received_from: datetime | None = None,
+    received_to: datetime | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> list[dict[str, Any]]:
+    """Received series, newest first; every filter is optional, names match by prefix."""
+    where = _study_filter(
+        patient_id,
+        patient_name,
+        accession_number,
+        study_uid,
+        study_date_from,
+        study_date_to,
+        received_from,
+        received_to,
+    )
+    return search_series(_engine(request), where, series_uid, modality, limit, offset)
+
+
+@router.get("/series/{series_id}")
+def one_series(request: Request, series_id: int, _: Viewer) -> dict[str, Any]:
+    with _engine(request).connect() as conn:
+        row = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such series")
+    found = dict(row._mapping)
+    found["events"] = list_events(_engine(request), EventFilter(series_id=series_id), 200)
+    return found
+
+
+@router.get("/studies")
+def studies(
+    request: Request,
+    _: Viewer,
+    patient_id: str = "",
+    patient_name: str = "",
+    accession_number: str = "",
+    study_uid: str = "",
+    study_date_from: str = "",
+    study_date_to: str = "",
+    received_from: datetime | None = None,
+    received_to: datetime | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> list[dict[str, Any]]:
+    where = _study_filter(
+        patient_id,
+        patient_name,
+        accession_number,
+        study_uid,
+        study_date_from,
+        study_date_to,
+        received_from,
+        received_to,
+    )
+    return search_studies(_engine(request), where, limit, offset)
+
+
+@router.get("/studies/{study_id}")
+def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
+    engine = _engine(request)
+    with engine.connect() as conn:
+        row = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+    found = dict(row._mapping)
+    found["series"] = search_series(engine, StudyFilter(study_uid=row.study_uid), limit=500)
+    found["events"] = list_events(engine, EventFilter(study_id=study_id), 200)
+    return found
+
+
+@router.post("/studies/{study_id}/force-complete")
+def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, Any]:
+    """Complete a study now instead of waiting for its timer; its rules run at once."""
+    engine = _engine(request)
+    with engine.connect() as conn:
+        state = conn.execute(select(STUDIES.c.state).where(STUDIES.c.id == study_id)).scalar()
+    if state is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+    if state != "receiving":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the study is {state}, not receiving")
+    config = store.current_or_default(engine)
+    result = Router(engine, DataRoot(request.app.state.settings.home)).force_complete_study(
+        config, study_id
+    )
+    with engine.begin() as conn:
+        record_event(conn, "study.force_completed", f"by {who.username}", study_id=study_id)
+    return {"completed": result.completed, "tasks": result.tasks}
+
+
+@router.get("/events")
+def events(
+    request: Request,
+    _: Viewer,
+    kind: str = "",
+    severity: str = "",
+    task_id: str = "",
+    series_id: int | None = None,
+    study_id: int | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    limit: Limit = 100,
+) -> list[dict[str, Any]]:
+    """The history, newest first; `kind` ending in "." matches a family ("dispatch.")."""
+    where = EventFilter(kind, severity, task_id, series_id, study_id, since, before_id)
+    return list_events(_engine(request), where, limit)
+
+
+class OutsideEvent(BaseModel):
+    """An event from outside software (a PACS, a reporting tool), like mercure's bookkeeper."""
+
+    kind: str = Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    message: str = Field(default="", max_length=4000)
+    severity: str = Field(default="info", pattern=r"^(info|warning|error)$")
+    task_id: str | None = Field(default=None, max_length=36)
+    details: dict[str, Any] | None = None
+
+
+@router.post("/events", status_code=status.HTTP_201_CREATED)
+def register_event(request: Request, event: OutsideEvent, who: Operator) -> dict[str, str]:
+    """Recorded as `external.<kind>`, so outside events never pass for our own."""
+    kind = f"external.{event.kind}"
+    with _engine(request).begin() as conn:
+        record_event(
+            conn,
+            kind,
+            event.message,
+            severity=event.severity,
+            task_id=event.task_id,
+            details={**(event.details or {}), "registered_by": who.username},
+        )
+    return {"kind": kind}

@@ -1,0 +1,30 @@
+"""`caduceus web`: the bookkeeper API (and the web interface) on CADUCEUS_WEB_PORT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from caduceus.core.database import open_database
+from caduceus.core.settings import Settings
+from caduceus.web.app import create_app
+from caduceus.web.auth import ensure_initial_admin
+
+log = logging.getLogger("caduceus.web")
+
+
+def serve(settings: Settings) -> None:
+    engine = open_database(settings, pool_size=8)
+    ensure_initial_admin(engine, settings.home)
+    app = create_app(settings, engine)
+    log.info("web interface and API on %s:%d", settings.web_host, settings.web_port)
+    uvicorn.run(
+        app,
+        host=settings.web_host,
+        port=settings.web_port,
+        log_config=None,  # our own logging setup, not uvicorn's
+        access_log=False,
+        proxy_headers=True,
+    )
+    engine.dispose()
