@@ -259,3 +259,38 @@ def test_series_without_a_patient_id_settle_under_a_patient_rule(
     files = received_files(receiver)
     cleaner_for(receiver).run_pass(cfg, at(t0, 2.1))
     assert not any(f.exists() for f in files)
+
+
+def test_the_history_has_its_own_retention(receiver: Caduceus, tmp_path: Path) -> None:
+    from caduceus.core.db.models import ASSOCIATIONS, EVENTS, SERIES, STUDIES
+
+    t0 = datetime.now(UTC)
+    (tmp_path / "archive").mkdir()
+    cfg = config(tmp_path / "archive", history_retention_days=30)
+    send(receiver, tmp_path / "ct", count=2, modality="CT", patient_id="OLD")
+    route_and_send(receiver, cfg, t0)
+    waiting = Config.model_validate(
+        {**cfg.model_dump(mode="json"), "rules": {"x": {"rule": "False", "targets": ["archive"]}}}
+    )
+    cleaner = cleaner_for(receiver)
+    cleaner.run_pass(cfg, at(t0, 3))  # files gone, task cleaned; the history is still there
+    assert len(tasks(receiver)) == 1 and events(receiver, "task.cleaned")
+    result = cleaner.run_pass(waiting, at(t0, 31))
+    assert result.history["tasks"] == 1 and result.history["series"] == 1
+    with receiver.engine().connect() as conn:
+        for table in (SERIES, STUDIES, INSTANCES, ASSOCIATIONS):
+            assert conn.execute(select(table)).first() is None, table.name
+        kinds = [e.kind for e in conn.execute(select(EVENTS))]
+    assert tasks(receiver) == []
+    assert kinds == ["history.pruned"]
+
+
+def test_history_of_unfinished_work_is_kept(receiver: Caduceus, tmp_path: Path) -> None:
+    t0 = datetime.now(UTC)
+    cfg = config(tmp_path / "archive", history_retention_days=30)
+    send(receiver, tmp_path / "ct", count=2, modality="CT")
+    router_for(receiver).run_pass(cfg, t0 + timedelta(seconds=61))  # queued, never sent
+    cleaner_for(receiver).run_pass(cfg, at(t0, 100))
+    [task] = tasks(receiver)
+    assert task["state"] == "queued" and (receiver.home / task["folder"] / "in").exists()
+    assert len(received_files(receiver)) == 2

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
+from caduceus.cleaner.history import prune_history
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import INSTANCES, PATIENT_GROUPS, SERIES, STUDIES, TASKS
 from caduceus.core.events import record_event
@@ -58,6 +59,7 @@ class CleanResult:
     freed: Freed = field(default_factory=Freed)
     emergency: bool = False
     disk_used_percent: float = 0.0
+    history: dict[str, int] = field(default_factory=dict)  # rows pruned, by kind
 
 
 def disk_used_percent(path: Path) -> float:
@@ -130,6 +132,7 @@ class Cleaner:
                 if self.should_stop():
                     break
                 self._clean(candidate, "retention", result)
+            result.history = prune_history(self.engine, config, now).counts
         return result
 
     def _retention(self, config: Config, state: str) -> timedelta:

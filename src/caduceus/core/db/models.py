@@ -17,6 +17,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,6 +88,9 @@ class Study(Base):
         Index(None, "patient_id"),
         Index(None, "accession_number"),
         Index(None, "last_received_at"),
+        Index(None, "study_date"),
+        # Name search is a case-insensitive prefix match (bookkeeper/search.py).
+        Index("ix_studies_lower_patient_name", func.lower(text("patient_name"))),
     )
 
 
@@ -116,6 +121,7 @@ class Series(Base):
         Index(None, "study_id"),
         Index(None, "last_received_at"),
         Index(None, "state", "last_received_at"),
+        Index(None, "modality", "last_received_at"),
     )
 
 
@@ -166,6 +172,8 @@ class Task(Base):
         Index(None, "study_uid"),
         Index(None, "series_uid"),
         Index(None, "created_at"),
+        Index(None, "rule", "created_at"),
+        Index(None, "patient_id"),
     )
 
 
@@ -184,6 +192,8 @@ class TaskTarget(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "target", "state"),)
 
 
 class Delivery(Base):
@@ -278,7 +288,7 @@ class Event(Base):
 
     __table_args__ = (
         Index(None, "at"),
-        Index(None, "kind"),
+        Index(None, "kind", "id"),
         Index(None, "series_id"),
         Index(None, "task_id"),
         Index(None, "association_id"),
@@ -365,6 +375,7 @@ class Notification(Base):
         UniqueConstraint("event_id", "rule", "channel"),
         Index(None, "state", "next_attempt_at"),
         Index(None, "task_id"),
+        Index(None, "created_at"),
     )
 
 
