@@ -292,3 +292,20 @@ def test_configuration_is_validated_and_secrets_stay_masked(
     assert bad.status_code == 422 and "rules -> x -> rule" in bad.text
     versions = client.get("/api/config/versions", headers=admin).json()
     assert versions[0]["author"] == "ada"
+
+
+def test_caduceus_run_serves_the_api(launch: Any) -> None:
+    import httpx
+
+    from tests.support.processes import wait_for_port
+
+    instance = launch("run")
+    wait_for_port(instance.web_port, timeout=60)
+    base = f"http://127.0.0.1:{instance.web_port}"
+    assert httpx.get(f"{base}/api/health").status_code == 401
+    first = (instance.home / "initial-admin-password").read_text().strip()
+    with httpx.Client(base_url=base) as browser:
+        answer = browser.post("/api/login", json={"username": "admin", "password": first})
+        assert answer.status_code == 200 and answer.json()["must_change_password"] is True
+        assert browser.get("/api/health").status_code == 403  # change the password first
+    assert first not in instance.log()

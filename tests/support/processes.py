@@ -68,6 +68,7 @@ class Caduceus:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    web_port: int = field(default_factory=free_port)
 
     @property
     def env(self) -> dict[str, str]:
@@ -82,6 +83,9 @@ class Caduceus:
             # Tests measure behaviour, not durability on power loss; fsync only slows them.
             CADUCEUS_FSYNC="false",
             CADUCEUS_RECEIVER_WORKERS="1",
+            # `caduceus run` starts the web interface too: never on a port another test uses.
+            CADUCEUS_WEB_PORT=str(self.web_port),
+            CADUCEUS_WEB_HOST="127.0.0.1",
         )
         env.update(self.extra_env)
         return env
