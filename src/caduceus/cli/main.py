@@ -148,6 +148,19 @@ def cleaner() -> None:
 
 
 @app.command()
+def notifier() -> None:
+    """Run the notifier alone: webhooks and mails on reception, completion and errors."""
+    from caduceus.core.database import open_database
+    from caduceus.core.logs import setup_logging
+    from caduceus.notifier.service import serve
+
+    setup_logging("notifier")
+    settings = _settings()
+    open_database(settings, migrate=True).dispose()
+    serve(settings)
+
+
+@app.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
     from caduceus.core.database import open_database

@@ -8,5 +8,6 @@ SERVICES: tuple[str, ...] = (
     "processor",
     "dispatcher",
     "cleaner",
+    "notifier",
     "web",
 )
