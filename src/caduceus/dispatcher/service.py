@@ -10,6 +10,7 @@ from datetime import timedelta
 from caduceus.core.config import store
 from caduceus.core.database import open_database
 from caduceus.core.lifecycle import stop_on_signals
+from caduceus.core.logs import log_context
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import dispatch
@@ -33,15 +34,16 @@ def serve(settings: Settings) -> None:
             if task_id is None:
                 stopping.wait(IDLE_WAIT)
                 continue
-            try:
-                with keep_lease(engine, task_id, owner, lease):
-                    config = store.current_or_default(engine)
-                    state = dispatch(engine, root, config, task_id, paused, owner=owner)
-                log.info("task %s: %s", task_id, state)
-            except Exception:
-                log.exception("task %s failed in the dispatcher", task_id)
-                release(engine, task_id, owner)
-                stopping.wait(IDLE_WAIT)
+            with log_context(task=task_id):
+                try:
+                    with keep_lease(engine, task_id, owner, lease):
+                        config = store.current_or_default(engine)
+                        state = dispatch(engine, root, config, task_id, paused, owner=owner)
+                    log.info("task %s: %s", task_id, state)
+                except Exception:
+                    log.exception("task %s failed in the dispatcher", task_id)
+                    release(engine, task_id, owner)
+                    stopping.wait(IDLE_WAIT)
         except Exception:
             log.exception("dispatcher loop failed; retrying")
             stopping.wait(IDLE_WAIT * 4)

@@ -19,6 +19,7 @@ from caduceus.core.config import store
 from caduceus.core.database import open_database
 from caduceus.core.db.models import TASKS
 from caduceus.core.lifecycle import stop_on_signals
+from caduceus.core.logs import log_context
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.core.work_queue import claim, keep_lease, release, suspended
@@ -54,19 +55,20 @@ def serve(settings: Settings) -> None:
                 if task_id is None:
                     stopping.wait(IDLE_WAIT)
                     continue
-                try:
-                    with keep_lease(engine, task_id, me, lease) as lost:
-                        config = store.current_or_default(engine)
-                        state = pipeline.run(config, task_id, owner=me, lost=lost)
-                    log.info("task %s: %s", task_id, state)
-                except Exception as exc:
-                    log.exception("task %s failed in the processor", task_id)
+                with log_context(task=task_id):
                     try:
-                        give_up_or_retry(engine, task_id, me, exc)
-                    except Exception:
-                        log.exception("task %s: cannot record the failure", task_id)
-                        release(engine, task_id, me)
-                    stopping.wait(IDLE_WAIT)
+                        with keep_lease(engine, task_id, me, lease) as lost:
+                            config = store.current_or_default(engine)
+                            state = pipeline.run(config, task_id, owner=me, lost=lost)
+                        log.info("task %s: %s", task_id, state)
+                    except Exception as exc:
+                        log.exception("task %s failed in the processor", task_id)
+                        try:
+                            give_up_or_retry(engine, task_id, me, exc)
+                        except Exception:
+                            log.exception("task %s: cannot record the failure", task_id)
+                            release(engine, task_id, me)
+                        stopping.wait(IDLE_WAIT)
             except Exception:
                 log.exception("processor loop failed; retrying")
                 stopping.wait(IDLE_WAIT * 4)

@@ -26,6 +26,7 @@ from caduceus.core.db.models import (
 )
 from caduceus.core.db.upsert import insert_or_update
 from caduceus.core.events import record_event
+from caduceus.core.logs import log_context
 from caduceus.core.storage import DataRoot
 from caduceus.router.rules import compiled, match
 from caduceus.router.tags import UnreadableSeries, read_tags
@@ -203,7 +204,7 @@ class Router:
     def _complete_series(
         self, config: Config, series_id: int, now: datetime, result: PassResult
     ) -> None:
-        with self.engine.begin() as conn:
+        with log_context(series=series_id), self.engine.begin() as conn:
             series = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).one()
             if series.state != "receiving":
                 return
