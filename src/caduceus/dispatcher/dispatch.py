@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,13 +104,16 @@ def _send_to(
     todo = [f for f in files if (target, f.name) not in delivered]
     error = problem
     accepted: list[Path] = []
+    seconds = 0.0
     if error:
         pass
     elif target not in config.targets:
         error = f"target {target!r} is no longer configured"
     else:
         try:
+            began = time.monotonic()
             report = plugin_for(config.targets[target]).send(todo, shipment)
+            seconds = round(time.monotonic() - began, 3)
             accepted = report.accepted
             if report.failed:
                 first = next(iter(report.failed.items()))
@@ -147,7 +151,7 @@ def _send_to(
                 "dispatch.done",
                 f"{target}: {len(accepted)} instance(s) sent",
                 task_id=task_id,
-                details={"target": target, "attempt": attempt},
+                details={"target": target, "attempt": attempt, "seconds": seconds},
             )
         elif attempt > retry_max:
             values = {"state": "error", "attempts": attempt, "last_error": error}
@@ -169,7 +173,12 @@ def _send_to(
                 f"next try in {int(wait.total_seconds())} s",
                 severity="warning",
                 task_id=task_id,
-                details={"target": target, "attempt": attempt, "sent": len(accepted)},
+                details={
+                    "target": target,
+                    "attempt": attempt,
+                    "sent": len(accepted),
+                    "seconds": seconds,
+                },
             )
         conn.execute(
             update(TASK_TARGETS)

@@ -26,7 +26,7 @@ from caduceus.core.db.models import (
 )
 from caduceus.core.db.upsert import insert_or_update
 from caduceus.core.events import record_event
-from caduceus.core.logs import log_context
+from caduceus.core.logs import log_context, phi
 from caduceus.core.storage import DataRoot
 from caduceus.router.rules import compiled, match
 from caduceus.router.tags import UnreadableSeries, read_tags
@@ -67,7 +67,7 @@ class Router:
         self, table: Any, key: Any, value: Any, kind: str, exc: Exception, **refs: Any
     ) -> None:
         """Set a group that cannot be routed aside, visibly, so it blocks no other group."""
-        log.error("%s %s: %s", kind, value, exc)
+        log.error("%s %s: %s", kind, phi(value) if kind == "patient.error" else value, exc)
         with self.engine.begin() as conn:
             conn.execute(update(table).where(key == value).values(state="error"))
             record_event(conn, kind, str(exc), severity="error", **refs)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from caduceus.core.config import store
 from caduceus.core.database import open_database
 from caduceus.core.lifecycle import stop_on_signals
+from caduceus.core.logs import phi
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
@@ -39,7 +40,9 @@ def serve(settings: Settings) -> None:
             stopping.wait(MAX_SLEEP)
             continue
         for completed in result.completed:
-            log.info("completed %s", completed)
+            # A patient group is named by the patient ID: PHI, shown only where allowed.
+            shown = phi(completed) if completed.startswith("patient:") else completed
+            log.info("completed %s", shown)
         for task_id in result.tasks:
             log.info("task %s created", task_id)
         wait = MAX_SLEEP
