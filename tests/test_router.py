@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import select
 
 from caduceus.core.config.models import Config
-from caduceus.core.db.engine import make_engine
 from caduceus.core.db.models import EVENTS, INSTANCES, SERIES, TASK_INSTANCES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.storage import DataRoot
@@ -45,8 +44,7 @@ def send(receiver: Caduceus, folder: Path, **spec: Any) -> list[Path]:
 
 
 def router_for(receiver: Caduceus) -> Router:
-    engine = make_engine(receiver.database_url.replace("postgresql://", "postgresql+psycopg://"))
-    return Router(engine, DataRoot(receiver.home))
+    return Router(receiver.engine(), DataRoot(receiver.home))
 
 
 def later(seconds: float) -> datetime:

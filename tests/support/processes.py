@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from caduceus.core.db.engine import make_engine
+from caduceus.core.db.engine import make_engine, writer
 
 
 def free_port() -> int:
@@ -137,7 +137,11 @@ class Caduceus:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def engine(self) -> Engine:
-        return make_engine(self.database_url.replace("postgresql://", "postgresql+psycopg://"))
+        # A writer engine, as the services use: the tests write beside the receiver, and a
+        # deferred SQLite transaction that reads, then writes, fails when the receiver wrote in
+        # between (the lock is not waited for in that case).
+        url = self.database_url.replace("postgresql://", "postgresql+psycopg://")
+        return writer(make_engine(url))
 
 
 def run(cmd: list[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:

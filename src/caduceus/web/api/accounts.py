@@ -96,7 +96,7 @@ def change_password(
     if not auth.password_matches(stored, change.current_password):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
     if change.new_password == change.current_password:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "choose a new password")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "choose a new password")
     auth.change_password(engine, who.user_id, change.new_password)
     return {"state": "password changed; log in again"}
 
@@ -156,7 +156,7 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
         values["password_hash"] = auth.hash_password(change.password)
         values["must_change_password"] = True
     if not values:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "nothing to change")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "nothing to change")
     with _engine(request).begin() as conn:
         found = conn.execute(
             update(USERS)

@@ -46,7 +46,7 @@ def queues(request: Request, _: Viewer) -> dict[str, Any]:
 def _queue(name: str) -> str:
     if not QUEUE_NAME.match(name):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "a queue is dispatch, dispatch:<target> or process",
         )
     return name
@@ -76,7 +76,7 @@ def validate(_: Viewer, document: dict[str, Any] = Body(...)) -> dict[str, Any]:
     try:
         loaded = files.parse(document, "request")
     except files.ConfigFileError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return {"valid": True, "format": loaded.source_format, "not_mapped": loaded.not_mapped}
 
 
@@ -94,7 +94,7 @@ def save_config(
             _engine(request), loaded.config, who.username, comment or "changed through the API"
         )
     except (files.ConfigFileError, ValueError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return {"version": version, "changed": changed, "not_mapped": loaded.not_mapped}
 
 
