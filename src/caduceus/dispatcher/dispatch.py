@@ -110,6 +110,14 @@ def _send_to(
     elif target not in config.targets:
         error = f"target {target!r} is no longer configured"
     else:
+        with engine.begin() as conn:
+            record_event(
+                conn,
+                "dispatch.started",
+                f"{target}: sending {len(todo)} instance(s), attempt {attempts + 1}",
+                task_id=task_id,
+                details={"target": target, "attempt": attempts + 1, "instances": len(todo)},
+            )
         try:
             began = time.monotonic()
             report = plugin_for(config.targets[target]).send(todo, shipment)
