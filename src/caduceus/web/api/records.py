@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select
 
@@ -33,56 +32,21 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-def _study_filter(
-    patient_id: str,
-    patient_name: str,
-    accession_number: str,
-    study_uid: str,
-    study_date_from: str,
-    study_date_to: str,
-    received_from: datetime | None,
-    received_to: datetime | None,
-) -> StudyFilter:
-    return StudyFilter(
-        patient_id=patient_id,
-        patient_name=patient_name,
-        accession_number=accession_number,
-        study_uid=study_uid,
-        study_date_from=study_date_from,
-        study_date_to=study_date_to,
-        received_from=received_from,
-        received_to=received_to,
-    )
+# The filters' fields are the routes' query parameters (FastAPI reads the dataclass).
+Studies = Annotated[StudyFilter, Depends()]
 
 
 @router.get("/series")
 def series(
     request: Request,
     _: Viewer,
-    patient_id: str = "",
-    patient_name: str = "",
-    accession_number: str = "",
-    study_uid: str = "",
+    where: Studies,
     series_uid: str = "",
     modality: str = "",
-    study_date_from: str = "",
-    study_date_to: str = "",
-    received_from: datetime | None = None,
-    received_to: datetime | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     """Received series, newest first; every filter is optional, names match by prefix."""
-    where = _study_filter(
-        patient_id,
-        patient_name,
-        accession_number,
-        study_uid,
-        study_date_from,
-        study_date_to,
-        received_from,
-        received_to,
-    )
     return search_series(_engine(request), where, series_uid, modality, limit, offset)
 
 
@@ -99,29 +63,8 @@ def one_series(request: Request, series_id: int, _: Viewer) -> dict[str, Any]:
 
 @router.get("/studies")
 def studies(
-    request: Request,
-    _: Viewer,
-    patient_id: str = "",
-    patient_name: str = "",
-    accession_number: str = "",
-    study_uid: str = "",
-    study_date_from: str = "",
-    study_date_to: str = "",
-    received_from: datetime | None = None,
-    received_to: datetime | None = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
+    request: Request, _: Viewer, where: Studies, limit: Limit = 50, offset: Offset = 0
 ) -> list[dict[str, Any]]:
-    where = _study_filter(
-        patient_id,
-        patient_name,
-        accession_number,
-        study_uid,
-        study_date_from,
-        study_date_to,
-        received_from,
-        received_to,
-    )
     return search_studies(_engine(request), where, limit, offset)
 
 
@@ -159,19 +102,9 @@ def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, 
 
 @router.get("/events")
 def events(
-    request: Request,
-    _: Viewer,
-    kind: str = "",
-    severity: str = "",
-    task_id: str = "",
-    series_id: int | None = None,
-    study_id: int | None = None,
-    since: datetime | None = None,
-    before_id: int | None = None,
-    limit: Limit = 100,
+    request: Request, _: Viewer, where: Annotated[EventFilter, Depends()], limit: Limit = 100
 ) -> list[dict[str, Any]]:
     """The history, newest first; `kind` ending in "." matches a family ("dispatch.")."""
-    where = EventFilter(kind, severity, task_id, series_id, study_id, since, before_id)
     return list_events(_engine(request), where, limit)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import Engine, select
 
@@ -26,31 +25,11 @@ def _engine(request: Request) -> Engine:
 def tasks(
     request: Request,
     _: Viewer,
-    state: str = "",
-    rule: str = "",
-    action: str = "",
-    target: str = "",
-    patient_id: str = "",
-    accession_number: str = "",
-    study_uid: str = "",
-    series_uid: str = "",
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    where: Annotated[TaskFilter, Depends()],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    where = TaskFilter(
-        state,
-        rule,
-        action,
-        target,
-        patient_id,
-        accession_number,
-        study_uid,
-        series_uid,
-        created_from,
-        created_to,
-    )
+    """Tasks, newest first; every filter is optional."""
     return search_tasks(_engine(request), where, limit, offset)
 
 
