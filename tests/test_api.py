@@ -85,7 +85,6 @@ def test_first_login_must_change_the_password_and_old_sessions_die(
     path = auth.ensure_initial_admin(engine, receiver.home)
     assert path is not None and path.stat().st_mode & 0o777 == 0o600
     first = path.read_text().strip()
-    assert first not in receiver.log()
     headers = login(client, "admin", first)
     assert client.get("/api/me").json()["must_change_password"] is True
     answer = client.get("/api/tasks")
@@ -309,3 +308,27 @@ def test_caduceus_run_serves_the_api(launch: Any) -> None:
         assert answer.status_code == 200 and answer.json()["must_change_password"] is True
         assert browser.get("/api/health").status_code == 403  # change the password first
     assert first not in instance.log()
+
+
+def test_the_last_admin_stays_and_a_reset_ends_the_users_tokens(
+    client: TestClient, engine: Engine
+) -> None:
+    admin = token_for(client, engine, "ada", "admin")
+    users = {u["username"]: u["id"] for u in client.get("/api/users", headers=admin).json()}
+    for change in ({"role": "viewer"}, {"disabled": True}):
+        answer = client.patch(f"/api/users/{users['ada']}", json=change, headers=admin)
+        assert answer.status_code == 409 and "no enabled admin" in answer.text
+    olga = token_for(client, engine, "olga", "operator")
+    users = {u["username"]: u["id"] for u in client.get("/api/users", headers=admin).json()}
+    reset = client.patch(
+        f"/api/users/{users['olga']}", json={"password": "a new secret 123"}, headers=admin
+    )
+    assert reset.status_code == 200
+    assert client.get("/api/me", headers=olga).status_code == 401, "her tokens went too"
+
+
+def test_guesses_spread_over_addresses_are_limited_per_user_name() -> None:
+    throttle = auth.LoginThrottle(limit=5, per_name=20)
+    allowed = sum(throttle.attempt(f"10.0.{n // 250}.{n % 250}", "Admin") for n in range(100))
+    assert allowed == 20
+    assert not throttle.attempt("10.9.9.9", "admin")  # any case

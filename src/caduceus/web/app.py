@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy import Engine
 
 from caduceus import __version__
+from caduceus.core.db.engine import writer
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.web.api import accounts, control, records, tasks
@@ -47,7 +48,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings = settings
-    app.state.engine = engine
+    # Reads must not take SQLite's write lock (the receiver commits every instance under it);
+    # changes take it up front. Both share one connection pool.
+    app.state.engine = engine.execution_options(caduceus_write=False)
+    app.state.writer = writer(engine)
     app.state.throttle = LoginThrottle()
     for module in (accounts, records, tasks, control):
         app.include_router(module.router)

@@ -12,8 +12,9 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,8 +34,10 @@ ROLES = ("viewer", "operator", "admin")
 SESSION_COOKIE = "caduceus_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_LIFETIME = timedelta(hours=12)
+TOKEN_TOUCH = timedelta(minutes=1)
 TOKEN_PREFIX = "cdc_"  # noqa: S105 - a marker that makes leaked tokens easy to find
 _hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
 def digest(secret: str) -> str:
@@ -110,6 +113,7 @@ def ensure_initial_admin(engine: Engine, home: Path) -> Path | None:
     path = home / "initial-admin-password"
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left from before keeps its mode otherwise
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
     try:
@@ -141,32 +145,59 @@ def change_password(engine: Engine, user_id: int, password: str) -> None:
 
 
 class LoginThrottle:
-    """At most `limit` failed logins per address and user name in `window` seconds."""
+    """Failed logins: at most `limit` per address and user name, and `per_name` per user name
+    from anywhere, within `window` seconds. Checked and counted under one lock, so a burst of
+    parallel guesses gets no more tries than a sequence."""
 
-    def __init__(self, limit: int = 5, window: float = 300.0):
+    def __init__(self, limit: int = 5, per_name: int = 20, window: float = 300.0):
         self.limit = limit
+        self.per_name = per_name
         self.window = window
-        self.failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.lock = threading.Lock()
+        self.failures: dict[tuple[str, str], deque[float]] = {}
 
-    def blocked(self, address: str, username: str) -> bool:
-        recent = self.failures[(address, username.lower())]
-        cutoff = time.monotonic() - self.window
-        while recent and recent[0] < cutoff:
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        recent = self.failures.get(key, deque())
+        while recent and recent[0] < now - self.window:
             recent.popleft()
-        return len(recent) >= self.limit
+        if not recent:
+            self.failures.pop(key, None)
+        return recent
 
-    def failed(self, address: str, username: str) -> None:
-        self.failures[(address, username.lower())].append(time.monotonic())
+    def attempt(self, address: str, username: str) -> bool:
+        """Whether a login may be tried now; a try counts as failed until it succeeds."""
+        name = username.lower()
+        now = time.monotonic()
+        with self.lock:
+            if len(self.failures) > 100_000:  # random names must not grow memory without end
+                for key in list(self.failures):
+                    self._recent(key, now)
+            if (
+                len(self._recent((address, name), now)) >= self.limit
+                or len(self._recent(("*", name), now)) >= self.per_name
+            ):
+                return False
+            for key in ((address, name), ("*", name)):
+                self.failures.setdefault(key, deque()).append(now)
+            return True
 
     def succeeded(self, address: str, username: str) -> None:
-        self.failures.pop((address, username.lower()), None)
+        name = username.lower()
+        with self.lock:
+            self.failures.pop((address, name), None)
+            anywhere = self.failures.get(("*", name))
+            if anywhere:
+                anywhere.pop()  # this attempt was no failure
 
 
 def login(engine: Engine, username: str, password: str, address: str) -> tuple[str, str] | None:
     """A new session (cookie value, CSRF token) for the right password, else None."""
     with engine.begin() as conn:
         user = conn.execute(select(USERS).where(USERS.c.username == username)).first()
-        if user is None or user.disabled or not password_matches(user.password_hash, password):
+        # The same argon2 work whether the user exists or not: the time of an answer must not
+        # tell which user names exist.
+        matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
+        if user is None or user.disabled or not matches:
             record_event(
                 conn,
                 "login.failed",
@@ -212,10 +243,10 @@ def create_token(engine: Engine, user_id: int, name: str) -> str:
     return token
 
 
-def _from_token(engine: Engine, token: str) -> Principal | None:
-    with engine.begin() as conn:
+def _from_token(engine: Engine, writer: Engine, token: str) -> Principal | None:
+    with engine.connect() as conn:
         row = conn.execute(
-            select(USERS, API_TOKENS.c.id.label("token_id"))
+            select(USERS, API_TOKENS.c.id.label("token_id"), API_TOKENS.c.last_used_at)
             .join(API_TOKENS, API_TOKENS.c.user_id == USERS.c.id)
             .where(
                 and_(
@@ -225,13 +256,17 @@ def _from_token(engine: Engine, token: str) -> Principal | None:
                 )
             )
         ).first()
-        if row is None:
-            return None
-        conn.execute(
-            update(API_TOKENS)
-            .where(API_TOKENS.c.id == row.token_id)
-            .values(last_used_at=datetime.now(UTC))
-        )
+    if row is None:
+        return None
+    now = datetime.now(UTC)
+    last = row.last_used_at
+    if last is None or (last if last.tzinfo else last.replace(tzinfo=UTC)) < now - TOKEN_TOUCH:
+        # Recorded at most once a minute: a scraper polling every few seconds must not turn
+        # every read into a durable write.
+        with writer.begin() as conn:
+            conn.execute(
+                update(API_TOKENS).where(API_TOKENS.c.id == row.token_id).values(last_used_at=now)
+            )
     return Principal(row.id, row.username, row.role, "token")
 
 
@@ -273,7 +308,7 @@ def authenticate(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     principal = None
     if header.lower().startswith("bearer "):
-        principal = _from_token(engine, header[7:].strip())
+        principal = _from_token(engine, request.app.state.writer, header[7:].strip())
     elif cookie := request.cookies.get(SESSION_COOKIE):
         principal = _from_session(engine, cookie)
         if principal is not None and request.method in UNSAFE_METHODS:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, and_, delete, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 
 from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
 from caduceus.core.events import record_event
@@ -18,7 +18,13 @@ router = APIRouter(prefix="/api", tags=["accounts"])
 
 
 def _engine(request: Request) -> Engine:
+    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
     return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def _writer(request: Request) -> Engine:
+    """For changes: takes SQLite's write lock up front, as every writing service does."""
+    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 class Credentials(BaseModel):
@@ -32,13 +38,12 @@ def login(request: Request, response: Response, credentials: Credentials) -> dic
     in the X-CSRF-Token header with every change."""
     throttle: auth.LoginThrottle = request.app.state.throttle
     address = request.client.host if request.client else "unknown"
-    if throttle.blocked(address, credentials.username):
+    if not throttle.attempt(address, credentials.username):
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins; try again later"
         )
-    started = auth.login(_engine(request), credentials.username, credentials.password, address)
+    started = auth.login(_writer(request), credentials.username, credentials.password, address)
     if started is None:
-        throttle.failed(address, credentials.username)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
     throttle.succeeded(address, credentials.username)
     cookie, csrf = started
@@ -63,7 +68,7 @@ def login(request: Request, response: Response, credentials: Credentials) -> dic
 @router.post("/logout")
 def logout(request: Request, response: Response, _: Principal = auth.CurrentUser) -> dict[str, str]:
     if cookie := request.cookies.get(auth.SESSION_COOKIE):
-        auth.logout(_engine(request), cookie)
+        auth.logout(_writer(request), cookie)
     response.delete_cookie(auth.SESSION_COOKIE, path="/")
     return {"state": "logged out"}
 
@@ -97,7 +102,7 @@ def change_password(
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
     if change.new_password == change.current_password:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "choose a new password")
-    auth.change_password(engine, who.user_id, change.new_password)
+    auth.change_password(_writer(request), who.user_id, change.new_password)
     return {"state": "password changed; log in again"}
 
 
@@ -140,7 +145,9 @@ def add_user(request: Request, user: NewUser, who: Admin) -> dict[str, Any]:
     with engine.connect() as conn:
         if conn.execute(select(USERS.c.id).where(USERS.c.username == user.username)).first():
             raise HTTPException(status.HTTP_409_CONFLICT, "that user name is taken")
-    user_id = auth.create_user(engine, user.username, user.password, user.role, must_change=True)
+    user_id = auth.create_user(
+        _writer(request), user.username, user.password, user.role, must_change=True
+    )
     return {"id": user_id, "username": user.username, "role": user.role}
 
 
@@ -157,7 +164,9 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
         values["must_change_password"] = True
     if not values:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "nothing to change")
-    with _engine(request).begin() as conn:
+    with _writer(request).begin() as conn:
+        if change.role not in (None, "admin") or change.disabled:
+            _keep_an_admin(conn, user_id)
         found = conn.execute(
             update(USERS)
             .where(USERS.c.id == user_id)
@@ -166,6 +175,10 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
         conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.user_id == user_id))
+        if change.password is not None:  # a reset after a compromise: the tokens go too
+            conn.execute(
+                update(API_TOKENS).where(API_TOKENS.c.user_id == user_id).values(revoked=True)
+            )
         shown = {k: v for k, v in values.items() if k != "password_hash"}
         record_event(conn, "user.changed", f"user {user_id} changed by {who.username}: {shown}")
     return {"id": user_id, **{k: v for k, v in values.items() if k != "password_hash"}}
@@ -175,7 +188,8 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
 def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
     if user_id == who.user_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot remove yourself")
-    with _engine(request).begin() as conn:
+    with _writer(request).begin() as conn:
+        _keep_an_admin(conn, user_id)
         found = conn.execute(delete(USERS).where(USERS.c.id == user_id)).rowcount
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
@@ -183,6 +197,17 @@ def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
         conn.execute(delete(API_TOKENS).where(API_TOKENS.c.user_id == user_id))
         record_event(conn, "user.removed", f"user {user_id} removed by {who.username}")
     return {"removed": user_id}
+
+
+def _keep_an_admin(conn: Connection, user_id: int) -> None:
+    """Refuse a change that would leave no enabled admin: nobody could undo it."""
+    others = conn.execute(
+        select(func.count()).where(
+            and_(USERS.c.role == "admin", USERS.c.disabled.is_(False), USERS.c.id != user_id)
+        )
+    ).scalar_one()
+    if not others:
+        raise HTTPException(status.HTTP_409_CONFLICT, "this would leave no enabled admin")
 
 
 # -- API tokens -------------------------------------------------------------------------------
@@ -215,13 +240,13 @@ def new_token(request: Request, token: NewToken, who: Viewer) -> dict[str, str]:
     """The token is shown this once; it acts with its owner's role."""
     return {
         "name": token.name,
-        "token": auth.create_token(_engine(request), who.user_id, token.name),
+        "token": auth.create_token(_writer(request), who.user_id, token.name),
     }
 
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(request: Request, token_id: int, who: Viewer) -> dict[str, Any]:
-    with _engine(request).begin() as conn:
+    with _writer(request).begin() as conn:
         found = conn.execute(
             update(API_TOKENS)
             .where(and_(API_TOKENS.c.id == token_id, API_TOKENS.c.user_id == who.user_id))

@@ -18,7 +18,13 @@ QUEUE_NAME = re.compile(r"^(dispatch|process|dispatch:[A-Za-z0-9][A-Za-z0-9_.\- 
 
 
 def _engine(request: Request) -> Engine:
+    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
     return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def _writer(request: Request) -> Engine:
+    """For changes: takes SQLite's write lock up front, as every writing service does."""
+    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 @router.get("/health")
@@ -54,13 +60,13 @@ def _queue(name: str) -> str:
 
 @router.post("/queues/{name}/suspend")
 def suspend(request: Request, name: str, who: Operator) -> dict[str, str]:
-    set_suspended(_engine(request), _queue(name), True, who.username)
+    set_suspended(_writer(request), _queue(name), True, who.username)
     return {"queue": name, "state": "suspended"}
 
 
 @router.post("/queues/{name}/resume")
 def resume(request: Request, name: str, who: Operator) -> dict[str, str]:
-    set_suspended(_engine(request), _queue(name), False, who.username)
+    set_suspended(_writer(request), _queue(name), False, who.username)
     return {"queue": name, "state": "resumed"}
 
 
@@ -91,7 +97,7 @@ def save_config(
     try:
         loaded = files.parse(document, "request")
         version, changed = store.save(
-            _engine(request), loaded.config, who.username, comment or "changed through the API"
+            _writer(request), loaded.config, who.username, comment or "changed through the API"
         )
     except (files.ConfigFileError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
@@ -114,6 +120,6 @@ def one_version(request: Request, version: int, _: Viewer) -> dict[str, Any]:
 @router.post("/config/versions/{version}/restore")
 def restore(request: Request, version: int, who: Admin) -> dict[str, int]:
     try:
-        return {"version": store.restore(_engine(request), version, who.username)}
+        return {"version": store.restore(_writer(request), version, who.username)}
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

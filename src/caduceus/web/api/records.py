@@ -29,7 +29,13 @@ Offset = Annotated[int, Query(ge=0)]
 
 
 def _engine(request: Request) -> Engine:
+    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
     return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def _writer(request: Request) -> Engine:
+    """For changes: takes SQLite's write lock up front, as every writing service does."""
+    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 # The filters' fields are the routes' query parameters (FastAPI reads the dataclass).
@@ -92,10 +98,10 @@ def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, 
     if state != "receiving":
         raise HTTPException(status.HTTP_409_CONFLICT, f"the study is {state}, not receiving")
     config = store.current_or_default(engine)
-    result = Router(engine, DataRoot(request.app.state.settings.home)).force_complete_study(
-        config, study_id
-    )
-    with engine.begin() as conn:
+    result = Router(
+        _writer(request), DataRoot(request.app.state.settings.home)
+    ).force_complete_study(config, study_id)
+    with _writer(request).begin() as conn:
         record_event(conn, "study.force_completed", f"by {who.username}", study_id=study_id)
     return {"completed": result.completed, "tasks": result.tasks}
 
@@ -122,7 +128,7 @@ class OutsideEvent(BaseModel):
 def register_event(request: Request, event: OutsideEvent, who: Operator) -> dict[str, str]:
     """Recorded as `external.<kind>`, so outside events never pass for our own."""
     kind = f"external.{event.kind}"
-    with _engine(request).begin() as conn:
+    with _writer(request).begin() as conn:
         record_event(
             conn,
             kind,

@@ -18,7 +18,13 @@ LOG_LIMIT = 1024 * 1024  # the end of a log, at most
 
 
 def _engine(request: Request) -> Engine:
+    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
     return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def _writer(request: Request) -> Engine:
+    """For changes: takes SQLite's write lock up front, as every writing service does."""
+    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 @router.get("")
@@ -68,7 +74,7 @@ def module_log(request: Request, task_id: str, name: str, _: Viewer) -> str:
 def restart_task(request: Request, task_id: str, who: Operator) -> dict[str, Any]:
     """Processing resumes at the failed step; sending goes to the targets that failed."""
     try:
-        targets = restart(_engine(request), task_id, who.username)
+        targets = restart(_writer(request), task_id, who.username)
     except LookupError as exc:
         missing = str(exc).startswith("no task")
         code = status.HTTP_404_NOT_FOUND if missing else status.HTTP_409_CONFLICT
