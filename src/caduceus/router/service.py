@@ -41,8 +41,8 @@ def serve(settings: Settings) -> None:
             continue
         for completed in result.completed:
             # A patient group is named by the patient ID: PHI, shown only where allowed.
-            shown = phi(completed) if completed.startswith("patient:") else completed
-            log.info("completed %s", shown)
+            level, _, key = completed.partition(":")
+            log.info("completed %s:%s", level, phi(key) if level == "patient" else key)
         for task_id in result.tasks:
             log.info("task %s created", task_id)
         wait = MAX_SLEEP
