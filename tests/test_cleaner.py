@@ -294,3 +294,4 @@ def test_history_of_unfinished_work_is_kept(receiver: Caduceus, tmp_path: Path) 
     [task] = tasks(receiver)
     assert task["state"] == "queued" and (receiver.home / task["folder"] / "in").exists()
     assert len(received_files(receiver)) == 2
+    assert events(receiver, "task.created"), "a waiting task keeps its history"

@@ -79,9 +79,9 @@ def test_reception_tasks_and_queues_through_routing_and_dispatch(
     cfg = config(tmp_path, archive)
 
     before = scrape(engine, receiver.home)
-    assert value(before, "caduceus_instances_received_total") == len(ct) + len(mr)
-    assert value(before, "caduceus_instances_received_bytes_total") == stored_bytes(receiver.home)
-    assert value(before, "caduceus_associations_total") == 2
+    assert value(before, "caduceus_instances_recorded") == len(ct) + len(mr)
+    assert value(before, "caduceus_instances_recorded_bytes") == stored_bytes(receiver.home)
+    assert value(before, "caduceus_associations_recorded") == 2
     recent = [v for (n, _), v in before.items() if n == "caduceus_recent_associations"]
     assert sum(recent) == 2  # open or already released
     assert value(before, "caduceus_series", state="receiving") == 2
@@ -112,7 +112,7 @@ def test_reception_tasks_and_queues_through_routing_and_dispatch(
     assert value(sent, f"{latency}_bucket", target="archive", le="+Inf") == 1
     assert value(sent, f"{latency}_bucket", target="archive", le="10.0") == 1
     assert value(sent, "caduceus_recent_error_events", kind="dispatch.error") == 0
-    assert value(sent, "caduceus_error_events_total", kind="dispatch.error") == 0
+    assert value(sent, "caduceus_error_events_recorded", kind="dispatch.error") == 0
     ups = {dict(labels)["group"]: v for (n, labels), v in sent.items() if n.endswith("query_up")}
     assert ups and set(ups.values()) == {1.0}, ups
 
@@ -139,14 +139,14 @@ def test_a_failing_target_is_counted_as_retry_then_error(
     assert value(failed, "caduceus_tasks", state="error", action="route") == 1
     assert value(failed, "caduceus_queue_tasks", queue="dispatch") == 0
     assert value(failed, "caduceus_recent_error_events", kind="dispatch.error") == 1
-    assert value(failed, "caduceus_error_events_total", kind="dispatch.error") == 1
+    assert value(failed, "caduceus_error_events_recorded", kind="dispatch.error") == 1
 
     # Two days later the error has left the recent window but still counts in the total.
     with engine.begin() as conn:
         conn.execute(update(EVENTS).values(at=datetime.now(UTC) - timedelta(days=2)))
     old = scrape(engine, receiver.home)
     assert value(old, "caduceus_recent_error_events", kind="dispatch.error") == 0
-    assert value(old, "caduceus_error_events_total", kind="dispatch.error") == 1
+    assert value(old, "caduceus_error_events_recorded", kind="dispatch.error") == 1
     assert value(old, attempts, target="archive", outcome="error") is None
 
 
@@ -207,7 +207,7 @@ def test_disk_and_water_marks(empty: tuple[Engine, Path]) -> None:
     assert percent is not None and abs(percent - 100 * usage.used / usage.total) < 0.5
     assert value(samples, "caduceus_disk_high_water_percent") == 70
     assert value(samples, "caduceus_disk_low_water_percent") == 55
-    assert value(samples, "caduceus_instances_received_total") == 0
+    assert value(samples, "caduceus_instances_recorded") == 0
 
 
 def test_a_failing_query_leaves_out_its_group_not_the_scrape(
@@ -224,7 +224,7 @@ def test_a_failing_query_leaves_out_its_group_not_the_scrape(
         if name == "caduceus_metrics_query_up" and v == 0
     }
     assert down == {"durations", "dispatch", "errors"}
-    assert value(samples, "caduceus_instances_received_total") == 0
+    assert value(samples, "caduceus_instances_recorded") == 0
     assert value(samples, "caduceus_disk_total_bytes") is not None
     assert value(samples, "caduceus_recent_error_events", kind="dispatch.error") is None
     assert "metrics group errors could not be read" in caplog.text

@@ -157,6 +157,7 @@ def smtp(port: int, **more: Any) -> dict[str, Any]:
         "host": "127.0.0.1",
         "port": port,
         "security": "none",
+        "allow_login_in_clear": True,  # aiosmtpd here speaks no TLS
         "username": USER,
         "password": PASSWORD,
         "sender": "caduceus@example.org",

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
-    CounterMetricFamily,
     GaugeHistogramMetricFamily,
     GaugeMetricFamily,
     Metric,
@@ -97,7 +96,7 @@ def _seconds_between(conn: Connection, start: Any, end: Any) -> Any:
     return extract("epoch", end - start)
 
 
-_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
+_Family = TypeVar("_Family", bound=GaugeMetricFamily)
 
 
 def _filled(family: _Family, rows: Iterable[Sequence[Any]]) -> _Family:
@@ -197,18 +196,20 @@ class DatabaseCollector(Collector):
     # -- groups ---------------------------------------------------------------------------
 
     def _instances(self, now: datetime) -> Iterable[Metric]:
-        # One pass over instances (no index holds size_bytes); rows are never deleted.
+        # One pass over instances (no index holds size_bytes). Gauges, not counters: the
+        # history's retention deletes old rows, and a counter must never go down.
         with self._reading() as conn:
             count, size = conn.execute(
                 select(func.count(), func.coalesce(func.sum(INSTANCES.c.size_bytes), 0))
             ).one()
-        yield CounterMetricFamily(
-            "caduceus_instances_received",
-            "DICOM instances stored (a second copy of an instance replaces the first)",
+        yield GaugeMetricFamily(
+            "caduceus_instances_recorded",
+            "DICOM instances in the history (a second copy of an instance replaces the first; "
+            "the history's retention removes old ones)",
             value=count,
         )
-        yield CounterMetricFamily(
-            "caduceus_instances_received_bytes", "Bytes of the stored DICOM instances", value=size
+        yield GaugeMetricFamily(
+            "caduceus_instances_recorded_bytes", "Bytes of the instances in the history", value=size
         )
 
     def _reception(self, now: datetime) -> Iterable[Metric]:
@@ -226,8 +227,10 @@ class DatabaseCollector(Collector):
             studies = conn.execute(
                 select(STUDIES.c.state, func.count()).group_by(STUDIES.c.state)
             ).all()
-        yield CounterMetricFamily(
-            "caduceus_associations", "DICOM associations, accepted or not", value=associations or 0
+        yield GaugeMetricFamily(
+            "caduceus_associations_recorded",
+            "DICOM associations in the history, accepted or not",
+            value=associations or 0,
         )
         yield _filled(
             GaugeMetricFamily(
@@ -425,8 +428,10 @@ class DatabaseCollector(Collector):
             [(kind, recent.get(kind, 0)) for kind in kinds],
         )
         yield _filled(
-            CounterMetricFamily(
-                "caduceus_error_events", "Events of severity error, by kind", labels=["kind"]
+            GaugeMetricFamily(
+                "caduceus_error_events_recorded",
+                "Events of severity error in the history, by kind",
+                labels=["kind"],
             ),
             [(kind, totals.get(kind, 0)) for kind in kinds],
         )

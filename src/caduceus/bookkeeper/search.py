@@ -9,7 +9,7 @@ that page, so a search costs the same on a hundred series as on a million instan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +36,14 @@ from caduceus.core.db.models import (
 )
 
 MAX_LIMIT = 500
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times are stored in UTC; SQLite compares them as text, so a bound given with another
+    offset (or none: taken as UTC) is converted before it is compared."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _name_prefix(column: Any, term: str) -> ColumnElement[bool]:
@@ -72,9 +80,9 @@ class StudyFilter:
         if self.study_date_to:
             found.append(st.study_date <= self.study_date_to)
         if self.received_from:
-            found.append(st.last_received_at >= self.received_from)
+            found.append(st.last_received_at >= _utc(self.received_from))
         if self.received_to:
-            found.append(st.first_received_at <= self.received_to)
+            found.append(st.first_received_at <= _utc(self.received_to))
         return found
 
 
@@ -229,9 +237,9 @@ class TaskFilter:
                 )
             )
         if self.created_from:
-            found.append(t.created_at >= self.created_from)
+            found.append(t.created_at >= _utc(self.created_from))
         if self.created_to:
-            found.append(t.created_at <= self.created_to)
+            found.append(t.created_at <= _utc(self.created_to))
         return found
 
 
@@ -339,7 +347,7 @@ class EventFilter:
         if self.study_id is not None:
             found.append(e.study_id == self.study_id)
         if self.since:
-            found.append(e.at >= self.since)
+            found.append(e.at >= _utc(self.since))
         if self.before_id is not None:
             found.append(e.id < self.before_id)
         return found

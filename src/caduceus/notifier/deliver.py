@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,7 @@ class Outcome:
     rule: str
     channel: str
     trigger: str
-    state: str  # sent, failed, pending (to be retried)
+    state: str  # sent, failed, pending (to be retried), lost (another notifier has it)
     attempts: int
     error: str | None
 
@@ -81,12 +82,16 @@ def deliver_due(
             .limit(limit)
         ).all()
     outcomes = []
+    started = time.monotonic()
     for row in due:
         if should_stop():
             break
-        if not _claim(engine, row, now):
+        # The batch's clock moves on: sends before this one may have taken minutes, and a
+        # claim stamped with the batch's start could already be expired when it is taken.
+        current = now + timedelta(seconds=time.monotonic() - started)
+        if not _claim(engine, row, current):
             continue
-        outcomes.append(_attempt(engine, config, row, now))
+        outcomes.append(_attempt(engine, config, row, current))
     return outcomes
 
 
@@ -106,7 +111,9 @@ def _claim(engine: Engine, row: Row[Any], now: datetime) -> bool:
                         ),
                     )
                 )
-                .values(next_attempt_at=now + CLAIM)
+                # The attempt counts from the claim: one that kills the notifier (a template
+                # that exhausts memory, a hang) still ends in "failed" after MAX_ATTEMPTS.
+                .values(next_attempt_at=now + CLAIM, attempts=row.attempts + 1)
             ).rowcount
             == 1
         )
@@ -191,7 +198,8 @@ def _record(
         "attempts": attempts,
     }
     with engine.begin() as conn:
-        mine = and_(NOTIFICATIONS.c.id == row.id, NOTIFICATIONS.c.attempts == row.attempts)
+        events: list[tuple[str, str, str]] = []
+        mine = and_(NOTIFICATIONS.c.id == row.id, NOTIFICATIONS.c.attempts == attempts)
         if error is None:
             state = "sent"
             values: dict[str, Any] = {
@@ -201,13 +209,7 @@ def _record(
                 "next_attempt_at": None,
                 "last_error": note,
             }
-            record_event(
-                conn,
-                "notification.sent",
-                f"{what} sent{_where(config, row)}",
-                task_id=row.task_id,
-                details=details,
-            )
+            events.append(("notification.sent", f"{what} sent{_where(config, row)}", "info"))
         elif permanent or attempts >= MAX_ATTEMPTS:
             state = "failed"
             values = {
@@ -216,13 +218,12 @@ def _record(
                 "next_attempt_at": None,
                 "last_error": error,
             }
-            record_event(
-                conn,
-                "notification.failed",
-                f"{what} failed after {attempts} attempt(s): {error}",
-                severity="error",
-                task_id=row.task_id,
-                details=details,
+            events.append(
+                (
+                    "notification.failed",
+                    f"{what} failed after {attempts} attempt(s): {error}",
+                    "error",
+                )
             )
         else:
             state = "pending"
@@ -231,7 +232,13 @@ def _record(
                 "next_attempt_at": now + retry_delay(attempts),
                 "last_error": error,
             }
-        conn.execute(update(NOTIFICATIONS).where(mine).values(**values))
+        if not conn.execute(update(NOTIFICATIONS).where(mine).values(**values)).rowcount:
+            # Another notifier took the row over (our claim ran out): its word counts.
+            return Outcome(row.id, row.rule, row.channel, row.trigger, "lost", attempts, error)
+        for kind, message, severity in events:
+            record_event(
+                conn, kind, message, severity=severity, task_id=row.task_id, details=details
+            )
     if state == "sent":
         log.info("notification %d: %s sent", row.id, what)
     elif state == "failed":

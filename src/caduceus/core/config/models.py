@@ -277,6 +277,17 @@ class SmtpSettings(Strict):
     password: Secret = SecretStr("")
     sender: str = "caduceus@localhost"
 
+    # A login over an unencrypted connection only on purpose (a relay on this host).
+    allow_login_in_clear: bool = False
+
+    @model_validator(mode="after")
+    def _no_login_in_clear(self) -> SmtpSettings:
+        if self.security == "none" and self.username and not self.allow_login_in_clear:
+            raise ValueError(
+                "a login needs security 'starttls' or 'tls' (or allow_login_in_clear: true)"
+            )
+        return self
+
 
 class Settings(Strict):
     """Orchestrator settings that live in the versioned configuration."""

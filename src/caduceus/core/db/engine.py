@@ -12,7 +12,10 @@ from sqlalchemy.engine import make_url
 
 
 def make_engine(url: str, *, pool_size: int = 5, durable: bool = True) -> Engine:
-    """An engine; durable=False lets SQLite skip the fsync at each commit (tests, benchmarks)."""
+    """An engine; durable=False lets SQLite skip the fsync at each commit (tests, benchmarks).
+
+    Errors never quote statement parameters: they can hold a stored secret (the configuration
+    document, with its passwords, is one)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -22,12 +25,15 @@ def make_engine(url: str, *, pool_size: int = 5, durable: bool = True) -> Engine
             connect_args={"timeout": 60, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=pool_size,
+            hide_parameters=True,
         )
         synchronous = "FULL" if durable else "NORMAL"
         event.listen(engine, "connect", lambda conn, _: _sqlite_pragmas(conn, synchronous))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def writer(engine: Engine) -> Engine:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, HTTPException, Request, status
 from sqlalchemy import Engine, func, select, text
 
 from caduceus.core.config import files, store
+from caduceus.core.config.models import MASK
 from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
 from caduceus.core.work_queue import set_suspended
-from caduceus.web.auth import Admin, Operator, Viewer
+from caduceus.web.auth import Admin, Operator, Principal, Viewer
 
 router = APIRouter(prefix="/api", tags=["control"])
 QUEUE_NAME = re.compile(r"^(dispatch|process|dispatch:[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63})$")
@@ -70,10 +72,28 @@ def resume(request: Request, name: str, who: Operator) -> dict[str, str]:
     return {"queue": name, "state": "resumed"}
 
 
+def _shown(document: dict[str, Any], who: Principal) -> dict[str, Any]:
+    """Webhook URLs often carry their token in the path or query: only admins see them whole;
+    anyone else sees where they point (scheme and host)."""
+    if who.can("admin"):
+        return document
+    for rule in document.get("rules", {}).values():
+        notification = rule.get("notification") or {}
+        if notification.get("webhook_url"):
+            parts = urlsplit(notification["webhook_url"])
+            notification["webhook_url"] = f"{parts.scheme}://{parts.hostname}/{MASK}"
+    for target in document.get("targets", {}).values():
+        if target.get("url"):
+            parts = urlsplit(target["url"])
+            if parts.username or parts.password:
+                target["url"] = parts._replace(netloc=f"{MASK}@{parts.hostname}").geturl()
+    return document
+
+
 @router.get("/config")
-def config(request: Request, _: Viewer) -> dict[str, Any]:
-    """The newest configuration; secrets are masked."""
-    return store.current_or_default(_engine(request)).model_dump(mode="json")
+def config(request: Request, who: Viewer) -> dict[str, Any]:
+    """The newest configuration; secrets are masked, and webhook URLs unless for an admin."""
+    return _shown(store.current_or_default(_engine(request)).model_dump(mode="json"), who)
 
 
 @router.post("/config/validate")
@@ -110,9 +130,9 @@ def versions(request: Request, _: Viewer) -> list[dict[str, Any]]:
 
 
 @router.get("/config/versions/{version}")
-def one_version(request: Request, version: int, _: Viewer) -> dict[str, Any]:
+def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
     try:
-        return store.get(_engine(request), version).model_dump(mode="json")
+        return _shown(store.get(_engine(request), version).model_dump(mode="json"), who)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
