@@ -294,6 +294,7 @@ class Event(Base):
         Index(None, "kind", "id"),
         Index(None, "kind", "at"),
         Index(None, "series_id"),
+        Index(None, "study_id"),
         Index(None, "task_id"),
         Index(None, "association_id"),
     )
