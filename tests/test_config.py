@@ -201,6 +201,7 @@ MERCURE = {
             "processing_settings": {"threshold": 0.7},
             "notification_webhook": "https://hooks.example/x",
             "notification_trigger_error": True,
+            "notification_email_type": "html",
             "priority": "urgent",
         },
         "offsite": {"rule": "True", "target": "remote", "action": "route"},
@@ -235,6 +236,7 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
     )
     assert brain.notification.webhook_url == "https://hooks.example/x"
     assert brain.notification.on_error
+    assert brain.notification.email_type == "html"
     report = "\n".join(loaded.not_mapped)
     for name in (
         "targets -> remote",

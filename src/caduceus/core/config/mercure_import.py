@@ -45,7 +45,7 @@ _NOTIFICATION_FIELDS = {
     "notification_trigger_completion_on_request": "on_completion_on_request",
     "notification_trigger_error": "on_error",
 }
-_IGNORED_EMPTY = {"contact", "tags", "notification_payload_body", "notification_email_type"}
+_IGNORED_EMPTY = {"contact", "tags", "notification_payload_body"}
 
 
 def looks_like_mercure(data: dict[str, Any]) -> bool:
@@ -172,6 +172,8 @@ def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
     notification = {
         ours: raw[theirs] for theirs, ours in _NOTIFICATION_FIELDS.items() if theirs in raw
     }
+    if str(raw.get("notification_email_type", "")).lower() in ("plain", "html"):
+        notification["email_type"] = str(raw["notification_email_type"]).lower()
     if raw.get("notification_email"):
         notification["email"] = [
             a.strip() for a in str(raw["notification_email"]).split(",") if a.strip()
@@ -185,6 +187,7 @@ def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
             "processing_module",
             "processing_settings",
             "notification_email",
+            "notification_email_type",
             "dynamic_routing_allowed_targets",
         }
     )
