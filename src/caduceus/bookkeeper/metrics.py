@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 
 from caduceus.cleaner.cleaning import disk_used_percent
+from caduceus.core.clock import as_utc
 from caduceus.core.config import store
 from caduceus.core.db.models import (
     ASSOCIATIONS,
@@ -82,12 +83,8 @@ QUEUES: dict[str, ColumnElement[bool]] = {"process": PROCESSABLE, "dispatch": DI
 _KIND = EVENTS.c.kind.concat(literal_column("''"))
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _age(now: datetime, oldest: datetime | None) -> float:
-    return max(0.0, (now - _utc(oldest)).total_seconds()) if oldest is not None else 0.0
+    return max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest is not None else 0.0
 
 
 def _seconds_between(conn: Connection, start: Any, end: Any) -> Any:

@@ -9,7 +9,7 @@ that page, so a search costs the same on a hundred series as on a million instan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
 )
 
+from caduceus.core.clock import as_utc
 from caduceus.core.db.models import (
     ASSOCIATIONS,
     DELIVERIES,
@@ -41,9 +42,7 @@ MAX_LIMIT = 500
 def _utc(moment: datetime | None) -> datetime | None:
     """Times are stored in UTC; SQLite compares them as text, so a bound given with another
     offset (or none: taken as UTC) is converted before it is compared."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None if moment is None else as_utc(moment)
 
 
 def _name_prefix(column: Any, term: str) -> ColumnElement[bool]:

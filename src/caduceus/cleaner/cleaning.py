@@ -30,6 +30,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
 from caduceus.cleaner.history import prune_history
+from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import INSTANCES, PATIENT_GROUPS, SERIES, STUDIES, TASKS
 from caduceus.core.events import record_event
@@ -65,10 +66,6 @@ class CleanResult:
 def disk_used_percent(path: Path) -> float:
     usage = shutil.disk_usage(path)
     return 100.0 * usage.used / usage.total if usage.total else 0.0
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _remove_file(path: Path) -> Freed:
@@ -163,7 +160,7 @@ class Cleaner:
                     .order_by(TASKS.c.updated_at)
                     .limit(limit)
                 ).all()
-                found += [_Candidate(_utc(r.updated_at), "task", r.id, state) for r in rows]
+                found += [_Candidate(as_utc(r.updated_at), "task", r.id, state) for r in rows]
         return found
 
     def _settled_series(self, config: Config, limit: int = BATCH) -> list[_Candidate]:
@@ -209,9 +206,9 @@ class Cleaner:
                     marks.append(row.study_completed_at)
                 if "patient" in levels and row.patient_id:
                     marks.append(row.patient_completed_at)
-                settled = min(_utc(m) for m in marks)
+                settled = min(as_utc(m) for m in marks)
                 done = row.files_removed_through
-                if done is not None and _utc(done) >= settled:
+                if done is not None and as_utc(done) >= settled:
                     continue
                 found.append(_Candidate(settled, "series", row.id, settled_through=settled))
                 if len(found) >= limit:

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import DELIVERIES, TASK_INSTANCES, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
@@ -79,14 +80,10 @@ def dispatch(
     for row in targets:
         if row.state != "pending" or f"dispatch:{row.target}" in suspended:
             continue
-        if row.next_attempt_at is not None and _utc(row.next_attempt_at) > now:
+        if row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
             continue
         _send_to(engine, config, shipment, row.target, row.attempts, files, delivered, now, problem)
     return _settle(engine, task_id, now, owner)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _send_to(
@@ -203,7 +200,9 @@ def _settle(engine: Engine, task_id: str, now: datetime, owner: str | None = Non
             state, not_before, error = "done", None, None
         elif "pending" in states:
             waits = [
-                _utc(r.next_attempt_at) for r in rows if r.state == "pending" and r.next_attempt_at
+                as_utc(r.next_attempt_at)
+                for r in rows
+                if r.state == "pending" and r.next_attempt_at
             ]
             state, not_before, error = "dispatching", min(waits) if waits else None, None
         else:

@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config, Notification
 from caduceus.core.db.engine import writer
 from caduceus.core.db.models import CURSORS, EVENTS, NOTIFICATIONS, TASK_TARGETS, TASKS
@@ -61,10 +62,6 @@ class Consumed:
     more: bool = False  # a full batch: call again at once
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def channels(notification: Notification) -> list[str]:
     found = []
     if notification.webhook_url:
@@ -90,7 +87,7 @@ def consume(
         taken: list[Any] = []
         expected = position + 1
         for row in rows:
-            if row.id != expected and _utc(row.at) > now - GAP_GRACE:
+            if row.id != expected and as_utc(row.at) > now - GAP_GRACE:
                 break  # an earlier id may still commit
             taken.append(row)
             expected = row.id + 1

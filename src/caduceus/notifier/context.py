@@ -8,11 +8,12 @@ exist and read "[hidden]", so that a template works either way.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, select
 
+from caduceus.core.clock import as_utc
 from caduceus.core.db.models import EVENTS, TASK_INSTANCES, TASK_TARGETS, TASKS
 
 HIDDEN = "[hidden]"
@@ -35,9 +36,7 @@ class Gone(Exception):
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None if value is None else as_utc(value)
 
 
 def _iso(value: datetime | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
+from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config, parse_series_condition, series_condition_met
 from caduceus.core.db.models import (
     ASSOCIATIONS,
@@ -42,11 +43,6 @@ class PassResult:
     tasks: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)  # "series:UID", "study:UID", ...
     next_due: datetime | None = None
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything we store is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Router:
@@ -139,7 +135,7 @@ class Router:
             r.series_complete_trigger for r in config.rules.values()
         )
         for row in self._open(SERIES.c.id, SERIES.c.last_received_at):
-            last = _utc(row.last_received_at)
+            last = as_utc(row.last_received_at)
             if last + timedelta(seconds=shortest) > now:
                 due = last + timedelta(seconds=shortest)
                 result.next_due = min(filter(None, (result.next_due, due)))
@@ -208,7 +204,7 @@ class Router:
             series = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).one()
             if series.state != "receiving":
                 return
-            since = _utc(series.completed_at) if series.completed_at else None
+            since = as_utc(series.completed_at) if series.completed_at else None
             instances = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
             generation = series.generation + 1
             study = conn.execute(select(STUDIES).where(STUDIES.c.id == series.study_id)).one()
@@ -353,11 +349,11 @@ class Router:
         for row in self._open(
             STUDIES.c.id, STUDIES.c.last_received_at, STUDIES.c.first_received_at
         ):
-            last = _utc(row.last_received_at)
+            last = as_utc(row.last_received_at)
             ready = last + quiet <= now or (
                 waiting_rules and self._required_series_present(config, row.id)
             )
-            forced = not ready and _utc(row.first_received_at) + force <= now
+            forced = not ready and as_utc(row.first_received_at) + force <= now
             if ready or forced:
                 try:
                     self._complete_study(config, row.id, now, result, forced=forced)
@@ -392,7 +388,7 @@ class Router:
             study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
             if study.state != "receiving":
                 return
-            since = _utc(study.completed_at) if study.completed_at else None
+            since = as_utc(study.completed_at) if study.completed_at else None
             series_rows = conn.execute(
                 select(SERIES.c.id, SERIES.c.series_description).where(
                     SERIES.c.study_id == study_id
@@ -440,8 +436,8 @@ class Router:
                         for n in matched
                         if config.rules[n].required_series
                     ),
-                    "creation_time": _utc(study.first_received_at).isoformat(),
-                    "last_receive_time": _utc(study.last_received_at).isoformat(),
+                    "creation_time": as_utc(study.first_received_at).isoformat(),
+                    "last_receive_time": as_utc(study.last_received_at).isoformat(),
                     "received_series": descriptions,
                     "complete_force": forced,
                 }
@@ -493,7 +489,7 @@ class Router:
         rules = [n for n, r in config.rules.items() if r.trigger == "patient" and not r.disabled]
         quiet = timedelta(seconds=config.settings.patient_complete_trigger)
         for row in self._open(PATIENT_GROUPS.c.patient_id, PATIENT_GROUPS.c.last_activity):
-            due = _utc(row.last_activity) + quiet
+            due = as_utc(row.last_activity) + quiet
             if due > now:
                 result.next_due = min(filter(None, (result.next_due, due)))
                 break
@@ -519,7 +515,7 @@ class Router:
                 .limit(1)
             ).first():
                 return
-            since = _utc(group_row.completed_at) if group_row.completed_at else None
+            since = as_utc(group_row.completed_at) if group_row.completed_at else None
             series_ids = (
                 conn.execute(
                     select(SERIES.c.id)
