@@ -7,24 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 
 from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
 from caduceus.core.events import record_event
 from caduceus.web import auth
+from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import ROLES, Admin, Principal, Viewer
 
 router = APIRouter(prefix="/api", tags=["accounts"])
-
-
-def _engine(request: Request) -> Engine:
-    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
-    return request.app.state.engine  # type: ignore[no-any-return]
-
-
-def _writer(request: Request) -> Engine:
-    """For changes: takes SQLite's write lock up front, as every writing service does."""
-    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 class Credentials(BaseModel):
@@ -42,7 +33,7 @@ def login(request: Request, response: Response, credentials: Credentials) -> dic
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins; try again later"
         )
-    started = auth.login(_writer(request), credentials.username, credentials.password, address)
+    started = auth.login(writer(request), credentials.username, credentials.password, address)
     if started is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
     throttle.succeeded(address, credentials.username)
@@ -58,7 +49,7 @@ def login(request: Request, response: Response, credentials: Credentials) -> dic
         secure=request.app.state.settings.web_secure_cookies or request.url.scheme == "https",
         path="/",
     )
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         must = conn.execute(
             select(USERS.c.must_change_password).where(USERS.c.username == credentials.username)
         ).scalar()
@@ -68,7 +59,7 @@ def login(request: Request, response: Response, credentials: Credentials) -> dic
 @router.post("/logout")
 def logout(request: Request, response: Response, _: Principal = auth.CurrentUser) -> dict[str, str]:
     if cookie := request.cookies.get(auth.SESSION_COOKIE):
-        auth.logout(_writer(request), cookie)
+        auth.logout(writer(request), cookie)
     response.delete_cookie(auth.SESSION_COOKIE, path="/")
     return {"state": "logged out"}
 
@@ -93,7 +84,7 @@ def change_password(
     request: Request, change: PasswordChange, who: Principal = auth.CurrentUser
 ) -> dict[str, str]:
     """Every session of the user ends, this one too: log in again with the new password."""
-    engine = _engine(request)
+    engine = reader(request)
     with engine.connect() as conn:
         stored = conn.execute(
             select(USERS.c.password_hash).where(USERS.c.id == who.user_id)
@@ -102,7 +93,7 @@ def change_password(
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
     if change.new_password == change.current_password:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "choose a new password")
-    auth.change_password(_writer(request), who.user_id, change.new_password)
+    auth.change_password(writer(request), who.user_id, change.new_password)
     return {"state": "password changed; log in again"}
 
 
@@ -123,7 +114,7 @@ class UserChange(BaseModel):
 
 @router.get("/users")
 def users(request: Request, _: Admin) -> list[dict[str, Any]]:
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         return [
             dict(r._mapping)
             for r in conn.execute(
@@ -141,12 +132,12 @@ def users(request: Request, _: Admin) -> list[dict[str, Any]]:
 
 @router.post("/users", status_code=status.HTTP_201_CREATED)
 def add_user(request: Request, user: NewUser, who: Admin) -> dict[str, Any]:
-    engine = _engine(request)
+    engine = reader(request)
     with engine.connect() as conn:
         if conn.execute(select(USERS.c.id).where(USERS.c.username == user.username)).first():
             raise HTTPException(status.HTTP_409_CONFLICT, "that user name is taken")
     user_id = auth.create_user(
-        _writer(request), user.username, user.password, user.role, must_change=True
+        writer(request), user.username, user.password, user.role, must_change=True
     )
     return {"id": user_id, "username": user.username, "role": user.role}
 
@@ -164,7 +155,7 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
         values["must_change_password"] = True
     if not values:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "nothing to change")
-    with _writer(request).begin() as conn:
+    with writer(request).begin() as conn:
         if change.role not in (None, "admin") or change.disabled:
             _keep_an_admin(conn, user_id)
         found = conn.execute(
@@ -188,7 +179,7 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
 def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
     if user_id == who.user_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot remove yourself")
-    with _writer(request).begin() as conn:
+    with writer(request).begin() as conn:
         _keep_an_admin(conn, user_id)
         found = conn.execute(delete(USERS).where(USERS.c.id == user_id)).rowcount
         if not found:
@@ -220,7 +211,7 @@ class NewToken(BaseModel):
 @router.get("/tokens")
 def tokens(request: Request, who: Viewer) -> list[dict[str, Any]]:
     """One's own tokens (never the tokens themselves)."""
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         return [
             dict(r._mapping)
             for r in conn.execute(
@@ -240,13 +231,13 @@ def new_token(request: Request, token: NewToken, who: Viewer) -> dict[str, str]:
     """The token is shown this once; it acts with its owner's role."""
     return {
         "name": token.name,
-        "token": auth.create_token(_writer(request), who.user_id, token.name),
+        "token": auth.create_token(writer(request), who.user_id, token.name),
     }
 
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(request: Request, token_id: int, who: Viewer) -> dict[str, Any]:
-    with _writer(request).begin() as conn:
+    with writer(request).begin() as conn:
         found = conn.execute(
             update(API_TOKENS)
             .where(and_(API_TOKENS.c.id == token_id, API_TOKENS.c.user_id == who.user_id))

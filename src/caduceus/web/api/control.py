@@ -7,26 +7,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, HTTPException, Request, status
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import func, select, text
 
 from caduceus.core.config import files, store
 from caduceus.core.config.models import MASK
 from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
 from caduceus.core.work_queue import set_suspended
+from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Admin, Operator, Principal, Viewer
 
 router = APIRouter(prefix="/api", tags=["control"])
 QUEUE_NAME = re.compile(r"^(dispatch|process|dispatch:[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63})$")
-
-
-def _engine(request: Request) -> Engine:
-    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
-    return request.app.state.engine  # type: ignore[no-any-return]
-
-
-def _writer(request: Request) -> Engine:
-    """For changes: takes SQLite's write lock up front, as every writing service does."""
-    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 @router.get("/health")
@@ -34,7 +25,7 @@ def health(request: Request, _: Viewer) -> dict[str, Any]:
     """The database answers and the data root has room."""
     import shutil
 
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         conn.execute(text("SELECT 1"))
     usage = shutil.disk_usage(request.app.state.settings.home)
     return {"database": "ok", "disk_free_bytes": usage.free, "disk_total_bytes": usage.total}
@@ -43,7 +34,7 @@ def health(request: Request, _: Viewer) -> dict[str, Any]:
 @router.get("/queues")
 def queues(request: Request, _: Viewer) -> dict[str, Any]:
     """Tasks per state, and which queues are suspended."""
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         by_state: dict[str, int] = dict(
             conn.execute(select(TASKS.c.state, func.count()).group_by(TASKS.c.state)).all()
         )
@@ -62,13 +53,13 @@ def _queue(name: str) -> str:
 
 @router.post("/queues/{name}/suspend")
 def suspend(request: Request, name: str, who: Operator) -> dict[str, str]:
-    set_suspended(_writer(request), _queue(name), True, who.username)
+    set_suspended(writer(request), _queue(name), True, who.username)
     return {"queue": name, "state": "suspended"}
 
 
 @router.post("/queues/{name}/resume")
 def resume(request: Request, name: str, who: Operator) -> dict[str, str]:
-    set_suspended(_writer(request), _queue(name), False, who.username)
+    set_suspended(writer(request), _queue(name), False, who.username)
     return {"queue": name, "state": "resumed"}
 
 
@@ -93,7 +84,7 @@ def _shown(document: dict[str, Any], who: Principal) -> dict[str, Any]:
 @router.get("/config")
 def config(request: Request, who: Viewer) -> dict[str, Any]:
     """The newest configuration; secrets are masked, and webhook URLs unless for an admin."""
-    return _shown(store.current_or_default(_engine(request)).model_dump(mode="json"), who)
+    return _shown(store.current_or_default(reader(request)).model_dump(mode="json"), who)
 
 
 @router.post("/config/validate")
@@ -117,7 +108,7 @@ def save_config(
     try:
         loaded = files.parse(document, "request")
         version, changed = store.save(
-            _writer(request), loaded.config, who.username, comment or "changed through the API"
+            writer(request), loaded.config, who.username, comment or "changed through the API"
         )
     except (files.ConfigFileError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
@@ -126,13 +117,13 @@ def save_config(
 
 @router.get("/config/versions")
 def versions(request: Request, _: Viewer) -> list[dict[str, Any]]:
-    return store.history(_engine(request))
+    return store.history(reader(request))
 
 
 @router.get("/config/versions/{version}")
 def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
     try:
-        return _shown(store.get(_engine(request), version).model_dump(mode="json"), who)
+        return _shown(store.get(reader(request), version).model_dump(mode="json"), who)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
@@ -140,6 +131,6 @@ def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
 @router.post("/config/versions/{version}/restore")
 def restore(request: Request, version: int, who: Admin) -> dict[str, int]:
     try:
-        return {"version": store.restore(_writer(request), version, who.username)}
+        return {"version": store.restore(writer(request), version, who.username)}
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

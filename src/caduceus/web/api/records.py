@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from caduceus.bookkeeper.search import (
     EventFilter,
@@ -20,22 +20,13 @@ from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
+from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer
 
 router = APIRouter(prefix="/api", tags=["history"])
 
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0)]
-
-
-def _engine(request: Request) -> Engine:
-    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
-    return request.app.state.engine  # type: ignore[no-any-return]
-
-
-def _writer(request: Request) -> Engine:
-    """For changes: takes SQLite's write lock up front, as every writing service does."""
-    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 # The filters' fields are the routes' query parameters (FastAPI reads the dataclass).
@@ -53,17 +44,17 @@ def series(
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     """Received series, newest first; every filter is optional, names match by prefix."""
-    return search_series(_engine(request), where, series_uid, modality, limit, offset)
+    return search_series(reader(request), where, series_uid, modality, limit, offset)
 
 
 @router.get("/series/{series_id}")
 def one_series(request: Request, series_id: int, _: Viewer) -> dict[str, Any]:
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         row = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such series")
     found = dict(row._mapping)
-    found["events"] = list_events(_engine(request), EventFilter(series_id=series_id), 200)
+    found["events"] = list_events(reader(request), EventFilter(series_id=series_id), 200)
     return found
 
 
@@ -71,12 +62,12 @@ def one_series(request: Request, series_id: int, _: Viewer) -> dict[str, Any]:
 def studies(
     request: Request, _: Viewer, where: Studies, limit: Limit = 50, offset: Offset = 0
 ) -> list[dict[str, Any]]:
-    return search_studies(_engine(request), where, limit, offset)
+    return search_studies(reader(request), where, limit, offset)
 
 
 @router.get("/studies/{study_id}")
 def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
-    engine = _engine(request)
+    engine = reader(request)
     with engine.connect() as conn:
         row = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).first()
     if row is None:
@@ -90,7 +81,7 @@ def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
 @router.post("/studies/{study_id}/force-complete")
 def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, Any]:
     """Complete a study now instead of waiting for its timer; its rules run at once."""
-    engine = _engine(request)
+    engine = reader(request)
     with engine.connect() as conn:
         state = conn.execute(select(STUDIES.c.state).where(STUDIES.c.id == study_id)).scalar()
     if state is None:
@@ -99,9 +90,9 @@ def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, 
         raise HTTPException(status.HTTP_409_CONFLICT, f"the study is {state}, not receiving")
     config = store.current_or_default(engine)
     result = Router(
-        _writer(request), DataRoot(request.app.state.settings.home)
+        writer(request), DataRoot(request.app.state.settings.home)
     ).force_complete_study(config, study_id)
-    with _writer(request).begin() as conn:
+    with writer(request).begin() as conn:
         record_event(conn, "study.force_completed", f"by {who.username}", study_id=study_id)
     return {"completed": result.completed, "tasks": result.tasks}
 
@@ -111,7 +102,7 @@ def events(
     request: Request, _: Viewer, where: Annotated[EventFilter, Depends()], limit: Limit = 100
 ) -> list[dict[str, Any]]:
     """The history, newest first; `kind` ending in "." matches a family ("dispatch.")."""
-    return list_events(_engine(request), where, limit)
+    return list_events(reader(request), where, limit)
 
 
 class OutsideEvent(BaseModel):
@@ -128,7 +119,7 @@ class OutsideEvent(BaseModel):
 def register_event(request: Request, event: OutsideEvent, who: Operator) -> dict[str, str]:
     """Recorded as `external.<kind>`, so outside events never pass for our own."""
     kind = f"external.{event.kind}"
-    with _writer(request).begin() as conn:
+    with writer(request).begin() as conn:
         record_event(
             conn,
             kind,

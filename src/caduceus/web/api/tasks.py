@@ -6,25 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from caduceus.bookkeeper.search import TaskFilter, search_tasks, task_detail
 from caduceus.core.db.models import TASKS
 from caduceus.dispatcher.dispatch import restart
+from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 LOG_LIMIT = 1024 * 1024  # the end of a log, at most
-
-
-def _engine(request: Request) -> Engine:
-    """For reads: never SQLite's write lock, which the receiver needs for every instance."""
-    return request.app.state.engine  # type: ignore[no-any-return]
-
-
-def _writer(request: Request) -> Engine:
-    """For changes: takes SQLite's write lock up front, as every writing service does."""
-    return request.app.state.writer  # type: ignore[no-any-return]
 
 
 @router.get("")
@@ -36,13 +27,13 @@ def tasks(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
     """Tasks, newest first; every filter is optional."""
-    return search_tasks(_engine(request), where, limit, offset)
+    return search_tasks(reader(request), where, limit, offset)
 
 
 @router.get("/{task_id}")
 def one_task(request: Request, task_id: str, _: Viewer) -> dict[str, Any]:
     """The task, its task.json, each target's state, module results, events and log names."""
-    found = task_detail(_engine(request), task_id)
+    found = task_detail(reader(request), task_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task")
     found["logs"] = sorted(p.name for p in _logs(request, found["folder"]))
@@ -57,7 +48,7 @@ def _logs(request: Request, folder: str) -> list[Any]:
 @router.get("/{task_id}/logs/{name}", response_class=PlainTextResponse)
 def module_log(request: Request, task_id: str, name: str, _: Viewer) -> str:
     """A module's output; the name must be one the task lists (no paths)."""
-    with _engine(request).connect() as conn:
+    with reader(request).connect() as conn:
         folder = conn.execute(select(TASKS.c.folder).where(TASKS.c.id == task_id)).scalar()
     if folder is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task")
@@ -74,7 +65,7 @@ def module_log(request: Request, task_id: str, name: str, _: Viewer) -> str:
 def restart_task(request: Request, task_id: str, who: Operator) -> dict[str, Any]:
     """Processing resumes at the failed step; sending goes to the targets that failed."""
     try:
-        targets = restart(_writer(request), task_id, who.username)
+        targets = restart(writer(request), task_id, who.username)
     except LookupError as exc:
         missing = str(exc).startswith("no task")
         code = status.HTTP_404_NOT_FOUND if missing else status.HTTP_409_CONFLICT
