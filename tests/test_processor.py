@@ -221,9 +221,7 @@ def test_a_module_past_its_time_limit_is_killed_and_the_task_fails(
         )
     }
     cfg, task_id = setup(receiver, tmp_path, modules)
-    began = time.monotonic()
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
-    assert time.monotonic() - began < 30
     assert "killed after its time limit of 2 s" in tasks(receiver)[0]["error"]
     assert "end" not in counter.read_text()
 

@@ -24,7 +24,7 @@ def tasks(
     _: Viewer,
     where: Annotated[TaskFilter, Depends()],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Tasks, newest first; every filter is optional."""
     return search_tasks(reader(request), where, limit, offset)
