@@ -83,3 +83,7 @@ def small_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def pytest_report_header() -> str:
     backend = "sqlite + postgresql" if POSTGRES_URL else "sqlite only"
     return f"caduceus database backends: {backend}"
+
+
+# Fixtures shared by the web interface's tests: the application, and a browser.
+pytest_plugins = ["tests.support.web", "tests.support.browser"]

@@ -1,7 +1,8 @@
-"""The bookkeeper's HTTP API (and, later, the web interface): one FastAPI application.
+"""The bookkeeper's HTTP API and the web interface: one FastAPI application.
 
 Every route requires a user: an API token (Authorization: Bearer) or a login session (a
-cookie, with a CSRF token on every change). Only POST /api/login is open.
+cookie, with a CSRF token on every change). Open are only the login (its form and its POST)
+and the static files (style sheet, scripts), which hold no data.
 """
 
 from __future__ import annotations
@@ -9,16 +10,64 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from caduceus import __version__
 from caduceus.core.db.engine import writer
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
-from caduceus.web.api import accounts, control, records, tasks
+from caduceus.web.api import (
+    accounts,
+    control,
+    modules,
+    records,
+    rules,
+    selftest,
+    services,
+    targets,
+    tasks,
+)
 from caduceus.web.auth import LoginThrottle, Viewer
+from caduceus.web.pages import (
+    configuration,
+    logs,
+    overview,
+    queue,
+    session,
+    users,
+)
+from caduceus.web.pages import modules as modules_page
+from caduceus.web.pages import rules as rules_page
+from caduceus.web.pages import (
+    selftest as selftest_page,
+)
+from caduceus.web.pages import targets as targets_page
+from caduceus.web.pages.rendering import STATIC, PageRedirect, render
 
-OPEN_ROUTES = frozenset({("POST", "/api/login")})
+OPEN_ROUTES = frozenset({("POST", "/api/login"), ("GET", "/login")})
+API_ROUTERS = (accounts, records, tasks, control, rules, targets, modules, services, selftest)
+PAGE_ROUTERS = (
+    session,
+    overview,
+    queue,
+    rules_page,
+    targets_page,
+    modules_page,
+    users,
+    configuration,
+    logs,
+    selftest_page,
+)
+# Pages load nothing from elsewhere and run no inline script: an injected <script> would not
+# run even if an escaping were missed somewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
 
 
 def all_routes(app: FastAPI) -> list[tuple[str, str]]:
@@ -53,8 +102,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.engine = engine.execution_options(caduceus_write=False)
     app.state.writer = writer(engine)
     app.state.throttle = LoginThrottle()
-    for module in (accounts, records, tasks, control):
+    for module in API_ROUTERS:
         app.include_router(module.router)
+    for page in PAGE_ROUTERS:
+        app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_page_handling(app)
 
     @app.get("/metrics", tags=["metrics"])
     def metrics(request: Request, _: Viewer) -> Response:
@@ -88,3 +141,37 @@ def _protect_docs(app: FastAPI) -> None:
     @app.get("/api/docs", include_in_schema=False)
     def docs(_: Any = Depends(requires("viewer"))) -> Response:
         return get_swagger_ui_html(openapi_url="/api/openapi.json", title="caduceus API")
+
+
+def _add_page_handling(app: FastAPI) -> None:
+    """Pages answer in HTML (a redirect to the login, an error page); the API in JSON."""
+
+    @app.exception_handler(PageRedirect)
+    async def redirect(request: Request, exc: PageRedirect) -> Response:
+        return RedirectResponse(exc.location, status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def error_page(request: Request, exc: StarletteHTTPException) -> Response:
+        path = request.url.path
+        if path.startswith(("/api", "/metrics", "/static")) or request.method != "GET":
+            return await http_exception_handler(request, exc)
+        return render(
+            request,
+            "error.html",
+            None,
+            "Not found" if exc.status_code == 404 else "Not allowed",
+            status_code=exc.status_code,
+            detail=str(exc.detail),
+        )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if request.url.path != "/api/docs":  # Swagger UI runs inline script
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
+        if not request.url.path.startswith("/static"):
+            response.headers["Cache-Control"] = "no-store"
+        return response

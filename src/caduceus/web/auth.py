@@ -270,7 +270,7 @@ def _from_token(engine: Engine, writer: Engine, token: str) -> Principal | None:
     return Principal(row.id, row.username, row.role, "token")
 
 
-def _from_session(engine: Engine, cookie: str) -> Principal | None:
+def session_principal(engine: Engine, cookie: str) -> Principal | None:
     with engine.connect() as conn:
         row = conn.execute(
             select(USERS, WEB_SESSIONS.c.id.label("sid"), WEB_SESSIONS.c.csrf_token)
@@ -299,7 +299,9 @@ def _from_session(engine: Engine, cookie: str) -> Principal | None:
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Where a session that must change its password may still go.
-PASSWORD_CHANGE_PATHS = frozenset({"/api/me", "/api/me/password", "/api/logout"})
+PASSWORD_CHANGE_PATHS = frozenset(
+    {"/api/me", "/api/me/password", "/api/logout", "/account/password"}
+)
 
 
 def authenticate(request: Request) -> Principal:
@@ -310,7 +312,7 @@ def authenticate(request: Request) -> Principal:
     if header.lower().startswith("bearer "):
         principal = _from_token(engine, request.app.state.writer, header[7:].strip())
     elif cookie := request.cookies.get(SESSION_COOKIE):
-        principal = _from_session(engine, cookie)
+        principal = session_principal(engine, cookie)
         if principal is not None and request.method in UNSAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER, "")
             if not secrets.compare_digest(sent, principal.csrf_token):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,6 +96,21 @@ def save(engine: Engine, config: Config, author: str, comment: str = "") -> tupl
 
     Raises ValueError when a masked secret has no stored value to keep.
     """
+    return edit(engine, lambda _previous: config, author, comment)
+
+
+def edit(
+    engine: Engine,
+    change: Callable[[Config | None], Config],
+    author: str,
+    comment: str = "",
+) -> tuple[int, bool]:
+    """Make the newest version from the one stored now, in one transaction: two people
+    editing different rules at the same moment both keep their change.
+
+    `change` gets the stored configuration (secrets included, None when there is none yet)
+    and returns the new one; masked secrets in it keep their stored values.
+    """
     with engine.begin() as conn:
         row = conn.execute(
             select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)
@@ -102,7 +118,7 @@ def save(engine: Engine, config: Config, author: str, comment: str = "") -> tupl
             .limit(1)
         ).first()
         previous = Config.model_validate(row.content) if row is not None else None
-        content = content_of(keep_secrets(config, previous))
+        content = content_of(keep_secrets(change(previous), previous))
         if row is not None and row.content == content:
             return int(row.id), False
         version = conn.execute(

@@ -1,0 +1,60 @@
+"""The web application in the test process, and users of each role to drive it.
+
+Starlette's TestClient speaks HTTP to the application without a socket; the database is the
+test's (SQLite or PostgreSQL), shared with any real service processes the test starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from caduceus.core.database import open_database
+from caduceus.core.settings import Settings
+from caduceus.web import auth
+from caduceus.web.app import create_app
+
+PASSWORD = "correct horse battery"
+
+
+def web_client(home: Path, database_url: str, engine: Engine) -> TestClient:
+    settings = Settings(home=home, database_url=database_url)
+    return TestClient(create_app(settings, engine), base_url="http://testserver")
+
+
+def add_user(engine: Engine, name: str, role: str, password: str = PASSWORD) -> None:
+    auth.create_user(engine, name, password, role)
+
+
+def log_in(client: TestClient, name: str, password: str = PASSWORD) -> dict[str, str]:
+    """Log the client in (it keeps the cookie); returns the CSRF header for changes."""
+    answer = client.post("/api/login", json={"username": name, "password": password})
+    assert answer.status_code == 200, answer.text
+    return {auth.CSRF_HEADER: answer.json()["csrf_token"]}
+
+
+def as_role(client: TestClient, engine: Engine, role: str) -> dict[str, str]:
+    """A new user with this role (named after it), logged in; returns the CSRF header."""
+    add_user(engine, f"{role}-user", role)
+    return log_in(client, f"{role}-user")
+
+
+@pytest.fixture
+def web_engine(tmp_path: Path, database_url: str) -> Iterator[Engine]:
+    """A migrated database (SQLite or PostgreSQL) and no service running on it."""
+    engine = open_database(
+        Settings(home=tmp_path / "home", database_url=database_url), migrate=True
+    )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def web(tmp_path: Path, database_url: str, web_engine: Engine) -> TestClient:
+    """The web application on that database, with nobody logged in yet."""
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return web_client(tmp_path / "home", database_url, web_engine)
