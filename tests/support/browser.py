@@ -75,3 +75,14 @@ def shot(page: Any, name: str) -> Path:
     path = screenshots_folder() / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the screenshots at the end of the run, so CI's output says where to look."""
+    folder = screenshots_folder()
+    taken = sorted(folder.glob("*.png"))
+    if taken:
+        terminalreporter.write_sep("-", f"{len(taken)} screenshots of the web interface")
+        terminalreporter.write_line(str(folder))
+        for path in taken:
+            terminalreporter.write_line(f"  {path.name}")
