@@ -6,13 +6,16 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Body, HTTPException, Request, status
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 
 from caduceus.core.config import files, store
 from caduceus.core.config.models import MASK
 from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
 from caduceus.core.work_queue import set_suspended
+from caduceus.web.api.config_diff import unified_diff
+from caduceus.web.api.config_edit import edit_config
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Admin, Operator, Principal, Viewer
 
@@ -63,7 +66,7 @@ def resume(request: Request, name: str, who: Operator) -> dict[str, str]:
     return {"queue": name, "state": "resumed"}
 
 
-def _shown(document: dict[str, Any], who: Principal) -> dict[str, Any]:
+def shown_to(document: dict[str, Any], who: Principal) -> dict[str, Any]:
     """Webhook URLs often carry their token in the path or query: only admins see them whole;
     anyone else sees where they point (scheme and host)."""
     if who.can("admin"):
@@ -84,7 +87,7 @@ def _shown(document: dict[str, Any], who: Principal) -> dict[str, Any]:
 @router.get("/config")
 def config(request: Request, who: Viewer) -> dict[str, Any]:
     """The newest configuration; secrets are masked, and webhook URLs unless for an admin."""
-    return _shown(store.current_or_default(reader(request)).model_dump(mode="json"), who)
+    return shown_to(store.current_or_default(reader(request)).model_dump(mode="json"), who)
 
 
 @router.post("/config/validate")
@@ -94,7 +97,16 @@ def validate(_: Viewer, document: dict[str, Any] = Body(...)) -> dict[str, Any]:
         loaded = files.parse(document, "request")
     except files.ConfigFileError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    return {"valid": True, "format": loaded.source_format, "not_mapped": loaded.not_mapped}
+    return {
+        "valid": True,
+        "format": loaded.source_format,
+        "not_mapped": loaded.not_mapped,
+        "counts": {
+            "rules": len(loaded.config.rules),
+            "targets": len(loaded.config.targets),
+            "modules": len(loaded.config.modules),
+        },
+    }
 
 
 @router.put("/config")
@@ -120,12 +132,57 @@ def versions(request: Request, _: Viewer) -> list[dict[str, Any]]:
     return store.history(reader(request))
 
 
-@router.get("/config/versions/{version}")
-def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
+def version_shown(request: Request, version: int, who: Principal) -> dict[str, Any]:
+    """One version as this user may see it: secrets masked, webhook URLs unless an admin."""
     try:
-        return _shown(store.get(reader(request), version).model_dump(mode="json"), who)
+        return shown_to(store.get(reader(request), version).model_dump(mode="json"), who)
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.get("/config/versions/{version}")
+def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
+    return version_shown(request, version, who)
+
+
+@router.get("/config/diff")
+def diff(
+    request: Request,
+    who: Viewer,
+    old: int = Query(alias="from", ge=1),
+    new: int = Query(alias="to", ge=1),
+) -> dict[str, Any]:
+    """A unified diff of two versions' masked JSON documents, pretty-printed, keys sorted."""
+    return {
+        "from": old,
+        "to": new,
+        "diff": unified_diff(
+            version_shown(request, old, who),
+            version_shown(request, new, who),
+            f"version {old}",
+            f"version {new}",
+        ),
+    }
+
+
+class SettingsChange(BaseModel):
+    settings: dict[str, Any]
+    comment: str = Field(default="", max_length=500)
+
+
+@router.put("/config/settings")
+def save_settings(request: Request, change: SettingsChange, who: Admin) -> dict[str, Any]:
+    """Replace the global settings; rules, targets and modules stay as they are. An SMTP
+    password left out (a form never shows it) or masked keeps its stored value, as long as
+    the server and user name stay the same."""
+
+    def apply(document: dict[str, Any]) -> None:
+        smtp = change.settings.get("smtp")
+        if isinstance(smtp, dict) and "password" not in smtp:
+            smtp["password"] = document["settings"]["smtp"]["password"]  # masked or empty
+        document["settings"] = change.settings
+
+    return edit_config(request, who, apply, change.comment or "settings changed")
 
 
 @router.post("/config/versions/{version}/restore")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from caduceus.web.api.accounts import tokens
 from caduceus.web.auth import SESSION_COOKIE, Principal, session_principal
 from caduceus.web.pages.rendering import PageViewer, render
 
@@ -22,7 +23,9 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.get("/account", response_class=HTMLResponse)
 def account(request: Request, who: PageViewer) -> HTMLResponse:
-    return render(request, "account.html", who, "Your account")
+    """One's role, the password change, and one's own API tokens (newest first)."""
+    own = sorted(tokens(request, who), key=lambda t: t["id"], reverse=True)
+    return render(request, "account.html", who, "Your account", tokens=own)
 
 
 @router.get("/account/password", response_class=HTMLResponse)
