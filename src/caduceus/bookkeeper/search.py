@@ -15,12 +15,15 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     Engine,
+    Integer,
     Select,
     and_,
     cast,
     exists,
     func,
+    or_,
     select,
 )
 
@@ -30,6 +33,7 @@ from caduceus.core.db.models import (
     DELIVERIES,
     EVENTS,
     INSTANCES,
+    PATIENT_GROUPS,
     SERIES,
     STUDIES,
     TASK_TARGETS,
@@ -50,6 +54,25 @@ def _name_prefix(column: Any, term: str) -> ColumnElement[bool]:
     lower(name) serves it (LIKE would not, with both databases' default collations)."""
     low = term.lower()
     return and_(func.lower(column) >= low, func.lower(column) < low + "\uffff")
+
+
+def position(moment: datetime, key: int | str) -> str:
+    """Where the next page of a newest-first list starts: the time and id of the last row shown.
+
+    Keyset paging ("older than this") costs the same on page 1000 as on page 1, where an offset
+    would read and skip every row before it.
+    """
+    return f"{as_utc(moment).isoformat()}~{key}"
+
+
+def _older_than(moment: Any, key: Any, where: str) -> ColumnElement[bool]:
+    """Rows after `where` in the order (moment desc, key desc); ValueError if it is no position."""
+    text, separator, raw_key = where.rpartition("~")
+    if not separator or not raw_key:
+        raise ValueError(f"not a list position: {where[:80]!r}")
+    bound = as_utc(datetime.fromisoformat(text))
+    typed: int | str = int(raw_key) if isinstance(key.type, Integer) else raw_key
+    return or_(moment < bound, and_(moment == bound, key < typed))
 
 
 @dataclass
@@ -89,13 +112,30 @@ def _page(query: Select[Any], limit: int, offset: int) -> Select[Any]:
     return query.limit(max(1, min(limit, MAX_LIMIT))).offset(max(0, offset))
 
 
+def _received(
+    table: Any, state: str, before: str, conditions: list[ColumnElement[bool]]
+) -> list[ColumnElement[bool]]:
+    """A series' or study's own state ("receiving": waiting for completion) and page start."""
+    if state:
+        conditions.append(table.c.state == state)
+    if before:
+        conditions.append(_older_than(table.c.last_received_at, table.c.id, before))
+    return conditions
+
+
 def search_studies(
-    engine: Engine, where: StudyFilter, limit: int = 50, offset: int = 0
+    engine: Engine,
+    where: StudyFilter,
+    limit: int = 50,
+    offset: int = 0,
+    *,
+    state: str = "",
+    before: str = "",
 ) -> list[dict[str, Any]]:
     st = STUDIES.c
     query = _page(
         select(STUDIES)
-        .where(*where.conditions())
+        .where(*_received(STUDIES, state, before, where.conditions()))
         .order_by(st.last_received_at.desc(), st.id.desc()),
         limit,
         offset,
@@ -129,9 +169,12 @@ def search_series(
     modality: str = "",
     limit: int = 50,
     offset: int = 0,
+    *,
+    state: str = "",
+    before: str = "",
 ) -> list[dict[str, Any]]:
     se, st = SERIES.c, STUDIES.c
-    conditions = where.conditions()
+    conditions = _received(SERIES, state, before, where.conditions())
     if series_uid:
         conditions.append(se.series_uid == series_uid)
     if modality:
@@ -195,9 +238,27 @@ def search_series(
     return rows
 
 
+_PROCESSED = TASKS.c.action.in_(("process", "both"))
+# The queue's views of tasks by where they stand; a queued task waits for the processor if it
+# has modules to run, else for the dispatcher (or the notifier).
+TASK_VIEWS: dict[str, ColumnElement[bool]] = {
+    "processing": and_(TASKS.c.state.in_(("queued", "processing")), _PROCESSED),
+    "dispatching": or_(
+        TASKS.c.state == "dispatching", and_(TASKS.c.state == "queued", ~_PROCESSED)
+    ),
+    "failed": TASKS.c.state == "error",
+    "finished": TASKS.c.state.in_(("done", "discarded")),
+}
+
+
+def _patients_named(term: str) -> Select[Any]:
+    return select(STUDIES.c.patient_id).where(_name_prefix(STUDIES.c.patient_name, term))
+
+
 @dataclass
 class TaskFilter:
     state: str = ""
+    view: str = ""  # processing, dispatching, failed or finished (TASK_VIEWS)
     rule: str = ""
     action: str = ""
     target: str = ""
@@ -205,12 +266,28 @@ class TaskFilter:
     accession_number: str = ""
     study_uid: str = ""
     series_uid: str = ""
+    patient_name: str = ""  # prefix, case-insensitive, through the studies' names
     created_from: datetime | None = None
     created_to: datetime | None = None
+    before: str = ""  # position() of the last task of the previous page
 
     def conditions(self) -> list[ColumnElement[bool]]:
         t = TASKS.c
         found: list[ColumnElement[bool]] = []
+        if self.view:
+            if self.view not in TASK_VIEWS:
+                raise ValueError(f"view must be one of {', '.join(TASK_VIEWS)}")
+            found.append(TASK_VIEWS[self.view])
+        if self.patient_name:
+            named = _patients_named(self.patient_name)
+            found.append(
+                or_(
+                    t.study_uid.in_(named.with_only_columns(STUDIES.c.study_uid)),
+                    and_(t.level == "patient", t.patient_id.in_(named)),
+                )
+            )
+        if self.before:
+            found.append(_older_than(t.created_at, t.id, self.before))
         for column, value in (
             (t.state, self.state),
             (t.rule, self.rule),
@@ -270,7 +347,7 @@ def search_tasks(
     query = _page(
         select(*(t[name] for name in TASK_COLUMNS))
         .where(*where.conditions())
-        .order_by(t.created_at.desc(), t.id),
+        .order_by(t.created_at.desc(), t.id.desc()),
         limit,
         offset,
     )
@@ -285,9 +362,77 @@ def search_tasks(
                 )
             ):
                 states.setdefault(row.task_id, {})[row.target] = row.state
+        names = _names(conn, tasks)
         for task in tasks:
             task["target_states"] = states.get(task["id"], {})
+            task["patient_name"] = names.get(task["study_uid"] or task["patient_id"], "")
     return tasks
+
+
+def _names(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Patient names by study UID and by patient ID (for patient-level rows), for one page."""
+    study_uids = {r["study_uid"] for r in rows if r.get("study_uid")}
+    patient_ids = {r["patient_id"] for r in rows if not r.get("study_uid") and r["patient_id"]}
+    names: dict[str, str] = {}
+    if study_uids:
+        names.update(
+            conn.execute(
+                select(STUDIES.c.study_uid, STUDIES.c.patient_name).where(
+                    STUDIES.c.study_uid.in_(study_uids)
+                )
+            ).all()
+        )
+    if patient_ids:
+        names.update(
+            conn.execute(
+                select(STUDIES.c.patient_id, func.max(STUDIES.c.patient_name))
+                .where(STUDIES.c.patient_id.in_(patient_ids))
+                .group_by(STUDIES.c.patient_id)
+            ).all()
+        )
+    return names
+
+
+def search_patients(
+    engine: Engine,
+    state: str = "",
+    patient_id: str = "",
+    before: str = "",
+    limit: int = 50,
+    patient_name: str = "",
+) -> list[dict[str, Any]]:
+    """Patient groups (patient-level completion), the most recently active first."""
+    pg = PATIENT_GROUPS.c
+    conditions: list[ColumnElement[bool]] = []
+    if state:
+        conditions.append(pg.state == state)
+    if patient_id:
+        conditions.append(pg.patient_id == patient_id)
+    if patient_name:
+        conditions.append(pg.patient_id.in_(_patients_named(patient_name)))
+    if before:
+        conditions.append(_older_than(pg.last_activity, pg.patient_id, before))
+    query = _page(
+        select(PATIENT_GROUPS)
+        .where(*conditions)
+        .order_by(pg.last_activity.desc(), pg.patient_id.desc()),
+        limit,
+        0,
+    )
+    with engine.connect() as conn:
+        groups = [dict(r._mapping) for r in conn.execute(query)]
+        names = _names(conn, [{"patient_id": g["patient_id"]} for g in groups])
+        counts: dict[str, int] = dict(
+            conn.execute(
+                select(STUDIES.c.patient_id, func.count())
+                .where(STUDIES.c.patient_id.in_([g["patient_id"] for g in groups]))
+                .group_by(STUDIES.c.patient_id)
+            ).all()
+        )
+    for group in groups:
+        group["patient_name"] = names.get(group["patient_id"], "")
+        group["studies"] = counts.get(group["patient_id"], 0)
+    return groups
 
 
 def task_detail(engine: Engine, task_id: str) -> dict[str, Any] | None:
@@ -318,6 +463,30 @@ def task_detail(engine: Engine, task_id: str) -> dict[str, Any] | None:
             )
         ]
     return task
+
+
+def queue_counts(engine: Engine) -> dict[str, int]:
+    """How many tasks wait in each live view of the queue, and how many groups wait for
+    completion. Finished tasks are not counted: they are the history, and counting a hundred
+    thousand of them on every page view would cost more than the page.
+    """
+    with engine.connect() as conn:
+        counts: dict[str, int] = {
+            name: conn.execute(select(func.count()).where(TASK_VIEWS[name])).scalar_one()
+            for name in ("processing", "dispatching", "failed")
+        }
+        waiting = {
+            name: conn.execute(
+                select(func.count()).select_from(table).where(table.c.state == "receiving")
+            ).scalar_one()
+            for name, table in (
+                ("series", SERIES),
+                ("studies", STUDIES),
+                ("patients", PATIENT_GROUPS),
+            )
+        }
+    counts["waiting"] = sum(waiting.values())
+    return counts | {f"waiting_{name}": number for name, number in waiting.items()}
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Tasks: search them, see one whole with its module logs, restart a failed one."""
+"""Tasks: search them, see one whole with its module logs, restart or discard one."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -10,6 +11,7 @@ from sqlalchemy import select
 
 from caduceus.bookkeeper.search import TaskFilter, search_tasks, task_detail
 from caduceus.core.db.models import TASKS
+from caduceus.core.discard import TaskBusy, discard
 from caduceus.dispatcher.dispatch import restart
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer
@@ -26,8 +28,13 @@ def tasks(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> list[dict[str, Any]]:
-    """Tasks, newest first; every filter is optional."""
-    return search_tasks(reader(request), where, limit, offset)
+    """Tasks, newest first; every filter is optional. For deep pages, pass `before` (the
+    position of the last task shown: its created_at and id, as `<time>~<id>`) instead of an
+    offset."""
+    try:
+        return search_tasks(reader(request), where, limit, offset)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
 @router.get("/{task_id}")
@@ -36,13 +43,22 @@ def one_task(request: Request, task_id: str, _: Viewer) -> dict[str, Any]:
     found = task_detail(reader(request), task_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task")
-    found["logs"] = sorted(p.name for p in _logs(request, found["folder"]))
+    found["logs"] = sorted(p.name for p in log_files(request, found["folder"]))
     return found
 
 
-def _logs(request: Request, folder: str) -> list[Any]:
+def log_files(request: Request, folder: str) -> list[Path]:
+    """The module logs of the task whose folder this is."""
     logs = request.app.state.settings.home / folder / "logs"
     return [p for p in logs.glob("*.log") if p.is_file()] if logs.is_dir() else []
+
+
+def log_tail(path: Path, limit: int = LOG_LIMIT) -> str:
+    """The end of a log: what a failed module said last."""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - limit))
+        return fh.read().decode("utf-8", "replace")
 
 
 @router.get("/{task_id}/logs/{name}", response_class=PlainTextResponse)
@@ -52,13 +68,10 @@ def module_log(request: Request, task_id: str, name: str, _: Viewer) -> str:
         folder = conn.execute(select(TASKS.c.folder).where(TASKS.c.id == task_id)).scalar()
     if folder is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task")
-    by_name = {p.name: p for p in _logs(request, folder)}
+    by_name = {p.name: p for p in log_files(request, folder)}
     if name not in by_name:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such log")
-    with by_name[name].open("rb") as fh:
-        fh.seek(0, 2)
-        fh.seek(max(0, fh.tell() - LOG_LIMIT))
-        return str(fh.read().decode("utf-8", "replace"))
+    return log_tail(by_name[name])
 
 
 @router.post("/{task_id}/restart")
@@ -71,3 +84,15 @@ def restart_task(request: Request, task_id: str, who: Operator) -> dict[str, Any
         code = status.HTTP_404_NOT_FOUND if missing else status.HTTP_409_CONFLICT
         raise HTTPException(code, str(exc)) from exc
     return {"restarted": task_id, "targets": targets}
+
+
+@router.post("/{task_id}/discard")
+def discard_task(request: Request, task_id: str, who: Operator) -> dict[str, Any]:
+    """A waiting or failed task is neither processed nor sent; one being worked on is refused."""
+    try:
+        was = discard(writer(request), task_id, who.username)
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such task") from exc
+    except TaskBusy as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return {"discarded": task_id, "was": was}
