@@ -14,12 +14,9 @@ from sqlalchemy import Engine, func, select
 from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import CONFIG_VERSIONS
-from tests.support.browser import shot
+from tests.support.browser import assert_no_errors, browser_login, shot
 from tests.support.web import add_user, as_role
 from tests.test_config import MERCURE
-from tests.test_web_users import assert_no_errors, browser_login, served
-
-__all__ = ["served"]  # a fixture, used by name
 
 SECRET = "pacs-password-1234"
 

@@ -19,9 +19,6 @@ from tests.conftest import Launch
 from tests.support.browser import shot
 from tests.support.web import add_user, as_role
 from tests.test_web_targets import sign_in
-from tests.test_web_users import served
-
-__all__ = ["served"]  # the users tests' fixture: this application on a real port
 
 ECHO = """
     import json, os, pathlib, shutil

@@ -33,7 +33,6 @@ from tests.support.browser import shot
 from tests.support.processes import Caduceus
 from tests.support.web import PASSWORD, add_user, as_role, web_client
 from tests.test_router import router_for, send
-from tests.test_web_targets import served  # noqa: F401 - the application on a real port
 
 START = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 SCRIPT = "<script>alert(1)</script>"
@@ -442,7 +441,7 @@ def test_a_discarded_task_is_neither_sent_nor_processed_and_is_cleaned(
 # -- in a browser -----------------------------------------------------------------------------
 
 
-def test_the_queue_in_a_browser(served: str, web_engine: Engine, page: Any) -> None:  # noqa: F811
+def test_the_queue_in_a_browser(served: str, web_engine: Engine, page: Any) -> None:
     _, study = add_study(web_engine, "Doe^Jane", "P1")
     failed = add_task(web_engine, "ct_rule", "error", study_uid=study, targets={"pacs": "error"})
     add_user(web_engine, "otto", "operator")

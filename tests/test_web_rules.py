@@ -3,13 +3,11 @@ refused with their position, tried on a series a real receiver stored, pages esc
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
@@ -20,8 +18,8 @@ from caduceus.core.db.models import CONFIG_VERSIONS, INSTANCES
 from caduceus.core.settings import Settings
 from caduceus.web.app import create_app
 from tests.support.browser import shot
-from tests.support.processes import Caduceus, free_port, wait_for_port
-from tests.support.web import PASSWORD, add_user, as_role, web_client
+from tests.support.processes import Caduceus
+from tests.support.web import PASSWORD, add_user, as_role, serve, web_client
 from tests.test_router import send
 
 SETUP = {
@@ -330,27 +328,19 @@ def test_the_editor_has_every_field(web: TestClient, web_engine: Engine) -> None
 
 
 @pytest.fixture
-def served(receiver: Caduceus) -> Iterator[tuple[str, Engine]]:
+def served_on_receiver(receiver: Caduceus) -> Iterator[tuple[str, Engine]]:
     """The web application on a real port (for the browser), on the receiver's database."""
     settings = Settings(home=receiver.home, database_url=receiver.database_url)
     engine = open_database(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    yield f"http://127.0.0.1:{port}", engine
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(settings, engine)) as url:
+        yield url, engine
     engine.dispose()
 
 
 def test_the_editor_checks_as_typed_tests_and_saves_in_a_browser(
-    served: tuple[str, Engine], receiver: Caduceus, page: Any, tmp_path: Path
+    served_on_receiver: tuple[str, Engine], receiver: Caduceus, page: Any, tmp_path: Path
 ) -> None:
-    url, engine = served
+    url, engine = served_on_receiver
     send(receiver, tmp_path / "mr", count=1, modality="MR", series_description="T1 AXIAL")
     configure(engine, rules={"ct": CT})
     add_user(engine, "ada", "admin")

@@ -183,31 +183,15 @@ def test_operators_start_the_selftest_and_viewers_only_watch(
 def test_the_page_starts_a_run_and_shows_each_stage_pass(
     launch: Launch, database_url: str, web_engine: Engine, page: Any
 ) -> None:
-    import threading
-
-    import uvicorn
-
-    from tests.support.browser import shot
-    from tests.support.processes import free_port, wait_for_port
-    from tests.support.web import PASSWORD, add_user
+    from tests.support.browser import assert_no_errors, browser_login, shot
+    from tests.support.web import add_user, serve
 
     store.save(web_engine, Config.model_validate(ADMIN_CONFIG), "admin")
     receiver = start_services(launch, "router", "dispatcher")
     app = web_for(receiver, database_url, web_engine).app
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = threading.Thread(target=server.run, daemon=True)
-    serving.start()
-    try:
-        wait_for_port(port)
-        add_user(web_engine, "olga", "operator")
-        failed: list[str] = []
-        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
-        page.goto(f"http://127.0.0.1:{port}/login?next=/selftest")
-        page.fill("#username", "olga")
-        page.fill("#password", PASSWORD)
-        page.click("#login-form button[type=submit]")
-        page.wait_for_url("**/selftest")
+    add_user(web_engine, "olga", "operator")
+    with serve(app) as url:
+        browser_login(page, url, "olga", "/selftest")
         page.click("#selftest-start")
         status = page.locator("#selftest-status")
         status.filter(has_text="Every stage passed.").wait_for(timeout=120_000)
@@ -216,9 +200,4 @@ def test_the_page_starts_a_run_and_shows_each_stage_pass(
         assert page.locator("#selftest-stages .badge.state-passed").count() == len(STAGES)
         assert "5 of 5 instance(s) read back" in page.inner_text("#selftest-stages")
         shot(page, "selftest")
-        assert failed == []
-        # Chromium's own request for /favicon.ico (no page asked for it) is the one 404.
-        assert [e for e in page.script_errors if not e.startswith("Failed to load resource")] == []
-    finally:
-        server.should_exit = True
-        serving.join(10)
+        assert_no_errors(page)

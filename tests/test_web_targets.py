@@ -12,13 +12,10 @@ from sqlalchemy import Engine
 
 from caduceus.core.config import store
 from caduceus.core.config.models import Config
-from tests.support.browser import shot
+from tests.support.browser import browser_login, shot
 from tests.support.processes import free_port
 from tests.support.storescp import start_storescp
 from tests.support.web import add_user, as_role
-from tests.test_web_users import browser_login, served
-
-__all__ = ["served"]  # the users tests' fixture: this application on a real port
 
 SECRET = "Tr0ub4dor&3-not-shown"
 PACS = {"name": "pacs", "type": "dicom", "host": "pacs.example", "port": 104, "called_aet": "PACS"}

@@ -4,19 +4,14 @@ what the users then see, and that nobody else can do it."""
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from caduceus.core.db.models import USERS
 from caduceus.web import auth
-from tests.support.browser import shot
-from tests.support.processes import free_port, wait_for_port
+from tests.support.browser import assert_no_errors, browser_login, shot
 from tests.support.web import PASSWORD, add_user, as_role, log_in
 
 FIRST_PASSWORD = "given-by-the-admin"
@@ -178,31 +173,6 @@ def test_own_api_tokens_on_the_account_page(web: TestClient, web_engine: Engine)
     )
 
 
-@pytest.fixture
-def served(web: TestClient) -> Iterator[str]:
-    """The same application on a real port, for the browser."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(web.app, host="127.0.0.1", port=port, log_config=None)  # type: ignore[arg-type]
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def browser_login(page: Any, url: str, name: str, goal: str) -> None:
-    page.failed = []
-    page.on("response", lambda r: page.failed.append(r.url) if r.status >= 400 else None)
-    page.goto(f"{url}/login?next={goal}")
-    page.fill("#username", name)
-    page.fill("#password", PASSWORD)
-    page.click("#login-form button[type=submit]")
-    page.wait_for_url(url + goal)
-
-
 def test_users_and_tokens_in_a_browser(served: str, web_engine: Engine, page: Any) -> None:
     add_user(web_engine, "ada", "admin")
     browser_login(page, served, "ada", "/users")
@@ -232,10 +202,3 @@ def test_users_and_tokens_in_a_browser(served: str, web_engine: Engine, page: An
     page.get_by_role("cell", name="monitoring", exact=True).wait_for()
     assert token not in page.content()
     assert_no_errors(page)
-
-
-def assert_no_errors(page: Any) -> None:
-    """No script error and no failed request. Chromium's own request for /favicon.ico (the
-    site has none) is no response event, but it logs a console error we leave out."""
-    errors = [e for e in page.script_errors if not e.startswith("Failed to load resource")]
-    assert errors == [] and page.failed == []

@@ -70,6 +70,26 @@ def page(chromium: Any) -> Iterator[Any]:
     context.close()
 
 
+def browser_login(page: Any, url: str, name: str, goal: str, password: str = "") -> None:
+    """Log in through the form and land on `goal`; failed responses are kept in page.failed."""
+    from tests.support.web import PASSWORD
+
+    page.failed = []
+    page.on("response", lambda r: page.failed.append(r.url) if r.status >= 400 else None)
+    page.goto(f"{url}/login?next={goal}")
+    page.fill("#username", name)
+    page.fill("#password", password or PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(url + goal)
+
+
+def assert_no_errors(page: Any) -> None:
+    """No script error and no failed request on the way (a failed request is also logged as a
+    console error; page.failed names it)."""
+    errors = [e for e in page.script_errors if not e.startswith("Failed to load resource")]
+    assert errors == [] and page.failed == [], (errors, page.failed)
+
+
 def shot(page: Any, name: str) -> Path:
     """A full-page screenshot under a readable name."""
     path = screenshots_folder() / f"{name}.png"

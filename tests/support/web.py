@@ -6,10 +6,14 @@ test's (SQLite or PostgreSQL), shared with any real service processes the test s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -17,6 +21,7 @@ from caduceus.core.database import open_database
 from caduceus.core.settings import Settings
 from caduceus.web import auth
 from caduceus.web.app import create_app
+from tests.support.processes import free_port, wait_for_port
 
 PASSWORD = "correct horse battery"
 
@@ -58,3 +63,27 @@ def web(tmp_path: Path, database_url: str, web_engine: Engine) -> TestClient:
     """The web application on that database, with nobody logged in yet."""
     (tmp_path / "home").mkdir(exist_ok=True)
     return web_client(tmp_path / "home", database_url, web_engine)
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """The application on a real port (uvicorn in a thread), for the browser; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(web: TestClient) -> Iterator[str]:
+    """The `web` application on a real port, for the browser."""
+    with serve(web.app) as url:  # type: ignore[arg-type]
+        yield url
