@@ -39,12 +39,21 @@ class NavItem:
     path: str
     label: str
     role: str
+    # Pages reached from this one that keep it marked in the menu (a task from the queue).
+    also: tuple[str, ...] = ()
+
+    def marks(self, path: str) -> bool:
+        if self.path == "/":
+            return path == "/"
+        return any(
+            path == prefix or path.startswith(prefix + "/") for prefix in (self.path, *self.also)
+        )
 
 
 # Every page in the menu, and the least role that sees it.
 NAV = (
     NavItem("/", "Overview", "viewer"),
-    NavItem("/queue", "Queue", "viewer"),
+    NavItem("/queue", "Queue", "viewer", ("/tasks", "/series", "/studies")),
     NavItem("/rules", "Rules", "viewer"),
     NavItem("/targets", "Targets", "viewer"),
     NavItem("/modules", "Modules", "viewer"),
