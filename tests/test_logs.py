@@ -246,3 +246,53 @@ def test_services_log_json_with_task_context_and_no_patient_data(
         for d in documents
     )
     assert "PID-4711" not in text and "Doe^Jane" not in text
+
+
+def test_log_files_rotate_with_several_writers_and_lose_no_line(tmp_path: Path) -> None:
+    """Two handlers on one file stand for two processes of a service: whichever rotates, the
+    other follows to the new file, and every line is in one of the files."""
+    from caduceus.core.logfiles import SharedRotatingFileHandler
+
+    path = tmp_path / "logs" / "dispatcher.log"
+    writers = [SharedRotatingFileHandler(path, max_bytes=4000, backups=50) for _ in range(2)]
+    for handler in writers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    for n in range(400):
+        text = f"line {n:04d} " + "x" * 90
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, text, None, None)
+        writers[n % 2].handle(record)
+    for handler in writers:
+        handler.close()
+    files = sorted(path.parent.glob("dispatcher.log*"))
+    assert len(files) > 5
+    assert all(f.stat().st_size < 4000 + 100 for f in files if not f.name.endswith(".lock"))
+    written = [
+        line for f in files if not f.name.endswith(".lock") for line in f.read_text().splitlines()
+    ]
+    assert sorted(written) == [f"line {n:04d} " + "x" * 90 for n in range(400)]
+
+
+def test_reading_a_log_back_finds_the_newest_lines_of_a_task(tmp_path: Path) -> None:
+    from caduceus.core.logfiles import read_log
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    older = [{"ts": f"2026-01-01T00:00:{n:02d}.000+00:00", "msg": f"old {n}"} for n in range(3)]
+    # Long lines: reading backwards crosses many 64 kB blocks.
+    newer = [
+        {"ts": "2026-01-01T00:01:00.000+00:00", "level": "info", "msg": f"{n} " + "x" * 3000}
+        | ({"task": "t-1"} if n % 10 == 0 else {})
+        for n in range(500)
+    ]
+    (folder / "router.log.1").write_text("".join(json.dumps(d) + "\n" for d in older))
+    (folder / "router.log").write_text(
+        "".join(json.dumps(d) + "\n" for d in newer) + "not json at all\n"
+    )
+    newest = read_log(tmp_path, "router", lines=3)
+    assert [d["msg"][:4] for d in newest] == ["not ", "499 ", "498 "]
+    mine = read_log(tmp_path, "router", task="t-1", lines=1000)
+    assert [int(d["msg"].split()[0]) for d in mine] == list(range(490, -1, -10))
+    everything = read_log(tmp_path, "router", lines=1000)
+    assert len(everything) == 504 and everything[-1]["msg"] == "old 0"
+    with pytest.raises(ValueError):
+        read_log(tmp_path, "../../etc/passwd")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +46,26 @@ def _add_subcommands() -> None:
 _add_subcommands()
 
 
+def _run_service(name: str, serve: Callable[[Settings], None], *, heartbeat: bool = True) -> None:
+    """Logging (stderr and the service's log file), the schema, then the service, beating."""
+    from caduceus.core.database import open_database
+    from caduceus.core.heartbeat import beating
+    from caduceus.core.logs import setup_logging
+
+    settings = _settings()
+    setup_logging(name, home=settings.home)
+    engine = open_database(settings, migrate=True, pool_size=1)
+    try:
+        if not heartbeat:
+            engine.dispose()
+            serve(settings)
+            return
+        with beating(engine, name):
+            serve(settings)
+    finally:
+        engine.dispose()
+
+
 @app.command()
 def run(
     config: Annotated[
@@ -58,106 +79,76 @@ def run(
     from caduceus.supervisor.services import SERVICES
     from caduceus.supervisor.supervisor import Supervisor
 
-    setup_logging("supervisor")
     settings = _settings()
     DataRoot(settings.home).create()
-    open_database(settings, migrate=True).dispose()
+    setup_logging("supervisor", home=settings.home)
+    engine = open_database(settings, migrate=True, pool_size=1)
     if config is not None:
         from caduceus.cli.config import import_file
 
         import_file(config, "caduceus run --config")
-    raise typer.Exit(Supervisor(SERVICES).run())
+    try:
+        code = Supervisor(SERVICES, engine=engine).run()
+    finally:
+        engine.dispose()
+    raise typer.Exit(code)
 
 
 @app.command()
 def receiver() -> None:
     """Run the DICOM receiver (C-STORE and C-ECHO SCP) alone."""
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
     from caduceus.receiver.server import serve
 
-    setup_logging("receiver")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    # The receiver forks its workers: it runs its heartbeat itself, after forking.
+    _run_service("receiver", serve, heartbeat=False)
 
 
 @app.command()
 def router() -> None:
     """Run the router alone: completes series, studies and patients and makes their tasks."""
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
     from caduceus.router.service import serve
 
-    setup_logging("router")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    _run_service("router", serve)
 
 
 @app.command()
 def dispatcher() -> None:
     """Run the dispatcher alone: sends tasks to their targets, with retries."""
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
     from caduceus.dispatcher.service import serve
 
-    setup_logging("dispatcher")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    _run_service("dispatcher", serve)
 
 
 @app.command()
 def processor() -> None:
     """Run the processor alone: runs the modules of tasks that process images."""
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
     from caduceus.processor.service import serve
 
-    setup_logging("processor")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    _run_service("processor", serve)
 
 
 @app.command()
 def web() -> None:
     """Run the bookkeeper API and web interface alone (port CADUCEUS_WEB_PORT)."""
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
     from caduceus.web.service import serve
 
-    setup_logging("web")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    _run_service("web", serve)
 
 
 @app.command()
 def cleaner() -> None:
     """Run the cleaner alone: removes finished work after its retention, or when the disk fills."""
     from caduceus.cleaner.service import serve
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
 
-    setup_logging("cleaner")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    _run_service("cleaner", serve)
 
 
 @app.command()
 def notifier() -> None:
     """Run the notifier alone: webhooks and mails on reception, completion and errors."""
-    from caduceus.core.database import open_database
-    from caduceus.core.logs import setup_logging
     from caduceus.notifier.service import serve
 
-    setup_logging("notifier")
-    settings = _settings()
-    open_database(settings, migrate=True).dispose()
-    serve(settings)
+    _run_service("notifier", serve)
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """Logging on stderr, one line per event, with the service's name.
 
-Lines are key=value (the default) or JSON (`CADUCEUS_LOG_FORMAT=json`), one object a line.
-Work on a task or a series runs inside `log_context(task=..., series=...)`, and every line
-logged meanwhile, in that thread, carries those fields.
+A service also writes its lines to its own file, $CADUCEUS_HOME/logs/<service>.log, always as
+JSON (core/logfiles.py), which the web interface reads. Lines on stderr are key=value (the
+default) or JSON (`CADUCEUS_LOG_FORMAT=json`), one object a line. Work on
+a task or a series runs inside `log_context(task=..., series=...)`, and every line logged
+meanwhile, in that thread, carries those fields.
 
 Two filters stand between a record and the output, as a last line of defence:
 - a URL's password (`scheme://user:secret@host`) is masked, always;
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 MASK = "***"
@@ -210,15 +213,37 @@ def make_handler(
     handler.setFormatter(
         _JsonFormatter(service) if chosen == "json" else _KeyValueFormatter(service)
     )
+    return _masked(handler)
+
+
+def _masked(handler: logging.Handler) -> logging.Handler:
     if not _show_phi:
         handler.addFilter(PhiFilter())
     handler.addFilter(SecretFilter())
     return handler
 
 
-def setup_logging(service: str, level: str | None = None) -> None:
+def make_file_handler(service: str, home: Path) -> logging.Handler:
+    """$CADUCEUS_HOME/logs/<service>.log: JSON lines (the web interface filters them by task),
+    behind the same masking as the lines on stderr. Call after make_handler, which reads
+    CADUCEUS_LOG_PHI."""
+    from caduceus.core.logfiles import SharedRotatingFileHandler, log_path
+
+    handler = SharedRotatingFileHandler(log_path(home, service))
+    handler.setFormatter(_JsonFormatter(service))
+    return _masked(handler)
+
+
+def setup_logging(service: str, level: str | None = None, home: Path | None = None) -> None:
+    """Lines on stderr and, given the data root, in the service's own log file too."""
     root = logging.getLogger()
-    root.handlers[:] = [make_handler(service)]
+    handlers = [make_handler(service)]
+    if home is not None:
+        try:
+            handlers.append(make_file_handler(service, home))
+        except OSError as exc:  # a read-only data root must not keep the service from running
+            print(f"caduceus: no log file for {service}: {exc}", file=sys.stderr)
+    root.handlers[:] = handlers
     root.setLevel((level or os.environ.get("CADUCEUS_LOG_LEVEL", "INFO")).upper())
     # pynetdicom logs every PDU at INFO; only its warnings matter to an operator.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

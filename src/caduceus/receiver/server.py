@@ -19,6 +19,7 @@ from types import FrameType
 
 from caduceus.core.database import open_database
 from caduceus.core.db.group_commit import GroupCommitter
+from caduceus.core.heartbeat import Heartbeat, beating
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver.association import AssociationHandler, ReceiverConfig
@@ -109,7 +110,7 @@ class Worker:
 def _worker_main(listener: socket.socket, settings: Settings) -> None:
     from caduceus.core.logs import setup_logging
 
-    setup_logging("receiver")
+    setup_logging("receiver", home=settings.home)
     worker = Worker(listener, settings)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
@@ -132,11 +133,17 @@ def serve(settings: Settings) -> None:
         settings.ae_title,
         count,
     )
+    detail = f"{settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
     if count == 1:
         worker = Worker(listener, settings)
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
-        worker.run()
+        heart_engine = open_database(settings, pool_size=1)
+        try:
+            with beating(heart_engine, "receiver", detail):
+                worker.run()
+        finally:
+            heart_engine.dispose()
         return
 
     # fork, not spawn: the workers inherit the bound socket; nothing runs threads before this.
@@ -157,13 +164,21 @@ def serve(settings: Settings) -> None:
         return process
 
     workers = [start() for _ in range(count)]
+    # No heartbeat thread here: a fork (a worker's restart) beside a running thread could
+    # copy a lock that thread holds. The loop beats instead, between forks.
+    heart_engine = open_database(settings, pool_size=1)
+    heart = Heartbeat(heart_engine, "receiver", detail=f"{detail}, {count} workers")
+    heart.beat()
     while not stopping.is_set():
         time.sleep(0.5)
+        heart.beat_if_due()
         for index, process in enumerate(workers):
             if not process.is_alive() and not stopping.is_set():
                 log.error(
                     "receiver worker %s exited (%s); restarting", process.pid, process.exitcode
                 )
+                # The child must not share the parent's database connection.
+                heart_engine.dispose()
                 workers[index] = start()
     for process in workers:
         if process.pid is not None and process.is_alive():
@@ -173,3 +188,5 @@ def serve(settings: Settings) -> None:
         if process.is_alive():
             process.kill()
     listener.close()
+    heart.end("stopped")
+    heart_engine.dispose()

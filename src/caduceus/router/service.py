@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from caduceus.core.config import store
 from caduceus.core.database import open_database
 from caduceus.core.lifecycle import stop_on_signals
-from caduceus.core.logs import phi
+from caduceus.core.logs import log_context, phi
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
@@ -44,7 +44,8 @@ def serve(settings: Settings) -> None:
             level, _, key = completed.partition(":")
             log.info("completed %s:%s", level, phi(key) if level == "patient" else key)
         for task_id in result.tasks:
-            log.info("task %s created", task_id)
+            with log_context(task=task_id):  # the task's lines, filtered by task, start here
+                log.info("task %s created", task_id)
         wait = MAX_SLEEP
         if result.next_due is not None:
             wait = (result.next_due - datetime.now(UTC)).total_seconds()

@@ -9,7 +9,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import FrameType
+
+from sqlalchemy import Engine
+
+from caduceus.core.heartbeat import RESTARTS_ENV, record_restarting
 
 log = logging.getLogger("caduceus.supervisor")
 
@@ -28,16 +33,25 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, services: tuple[str, ...], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        services: tuple[str, ...],
+        env: dict[str, str] | None = None,
+        engine: Engine | None = None,
+    ):
         self.children = [Child(name) for name in services]
         self.env = env or dict(os.environ)
         self.stopping = False
+        # Where the web interface reads which service is restarting (heartbeats).
+        self.engine = engine
 
     def _command(self, name: str) -> list[str]:
         return [sys.executable, "-m", "caduceus", name]
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(self._command(child.name), env=self.env)
+        # The child records how often it was restarted in its heartbeat.
+        env = {**self.env, RESTARTS_ENV: str(child.restarts)}
+        child.process = subprocess.Popen(self._command(child.name), env=env)
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -68,9 +82,27 @@ class Supervisor:
                     child.process = None
                     child.next_start = now + delay
                     child.restarts += 1
+                    self._record_restarting(child, process, lived, delay)
                 if child.process is None and now >= child.next_start and not self.stopping:
                     self._start(child)
         return self._stop_all()
+
+    def _record_restarting(
+        self, child: Child, process: subprocess.Popen[bytes], lived: float, delay: float
+    ) -> None:
+        if self.engine is None:
+            return
+        try:
+            record_restarting(
+                self.engine,
+                child.name,
+                process.pid,
+                child.restarts,
+                f"exited with code {process.returncode}; restarting in {delay:.1f} s",
+                datetime.now(UTC) - timedelta(seconds=lived),
+            )
+        except Exception as exc:  # the database being away must not stop the restarts
+            log.warning("cannot record that %s is restarting: %s", child.name, exc)
 
     def _stop_all(self) -> int:
         log.info("stopping all services")

@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from caduceus.core.database import open_database
+from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.settings import Settings
 from caduceus.web.app import create_app
 from caduceus.web.auth import ensure_initial_admin
@@ -19,6 +20,9 @@ def serve(settings: Settings) -> None:
     ensure_initial_admin(engine, settings.home)
     app = create_app(settings, engine)
     log.info("web interface and API on %s:%d", settings.web_host, settings.web_port)
+    # uvicorn sends the SIGTERM that stopped it to the handler found before it started: the
+    # default one would kill the process before it records that it stopped (its heartbeat).
+    stop_on_signals()
     uvicorn.run(
         app,
         host=settings.web_host,

@@ -393,6 +393,27 @@ class Cursor(Base):
     last_event_id: Mapped[int] = mapped_column(BigId, default=0)
 
 
+class ServiceHeartbeat(Base):
+    """One service process's sign of life: it updates beat_at every few seconds while it runs
+    and sets the state to stopped when it ends cleanly; `caduceus run` sets restarting while it
+    waits to start a dead one again."""
+
+    __tablename__ = "service_heartbeats"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    service: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # running, stopped, restarting ("silent" is shown, never stored: a beat that is too old)
+    state: Mapped[str] = mapped_column(String(16))
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (UniqueConstraint("service", "host", "pid"),)
+
+
 # Core tables, for the statements on hot paths that do not need the ORM.
 ASSOCIATIONS = cast(Table, Association.__table__)
 STUDIES = cast(Table, Study.__table__)
@@ -411,3 +432,4 @@ API_TOKENS = cast(Table, ApiToken.__table__)
 WEB_SESSIONS = cast(Table, WebSession.__table__)
 NOTIFICATIONS = cast(Table, Notification.__table__)
 CURSORS = cast(Table, Cursor.__table__)
+SERVICE_HEARTBEATS = cast(Table, ServiceHeartbeat.__table__)
