@@ -1,0 +1,404 @@
+"""Two checks across the whole web interface, each enumerating the application's routes:
+
+- every state-changing route refuses the roles below the one it needs, changes nothing for
+  them, lets the others through, and refuses a session that does not send its CSRF token;
+- every page shows the values of a real received series whose tags hold markup escaped, in
+  the HTML and in a real browser.
+
+That no route answers without a login is tests/test_api.py's
+test_every_route_requires_a_user (GET routes under /api answer 401, pages redirect).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+
+from caduceus.core.config import store
+from caduceus.core.config.models import Config
+from caduceus.core.db.models import API_TOKENS, EVENTS, SERIES, STUDIES, TASKS, USERS, Base
+from caduceus.core.settings import Settings
+from caduceus.core.storage import DataRoot
+from caduceus.dispatcher.dispatch import dispatch
+from caduceus.dispatcher.queue import claim
+from caduceus.web import auth
+from caduceus.web.app import OPEN_ROUTES, all_routes, create_app
+from tests.support.browser import assert_no_errors, browser_login, shot
+from tests.support.processes import Caduceus, free_port
+from tests.support.web import add_user, as_role, log_in, serve, web_client
+from tests.test_router import router_for, send
+from tests.test_web_queue import add_series, add_study, add_task
+
+ROLES = ("viewer", "operator", "admin")
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# The least role each change needs, decided from issue 7 and docs/api.md (viewers read and
+# look after their own account; operators act on the queue and run tests; admins change the
+# configuration and the users), not read out of the code. A route missing here fails the
+# test, so every new route gets a decision. The login is open (OPEN_ROUTES).
+LEAST_ROLE: dict[tuple[str, str], str] = {
+    # one's own account and tokens
+    ("POST", "/api/logout"): "viewer",
+    ("POST", "/api/me/password"): "viewer",
+    ("POST", "/api/tokens"): "viewer",
+    ("DELETE", "/api/tokens/{token_id}"): "viewer",
+    # checks that store nothing
+    ("POST", "/api/config/validate"): "viewer",
+    ("POST", "/api/rules/validate"): "viewer",
+    ("POST", "/api/rules/test"): "viewer",
+    # the queue
+    ("POST", "/api/studies/{study_id}/force-complete"): "operator",
+    ("POST", "/api/tasks/{task_id}/restart"): "operator",
+    ("POST", "/api/tasks/{task_id}/discard"): "operator",
+    ("POST", "/api/queues/{name}/suspend"): "operator",
+    ("POST", "/api/queues/{name}/resume"): "operator",
+    ("POST", "/api/events"): "operator",
+    # tests of what is configured
+    ("POST", "/api/targets/{name}/test"): "operator",
+    ("POST", "/api/modules/{name}/test"): "operator",
+    ("POST", "/api/selftest"): "operator",
+    # users
+    ("POST", "/api/users"): "admin",
+    ("PATCH", "/api/users/{user_id}"): "admin",
+    ("DELETE", "/api/users/{user_id}"): "admin",
+    # the configuration
+    ("PUT", "/api/config"): "admin",
+    ("PUT", "/api/config/settings"): "admin",
+    ("POST", "/api/config/versions/{version}/restore"): "admin",
+    ("POST", "/api/rules"): "admin",
+    ("PUT", "/api/rules/{name}"): "admin",
+    ("DELETE", "/api/rules/{name}"): "admin",
+    ("POST", "/api/rules/{name}/duplicate"): "admin",
+    ("POST", "/api/rules/{name}/enable"): "admin",
+    ("POST", "/api/rules/{name}/disable"): "admin",
+    ("POST", "/api/targets"): "admin",
+    ("PUT", "/api/targets/{name}"): "admin",
+    ("DELETE", "/api/targets/{name}"): "admin",
+    ("POST", "/api/modules"): "admin",
+    ("PUT", "/api/modules/{name}"): "admin",
+    ("DELETE", "/api/modules/{name}"): "admin",
+}
+# A self-test run waits this long at most for each stage (its least allowed).
+BODIES: dict[tuple[str, str], dict[str, Any]] = {("POST", "/api/selftest"): {"timeout": 5}}
+
+SCRIPT = "<script>alert(1)</script>"
+SCRIPT_SHOWN = "&lt;script&gt;alert(1)&lt;/script&gt;"
+IMG = "<img src=x onerror=alert(2)>"
+IMG_SHOWN = "&lt;img src=x onerror=alert(2)&gt;"
+
+
+def unsafe_routes(app: FastAPI) -> set[tuple[str, str]]:
+    return {(m, p) for m, p in all_routes(app) if m in UNSAFE and (m, p) not in OPEN_ROUTES}
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """The path with each {parameter} replaced; a parameter without a value fails loudly."""
+    return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], template)
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's rows but the sessions and the login events, which a login changes."""
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            if table.name == "web_sessions":
+                continue
+            query = select(table).order_by(*table.primary_key.columns)
+            if table is EVENTS:
+                query = query.where(EVENTS.c.kind.not_like("login.%"))
+            found[table.name] = [tuple(row) for row in conn.execute(query)]
+    return found
+
+
+# -- 1: roles and CSRF on every change --------------------------------------------------------
+
+
+@dataclass
+class Sessions:
+    clients: dict[str, TestClient]
+    csrf: dict[str, dict[str, str]]
+
+    def relog(self, role: str) -> None:
+        """A logout (allowed to everyone) ends the session; the next route needs one."""
+        if self.clients[role].get("/api/me").status_code == 401:
+            self.csrf[role] = log_in(self.clients[role], f"{role}-user")
+
+
+def a_world_to_act_on(engine: Engine, tmp_path: Path) -> dict[str, str]:
+    """Real things for the path parameters, so a role check that came too late would show
+    as a change in the database."""
+    (tmp_path / "out").mkdir()
+    config = Config.model_validate(
+        {
+            "targets": {"archive": {"type": "folder", "path": str(tmp_path / "out")}},
+            "modules": {"mod": {"command": [sys.executable, "-c", "pass"]}},
+            "rules": {"all": {"rule": "True", "targets": ["archive"]}},
+        }
+    )
+    version, _ = store.save(engine, config, "tester")
+    study_id, study_uid = add_study(engine, state="receiving")
+    add_series(engine, study_id, state="receiving")
+    task_id = add_task(engine, "all", "error", study_uid=study_uid, targets={"archive": "error"})
+    add_user(engine, "victim", "viewer")
+    with engine.connect() as conn:
+        victim = conn.execute(select(USERS.c.id).where(USERS.c.username == "victim")).scalar_one()
+    auth.create_token(engine, victim, "victim's")
+    with engine.connect() as conn:
+        token = conn.execute(select(API_TOKENS.c.id)).scalar_one()
+    return {
+        "user_id": str(victim),
+        "token_id": str(token),
+        "study_id": str(study_id),
+        "task_id": task_id,
+        "version": str(version),
+    }
+
+
+NAMES = {
+    "/api/queues/": "dispatch",
+    "/api/rules/": "all",
+    "/api/targets/": "archive",
+    "/api/modules/": "mod",
+}
+
+
+def path_of(route: str, ids: dict[str, str]) -> str:
+    """A {name} of a kind not named here fails in fill(): a new route needs its own."""
+    names = [{"name": n} for prefix, n in NAMES.items() if route.startswith(prefix)]
+    return fill(route, ids | (names[0] if names else {}))
+
+
+def test_every_change_checks_the_role_and_the_csrf_token(
+    tmp_path: Path, database_url: str, web_engine: Engine
+) -> None:
+    # The self-test's own receiver is a closed port: an allowed start ends at its first stage.
+    (tmp_path / "home").mkdir()
+    settings = Settings(home=tmp_path / "home", database_url=database_url, dicom_port=free_port())
+    app = create_app(settings, web_engine)
+    routes = unsafe_routes(app)
+    assert routes == set(LEAST_ROLE), (
+        f"not in the table: {sorted(routes - set(LEAST_ROLE))}; "
+        f"gone from the application: {sorted(set(LEAST_ROLE) - routes)}"
+    )
+    ids = a_world_to_act_on(web_engine, tmp_path)
+    clients = {role: TestClient(app, base_url="http://testserver") for role in ROLES}
+    sessions = Sessions(clients, {role: as_role(clients[role], web_engine, role) for role in ROLES})
+    ordered = sorted(LEAST_ROLE)
+
+    # Every refusal first, while nothing allowed has changed the world yet.
+    for method, route in ordered:
+        path = path_of(route, ids)
+        body = BODIES.get((method, route), {})
+        least = ROLES.index(LEAST_ROLE[(method, route)])
+        for role in ROLES[:least]:
+            before = snapshot(web_engine)
+            answer = clients[role].request(method, path, json=body, headers=sessions.csrf[role])
+            assert answer.status_code == 403, (role, method, route, answer.text)
+            assert "role" in answer.json()["detail"], (role, method, route, answer.text)
+            assert snapshot(web_engine) == before, (role, method, route)
+        before = snapshot(web_engine)
+        forged = clients["admin"].request(method, path, json=body)
+        assert forged.status_code == 403, (method, route, forged.text)
+        assert "CSRF" in forged.json()["detail"], (method, route)
+        assert snapshot(web_engine) == before, ("without CSRF", method, route)
+
+    for method, route in ordered:
+        path = path_of(route, ids)
+        body = BODIES.get((method, route), {})
+        least = ROLES.index(LEAST_ROLE[(method, route)])
+        for role in ROLES[least:]:
+            answer = clients[role].request(method, path, json=body, headers=sessions.csrf[role])
+            assert answer.status_code not in (401, 403), (role, method, route, answer.text)
+            if route == "/api/selftest" and answer.status_code == 202:
+                wait_for_selftest(clients[role], answer.json()["id"])
+            sessions.relog(role)
+
+
+def wait_for_selftest(client: TestClient, run_id: str) -> None:
+    """The run works in a thread of the application; it must end before the database goes."""
+    deadline = time.monotonic() + 120
+    while client.get(f"/api/selftest/{run_id}").json()["state"] == "running":
+        assert time.monotonic() < deadline, "the self-test did not end"
+        time.sleep(0.2)
+
+
+# -- 2: values from DICOM escaped on every page -----------------------------------------------
+
+
+@dataclass
+class Hostile:
+    """A received series whose tags hold markup, routed to one target that takes it and one
+    that fails, and configuration whose comments hold markup."""
+
+    engine: Engine
+    ids: dict[str, str]
+
+
+def hostile_world(receiver: Caduceus, tmp_path: Path) -> Hostile:
+    send(
+        receiver,
+        tmp_path / "series",
+        count=2,
+        rows=16,
+        columns=16,
+        patient_name=SCRIPT,
+        patient_id="XSS1",
+        study_description=f"HEAD {IMG}",
+        series_description=f"AXIAL {IMG}",
+    )
+    (tmp_path / "out").mkdir()
+    document: dict[str, Any] = {
+        "settings": {"retry_max": 0},
+        "targets": {
+            "archive": {"type": "folder", "path": str(tmp_path / "out"), "comment": IMG},
+            "broken": {"type": "folder", "path": str(tmp_path / "missing")},
+        },
+        "rules": {
+            "to_archive": {"rule": "True", "targets": ["archive"], "comment": SCRIPT},
+            "to_broken": {"rule": "True", "targets": ["broken"], "comment": "<script>"},
+        },
+    }
+    engine = receiver.engine()
+    store.save(engine, Config.model_validate(document), "tester", SCRIPT)
+    document["modules"] = {"mod": {"command": [sys.executable, "-c", "pass"], "comment": SCRIPT}}
+    config = Config.model_validate(document)
+    version, _ = store.save(engine, config, "tester", IMG)
+    now = datetime.now(UTC) + timedelta(seconds=61)
+    router_for(receiver).run_pass(config, now)
+    root = DataRoot(receiver.home)
+    while (claimed := claim(engine, "test", now)) is not None:
+        dispatch(engine, root, config, claimed, set(), now)
+    with engine.connect() as conn:
+        by_rule = dict(conn.execute(select(TASKS.c.rule, TASKS.c.id)).all())
+        states = dict(conn.execute(select(TASKS.c.rule, TASKS.c.state)).all())
+        series_id = conn.execute(select(SERIES.c.id)).scalar_one()
+        study_id = conn.execute(select(STUDIES.c.id)).scalar_one()
+    assert states == {"to_archive": "done", "to_broken": "error"}
+    return Hostile(
+        engine,
+        {
+            "done": by_rule["to_archive"],
+            "failed": by_rule["to_broken"],
+            "series_id": str(series_id),
+            "study_id": str(study_id),
+            "version": str(version),
+        },
+    )
+
+
+def page_visits(route: str, ids: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """Each page with real ids, and the variants (tabs, filters) that show other data."""
+    by_route: dict[str, list[tuple[str, dict[str, str]]]] = {
+        "/tasks/{task_id}": [(f"/tasks/{ids['done']}", {}), (f"/tasks/{ids['failed']}", {})],
+        "/series/{series_id}": [(f"/series/{ids['series_id']}", {})],
+        "/studies/{study_id}": [(f"/studies/{ids['study_id']}", {})],
+        "/rules/{name}": [("/rules/to_archive", {}), ("/rules/to_broken", {})],
+        "/targets/{name}": [("/targets/archive", {}), ("/targets/broken", {})],
+        "/modules/{name}": [("/modules/mod", {})],
+        "/configuration/versions/{version}": [(f"/configuration/versions/{ids['version']}", {})],
+        "/configuration/diff": [(route, {}), (route, {"from": "1", "to": ids["version"]})],
+        "/logs": [(route, {}), (route, {"task": ids["failed"]})],
+        "/logs/lines": [(route, {}), (route, {"task": ids["failed"]})],
+    }
+    queue = [
+        {"tab": "received"},
+        {"tab": "waiting", "level": "series"},
+        {"tab": "waiting", "level": "studies"},
+        {"tab": "waiting", "level": "patients"},
+        {"tab": "processing"},
+        {"tab": "dispatching"},
+        {"tab": "failed"},
+        {"tab": "finished"},
+        {"tab": "all"},
+    ]
+    by_route["/queue"] = by_route["/queue/rows"] = [(route, params) for params in queue]
+    return by_route.get(route, [(route, {})])
+
+
+def test_dicom_values_are_escaped_on_every_page(receiver: Caduceus, tmp_path: Path) -> None:
+    world = hostile_world(receiver, tmp_path)
+    web = web_client(receiver.home, receiver.database_url, world.engine)
+    as_role(web, world.engine, "admin")
+    pages = [
+        route
+        for method, route in all_routes(web.app)  # type: ignore[arg-type]
+        if method == "GET" and not route.startswith(("/api", "/metrics", "/static"))
+    ]
+    assert len(pages) > 20
+    shown: dict[str, str] = {}
+    for route in pages:
+        for path, params in page_visits(route, world.ids):
+            answer = web.get(path, params=params)
+            where = (path, params)
+            assert answer.status_code == 200, (where, answer.text[:500])
+            if not answer.headers["content-type"].startswith("text/html"):
+                # A download (the configuration as JSON) is never rendered as a page.
+                assert "attachment" in answer.headers["content-disposition"], where
+                continue
+            # The layout's own scripts are <script src=...>; a bare <script> is injected.
+            for raw in ("<script>", "<img src=x"):
+                assert raw not in answer.text, (raw, where)
+            shown[path + (f"?{urlencode(params)}" if params else "")] = answer.text
+    ids = world.ids
+    version = f"/configuration/versions/{ids['version']}"
+    # The patient's name, as the queue, a task, a series, a study and the rule tester show it.
+    for key in (
+        "/queue?tab=received",
+        "/queue?tab=failed",
+        "/queue?tab=finished",
+        "/queue/rows?tab=failed",
+        "/queue/rows?tab=finished",
+        f"/tasks/{ids['done']}",
+        f"/tasks/{ids['failed']}",
+        f"/series/{ids['series_id']}",
+        f"/studies/{ids['study_id']}",
+        "/rules/new",
+    ):
+        assert SCRIPT_SHOWN in shown[key], key
+    # The study's and series' descriptions.
+    for key in (
+        "/queue?tab=received",
+        f"/series/{ids['series_id']}",
+        f"/studies/{ids['study_id']}",
+    ):
+        assert IMG_SHOWN in shown[key], key
+    # Comments in the configuration (the rule's, the module's, the versions').
+    for key in ("/rules", "/rules/to_archive", "/modules/mod", "/configuration", version):
+        assert SCRIPT_SHOWN in shown[key], key
+    for key in ("/targets/archive", version):
+        assert IMG_SHOWN in shown[key], key
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_browser_shows_the_markup_as_text_and_runs_none(
+    receiver: Caduceus, tmp_path: Path, page: Any
+) -> None:
+    world = hostile_world(receiver, tmp_path)
+    web = web_client(receiver.home, receiver.database_url, world.engine)
+    add_user(world.engine, "admin-user", "admin")
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    with serve(web.app) as url:  # type: ignore[arg-type]
+        browser_login(page, url, "admin-user", "/queue?tab=failed")
+        for path, name in (
+            ("/queue?tab=failed", "security-queue-failed"),
+            ("/queue?tab=finished", "security-queue-finished"),
+            (f"/tasks/{world.ids['failed']}", "security-task"),
+        ):
+            page.goto(url + path)
+            text = page.inner_text("main")
+            assert SCRIPT in text, path
+            shot(page, name)
+        assert_no_errors(page)
+    assert dialogs == []
