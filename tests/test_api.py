@@ -249,6 +249,20 @@ def test_actions_restart_force_complete_and_outside_events(
     assert again.status_code == 409
 
     task_id = forced.json()["tasks"][0]
+
+    # A series can be completed before its quiet time, too; its rules run at once.
+    send(receiver, tmp_path / "b", count=1, modality="MR")
+    [mr] = client.get("/api/series?modality=MR", headers=operator).json()
+    assert mr["state"] == "receiving"
+    viewer = token_for(client, engine, "val", "viewer")
+    assert client.post(f"/api/series/{mr['id']}/force-complete", headers=viewer).status_code == 403
+    done = client.post(f"/api/series/{mr['id']}/force-complete", headers=operator)
+    assert done.status_code == 200 and done.json()["completed"], done.text
+    assert client.get(f"/api/series/{mr['id']}", headers=operator).json()["state"] == "complete"
+    again = client.post(f"/api/series/{mr['id']}/force-complete", headers=operator)
+    assert again.status_code == 409 and "not receiving" in again.text
+    assert client.post("/api/series/999999/force-complete", headers=operator).status_code == 404
+
     refused = client.post(f"/api/tasks/{task_id}/restart", headers=operator)
     assert refused.status_code == 409 and "not in error" in refused.text
 

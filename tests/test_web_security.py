@@ -59,6 +59,7 @@ LEAST_ROLE: dict[tuple[str, str], str] = {
     ("POST", "/api/rules/test"): "viewer",
     # the queue
     ("POST", "/api/studies/{study_id}/force-complete"): "operator",
+    ("POST", "/api/series/{series_id}/force-complete"): "operator",
     ("POST", "/api/tasks/{task_id}/restart"): "operator",
     ("POST", "/api/tasks/{task_id}/discard"): "operator",
     ("POST", "/api/queues/{name}/suspend"): "operator",
@@ -148,7 +149,7 @@ def a_world_to_act_on(engine: Engine, tmp_path: Path) -> dict[str, str]:
     )
     version, _ = store.save(engine, config, "tester")
     study_id, study_uid = add_study(engine, state="receiving")
-    add_series(engine, study_id, state="receiving")
+    series_id, _ = add_series(engine, study_id, state="receiving")
     task_id = add_task(engine, "all", "error", study_uid=study_uid, targets={"archive": "error"})
     add_user(engine, "victim", "viewer")
     with engine.connect() as conn:
@@ -160,6 +161,7 @@ def a_world_to_act_on(engine: Engine, tmp_path: Path) -> dict[str, str]:
         "user_id": str(victim),
         "token_id": str(token),
         "study_id": str(study_id),
+        "series_id": str(series_id),
         "task_id": task_id,
         "version": str(version),
     }

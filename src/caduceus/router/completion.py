@@ -76,6 +76,19 @@ class Router:
         self._complete_study(config, study_id, now or datetime.now(UTC), result, forced=True)
         return result
 
+    def force_complete_series(
+        self, config: Config, series_id: int, now: datetime | None = None
+    ) -> PassResult:
+        """Complete a series now instead of after its quiet time (an operator's action: the
+        modality is known to be done). A series whose files went missing is set aside."""
+        result = PassResult()
+        self._trigger_tags.pop(series_id, None)
+        try:
+            self._complete_series(config, series_id, now or datetime.now(UTC), result)
+        except MissingFile as exc:
+            self._fail(SERIES, SERIES.c.id, series_id, "series.error", exc, series_id=series_id)
+        return result
+
     # -- series ---------------------------------------------------------------------------
 
     def _open(self, key: Any, last: Any, *more: Any) -> list[Any]:
