@@ -174,4 +174,9 @@ def test_an_administrator_runs_caduceus_from_the_browser(
         page.goto(base + path)
         assert page.locator("main h1").count() == 1, path
         shot(page, name)
+    # A large monitor: the same pages use the width.
+    page.set_viewport_size({"width": 2560, "height": 1440})
+    for path, name in (("/", "20-overview-large-monitor"), ("/queue", "21-queue-large-monitor")):
+        page.goto(base + path)
+        shot(page, name)
     assert_no_errors(page)
