@@ -199,8 +199,16 @@
 
   function safeNext() {
     const next = new URLSearchParams(location.search).get("next") || "/";
-    // Only a path on this site: never "//elsewhere" or "https://elsewhere".
-    return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+    // Only a path on this site. The browser's own parser decides: it drops tabs and newlines
+    // and reads "\" as "/", so "/<tab>/elsewhere" is "//elsewhere", which a test of the text
+    // would let through.
+    let url;
+    try {
+      url = new URL(next, location.origin);
+    } catch (e) {
+      return "/";
+    }
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
   }
 
   async function login(form) {
