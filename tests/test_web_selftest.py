@@ -201,3 +201,21 @@ def test_the_page_starts_a_run_and_shows_each_stage_pass(
         assert "5 of 5 instance(s) read back" in page.inner_text("#selftest-stages")
         shot(page, "selftest")
         assert_no_errors(page)
+
+
+def test_the_command_line_runs_the_same_selftest(launch: Launch, web_engine: Engine) -> None:
+    """`caduceus selftest` on the machine: every stage in a table, exit 0; with the dispatcher
+    stopped, exit 1 naming the stage that failed, and no trace left either way."""
+    store.save(web_engine, Config.model_validate(ADMIN_CONFIG), "admin")
+    receiver = start_services(launch, "router")
+    dispatcher = launch("dispatcher", home=receiver.home)
+    passed = receiver.cli("selftest", "--timeout", "30", check=False)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "5 of 5 instance(s) read back" in passed.stdout
+    assert_left_no_trace(web_engine, receiver)
+
+    dispatcher.stop()
+    failed = receiver.cli("selftest", "--timeout", "5", check=False)
+    assert failed.returncode == 1, failed.stdout
+    assert "is the dispatcher running?" in failed.stdout
+    assert_left_no_trace(web_engine, receiver)

@@ -167,6 +167,44 @@ def settings() -> None:
 
 
 @app.command()
+def selftest(
+    timeout: Annotated[
+        float, typer.Option(min=5, max=600, help="Seconds each waiting stage may take.")
+    ] = 60.0,
+) -> None:
+    """Send a generated series through the running services to a temporary folder target and
+    check each stage, as the web interface's self-test does. Exits 1 when a stage fails."""
+    from caduceus.core.database import open_database
+    from caduceus.core.db.engine import writer
+    from caduceus.selftest.runner import run_selftest
+
+    config = _settings()
+    engine = open_database(config, migrate=True)
+    try:
+        with console.status("self-test running"):
+            result = run_selftest(
+                config,
+                engine.execution_options(caduceus_write=False),
+                writer(engine),
+                "command line",
+                timeout,
+            )
+    finally:
+        engine.dispose()
+    table = Table(title=f"self-test {result.id}: {result.state}")
+    for column in ("stage", "state", "seconds", "message"):
+        table.add_column(column, overflow="fold")
+    for stage in result.stages:
+        seconds = "" if stage.seconds is None else f"{stage.seconds:.1f}"
+        table.add_row(stage.title, stage.state, seconds, stage.message)
+    console.print(table)
+    if result.cleanup:
+        console.print(f"clean-up: {result.cleanup}")
+    if result.state != "passed":
+        raise typer.Exit(1)
+
+
+@app.command()
 def series(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     limit: Annotated[int, typer.Option(help="How many series, newest first.")] = 100,
