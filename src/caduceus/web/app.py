@@ -32,6 +32,7 @@ from caduceus.web.api import (
     tasks,
 )
 from caduceus.web.auth import LoginThrottle, Viewer
+from caduceus.web.body_limit import BodyLimit
 from caduceus.web.pages import (
     configuration,
     logs,
@@ -118,6 +119,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         return Response(body, media_type=content_type)
 
     _protect_docs(app)
+    # Added last, so outermost: a body is capped before any other part of the stack reads it.
+    app.add_middleware(BodyLimit)
     return app
 
 
