@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from caduceus.core.config import store
+from caduceus.core.config.models import Config
 from caduceus.web.body_limit import MAX_BODY_BYTES
 from tests.support.browser import browser_login
-from tests.support.web import PASSWORD, add_user
+from tests.support.processes import Caduceus
+from tests.support.web import PASSWORD, add_user, as_role, web_client
+from tests.test_dispatcher import run_dispatcher
+from tests.test_router import later, router_for, send, tasks
 
 
 @pytest.mark.parametrize("bad", ["/%09/example.com/", "/%0A/example.com/", "/%5C/example.com/"])
@@ -66,3 +72,46 @@ def test_a_huge_body_is_refused_before_anyone_reads_it(web: TestClient) -> None:
     assert chunked.status_code == 413, chunked.text
     small = web.put("/api/config", json={"comment": "x" * 1000})
     assert small.status_code == 401, "a body within the limit reaches the login check"
+
+
+def test_a_removed_target_leaves_its_queued_task_in_error_not_done(
+    receiver: Caduceus, database_url: str, tmp_path: Path
+) -> None:
+    """An admin moves a rule to another target and removes the old one while a study waits
+    for it: the study must end as a visible error (restartable once the target is back),
+    never as done."""
+    old = tmp_path / "old"
+    old.mkdir()
+    engine = receiver.engine()
+    before = Config.model_validate(
+        {
+            "settings": {"retry_delay": 10, "retry_max": 1},
+            "targets": {"old": {"type": "folder", "path": str(old)}},
+            "rules": {"ct": {"rule": "@Modality@ == 'CT'", "targets": ["old"]}},
+        }
+    )
+    store.save(engine, before, "tester")
+    send(receiver, tmp_path / "ct", count=2, modality="CT")
+    router_for(receiver).run_pass(before, later(61))
+    [task] = tasks(receiver)
+
+    web = web_client(receiver.home, database_url, engine)
+    csrf = as_role(web, engine, "admin")
+    assert web.delete("/api/rules/ct", headers=csrf).status_code == 200
+    assert web.delete("/api/targets/old", headers=csrf).status_code == 200
+    after = store.current_or_default(engine)
+
+    assert run_dispatcher(receiver, after, later(62)) == ["dispatching"]
+    assert run_dispatcher(receiver, after, later(10_000)) == ["error"]  # retry_max 1
+    [task] = tasks(receiver)
+    assert task["state"] == "error"
+    assert "target 'old' is no longer configured" in task["error"]
+    assert list(old.iterdir()) == [], "nothing was sent"
+    page = web.get(f"/tasks/{task['id']}")
+    assert "is no longer configured" in page.text
+
+    # The target is back: a restart sends the study.
+    store.save(engine, before, "tester")
+    assert web.post(f"/api/tasks/{task['id']}/restart", headers=csrf).status_code == 200
+    assert run_dispatcher(receiver, before, later(10_001)) == ["done"]
+    assert len(list((old / task["id"]).glob("*.dcm"))) == 2
