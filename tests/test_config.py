@@ -366,3 +366,43 @@ def test_secrets_are_masked_in_every_output_and_kept_on_reimport(
     refused = run([*CADUCEUS, "config", "import", str(masked)], env=other)
     assert refused.returncode == 1
     assert "target 'web': password is masked" in refused.stderr
+
+
+def test_a_masked_secret_is_not_kept_when_the_server_check_is_loosened() -> None:
+    """Turning off an SFTP host-key check or a DICOMweb certificate check could hand the old
+    password to another server: the masked password must then be given again."""
+    from caduceus.core.config.models import MASK, Config
+    from caduceus.core.config.store import keep_secrets
+
+    stored = Config.model_validate(
+        {
+            "targets": {
+                "sftp": {
+                    "type": "sftp",
+                    "host": "archive.example",
+                    "user": "router",
+                    "password": "s3cret-sftp",
+                    "folder": "/in",
+                    "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBz",
+                },
+                "web": {
+                    "type": "dicomweb",
+                    "url": "https://pacs.example/dicom-web",
+                    "token": "s3cret-token",
+                },
+            }
+        }
+    )
+    masked = stored.model_dump(mode="json")
+    assert masked["targets"]["sftp"]["password"] == MASK
+    same = keep_secrets(Config.model_validate(masked), stored)
+    assert same.targets["sftp"].password.get_secret_value() == "s3cret-sftp"  # type: ignore[union-attr]
+
+    for name, change in (
+        ("sftp", {"accept_unknown_host_key": True}),
+        ("web", {"verify_tls": False}),
+    ):
+        loosened = stored.model_dump(mode="json")
+        loosened["targets"][name].update(change)
+        with pytest.raises(ValueError, match="now points elsewhere"):
+            keep_secrets(Config.model_validate(loosened), stored)

@@ -63,3 +63,16 @@ def test_menu_and_pages_follow_the_role(web: TestClient, web_engine: Engine) -> 
     assert refused.status_code == 403 and "needs the admin role" in refused.text
     missing = web.get("/no-such-page")
     assert missing.status_code == 404 and "Not found" in missing.text
+
+
+def test_a_page_address_with_a_malformed_id_is_a_missing_page(
+    web: TestClient, web_engine: Engine
+) -> None:
+    as_role(web, web_engine, "viewer")
+    for path in ("/series/abc", "/studies/1x", "/configuration/versions/latest"):
+        answer = web.get(path)
+        assert answer.status_code == 404, path
+        assert "text/html" in answer.headers["content-type"] and "No such page" in answer.text
+    # The API keeps answering in JSON, saying which parameter was wrong.
+    answer = web.get("/api/series/abc")
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "series_id"

@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
@@ -155,8 +159,7 @@ def _add_page_handling(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def error_page(request: Request, exc: StarletteHTTPException) -> Response:
-        path = request.url.path
-        if path.startswith(("/api", "/metrics", "/static")) or request.method != "GET":
+        if not _is_page(request):
             return await http_exception_handler(request, exc)
         return render(
             request,
@@ -166,6 +169,15 @@ def _add_page_handling(app: FastAPI) -> None:
             status_code=exc.status_code,
             detail=str(exc.detail),
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_page_address(request: Request, exc: RequestValidationError) -> Response:
+        # /tasks/abc or /series/x: for a person this is a page that does not exist.
+        if _is_page(request):
+            return render(
+                request, "error.html", None, "Not found", status_code=404, detail="No such page."
+            )
+        return await request_validation_exception_handler(request, exc)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -178,3 +190,10 @@ def _add_page_handling(app: FastAPI) -> None:
         if not request.url.path.startswith("/static"):
             response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def _is_page(request: Request) -> bool:
+    """A page a person asked for, answered in HTML (the API answers in JSON)."""
+    return request.method == "GET" and not request.url.path.startswith(
+        ("/api", "/metrics", "/static")
+    )

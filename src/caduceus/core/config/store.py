@@ -44,9 +44,24 @@ def get(engine: Engine, version: int) -> Config:
     return Config.model_validate(content)
 
 
-# Where a target sends to: a masked secret is kept only while these stay the same, so that
-# pointing a target elsewhere never hands its old password to the new place.
-_DESTINATION = ("host", "port", "url", "bucket", "endpoint_url", "region", "user", "username")
+# Where a target sends to, and how it makes sure it is talking to that place: a masked secret
+# is kept only while these stay the same, so that neither pointing a target elsewhere nor
+# loosening its host-key or certificate check hands its old password to another server.
+_DESTINATION = (
+    "host",
+    "port",
+    "url",
+    "bucket",
+    "endpoint_url",
+    "region",
+    "user",
+    "username",
+    "host_key",
+    "accept_unknown_host_key",
+    "verify_tls",
+    "verify_hostname",
+    "tls_ca_certificate",
+)
 
 
 def keep_secrets(config: Config, previous: Config | None) -> Config:
@@ -82,7 +97,8 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
     smtp = updated.settings.smtp
     if smtp.password.get_secret_value() == MASK:
         old_smtp = previous.settings.smtp if previous else None
-        if old_smtp and (old_smtp.host, old_smtp.username) == (smtp.host, smtp.username):
+        where = ("host", "port", "username", "security", "allow_login_in_clear")
+        if old_smtp and all(getattr(old_smtp, k) == getattr(smtp, k) for k in where):
             smtp.password = old_smtp.password
         else:
             problems.append("settings.smtp: password is masked; give the real value")
