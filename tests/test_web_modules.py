@@ -17,7 +17,7 @@ from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, TASK_INSTANCES, TASKS
 from tests.conftest import Launch
 from tests.support.browser import shot
-from tests.support.web import add_user, as_role
+from tests.support.web import add_user, as_role, log_in
 from tests.test_web_targets import sign_in
 
 ECHO = """
@@ -204,3 +204,27 @@ def test_modules_in_a_browser(
     shot(page, "modules-list")
     errors = [e for e in page.script_errors if not e.startswith("Failed to load resource")]
     assert errors == []
+
+
+def test_only_admins_see_the_values_of_a_modules_environment(
+    web: TestClient, web_engine: Engine
+) -> None:
+    """An environment often holds a licence or service key: viewers and operators see which
+    variables are set, never their values, on the page and in every API answer."""
+    key = "sk-live-0123456789"
+    store.save(
+        web_engine,
+        Config.model_validate(
+            {"modules": {"ai": {"image": "example/ai:1", "environment": {"API_KEY": key}}}}
+        ),
+        "tester",
+    )
+    add_user(web_engine, "vera", "viewer")
+    add_user(web_engine, "ada", "admin")
+    log_in(web, "vera")
+    for path in ("/modules/ai", "/api/modules", "/api/modules/ai", "/api/config"):
+        answer = web.get(path)
+        assert answer.status_code == 200, path
+        assert key not in answer.text and "API_KEY" in answer.text, path
+    log_in(web, "ada")
+    assert key in web.get("/api/modules/ai").text

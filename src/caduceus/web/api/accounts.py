@@ -192,6 +192,10 @@ def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
 
 def _keep_an_admin(conn: Connection, user_id: int) -> None:
     """Refuse a change that would leave no enabled admin: nobody could undo it."""
+    # Two admins demoting each other at the same moment must not both pass the count: the
+    # admins' rows stay locked until this transaction ends (SQLite's writer lock does the
+    # same there).
+    conn.execute(select(USERS.c.id).where(USERS.c.role == "admin").with_for_update()).all()
     others = conn.execute(
         select(func.count()).where(
             and_(USERS.c.role == "admin", USERS.c.disabled.is_(False), USERS.c.id != user_id)

@@ -66,11 +66,21 @@ def resume(request: Request, name: str, who: Operator) -> dict[str, str]:
     return {"queue": name, "state": "resumed"}
 
 
+def module_shown(module: dict[str, Any], who: Principal) -> dict[str, Any]:
+    """A module's environment often carries an API key for the model's licence or service:
+    only admins see the values; anyone else sees which variables are set."""
+    if not who.can("admin") and module.get("environment"):
+        module["environment"] = dict.fromkeys(module["environment"], MASK)
+    return module
+
+
 def shown_to(document: dict[str, Any], who: Principal) -> dict[str, Any]:
     """Webhook URLs often carry their token in the path or query: only admins see them whole;
-    anyone else sees where they point (scheme and host)."""
+    anyone else sees where they point (scheme and host). Module environments likewise."""
     if who.can("admin"):
         return document
+    for module in document.get("modules", {}).values():
+        module_shown(module, who)
     for rule in document.get("rules", {}).values():
         notification = rule.get("notification") or {}
         if notification.get("webhook_url"):

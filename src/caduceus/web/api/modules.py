@@ -10,22 +10,23 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Module
 from caduceus.core.storage import DataRoot
 from caduceus.web.api import config_parts
+from caduceus.web.api.control import module_shown
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.api.module_trial import start_trial
-from caduceus.web.auth import Admin, Operator, Viewer
+from caduceus.web.auth import Admin, Operator, Principal, Viewer
 from caduceus.web.pages.model_forms import lines_to_lists
 
 router = APIRouter(prefix="/api", tags=["modules"])
 OBJECTS = ("settings", "environment")
 
 
-def summary(name: str, module: Module) -> dict[str, Any]:
+def summary(name: str, module: Module, who: Principal) -> dict[str, Any]:
     return {
         "name": name,
         "runs": module.image or " ".join(module.command),
         "kind": "image" if module.image else "command",
         "comment": module.comment,
-        "settings": module.model_dump(mode="json"),
+        "settings": module_shown(module.model_dump(mode="json"), who),
     }
 
 
@@ -34,13 +35,13 @@ def _modules(request: Request) -> dict[str, Module]:
 
 
 @router.get("/modules")
-def list_modules(request: Request, _: Viewer) -> list[dict[str, Any]]:
-    return [summary(name, module) for name, module in _modules(request).items()]
+def list_modules(request: Request, who: Viewer) -> list[dict[str, Any]]:
+    return [summary(name, module, who) for name, module in _modules(request).items()]
 
 
 @router.get("/modules/{name}")
-def one_module(request: Request, name: str, _: Viewer) -> dict[str, Any]:
-    return summary(name, config_parts.found(_modules(request), name, "module"))
+def one_module(request: Request, name: str, who: Viewer) -> dict[str, Any]:
+    return summary(name, config_parts.found(_modules(request), name, "module"), who)
 
 
 def _builder(body: dict[str, Any]) -> config_parts.Build:

@@ -8,6 +8,7 @@ from fastapi.responses import HTMLResponse
 
 from caduceus.core.config import store
 from caduceus.core.config.models import Module
+from caduceus.web.api.control import module_shown
 from caduceus.web.api.engines import reader
 from caduceus.web.pages.model_forms import FormField, form_fields
 from caduceus.web.pages.rendering import PageViewer, render
@@ -66,7 +67,7 @@ def module_page(request: Request, name: str, who: PageViewer) -> HTMLResponse:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "there is no such module")
     if module is None and not who.can("admin"):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this page needs the admin role")
-    current = module.model_dump(mode="json") if module is not None else None
+    current = module_shown(module.model_dump(mode="json"), who) if module is not None else None
     return render(
         request,
         "module.html",
