@@ -43,14 +43,15 @@ def submit(page: Any, form: str, then: str) -> None:
 
 
 @pytest.fixture
-def caduceus(launch: Launch, database_url: str) -> Caduceus:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the browser's story runs once, on the embedded default (SQLite)")
+def caduceus(launch: Launch) -> Caduceus:
     instance = launch("run")
     wait_for_port(instance.web_port, timeout=60)
     return instance
 
 
+# The story runs once, on the embedded default (SQLite); every page's queries run on
+# PostgreSQL too in the other web tests.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_administrator_runs_caduceus_from_the_browser(
     caduceus: Caduceus, page: Any, tmp_path: Path
 ) -> None:
