@@ -105,6 +105,7 @@ def test_first_login_must_change_the_password_and_old_sessions_die(
         headers=headers,
     )
     assert changed.status_code == 200
+    assert not path.exists(), "the first password's file is gone once it is changed"
     assert client.get("/api/me").status_code == 401, "the old session ended"
     login(client, "admin")
     assert client.get("/api/tasks").status_code == 200

@@ -35,6 +35,7 @@ SESSION_COOKIE = "caduceus_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_LIFETIME = timedelta(hours=12)
 TOKEN_TOUCH = timedelta(minutes=1)
+INITIAL_PASSWORD_FILE = "initial-admin-password"  # noqa: S105 - a file name, not a password
 TOKEN_PREFIX = "cdc_"  # noqa: S105 - a marker that makes leaked tokens easy to find
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -110,7 +111,7 @@ def ensure_initial_admin(engine: Engine, home: Path) -> Path | None:
         if conn.execute(select(USERS.c.id).limit(1)).first() is not None:
             return None
     password = secrets.token_urlsafe(12)
-    path = home / "initial-admin-password"
+    path = home / INITIAL_PASSWORD_FILE
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a file left from before keeps its mode otherwise

@@ -94,7 +94,19 @@ def change_password(
     if change.new_password == change.current_password:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "choose a new password")
     auth.change_password(writer(request), who.user_id, change.new_password)
+    _forget_initial_password(request, change.current_password)
     return {"state": "password changed; log in again"}
+
+
+def _forget_initial_password(request: Request, old_password: str) -> None:
+    """The generated first password has done its job once it is changed: its file goes, so
+    no copy of a password lies around (only if the file holds the password just replaced)."""
+    path = request.app.state.settings.home / auth.INITIAL_PASSWORD_FILE
+    try:
+        if path.read_text().strip() == old_password:
+            path.unlink()
+    except OSError:
+        pass  # no file, or not ours to read: nothing to forget
 
 
 # -- users ------------------------------------------------------------------------------------
