@@ -76,3 +76,17 @@ def test_a_page_address_with_a_malformed_id_is_a_missing_page(
     # The API keeps answering in JSON, saying which parameter was wrong.
     answer = web.get("/api/series/abc")
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "series_id"
+
+
+def test_the_api_reference_is_drawn_here_under_the_same_policy(
+    web: TestClient, web_engine: Engine
+) -> None:
+    assert web.get("/api/docs").status_code == 401
+    as_role(web, web_engine, "viewer")
+    answer = web.get("/api/docs")
+    assert answer.status_code == 200
+    assert "POST</strong> /api/tasks/{task_id}/restart" in answer.text
+    assert "Processing resumes at the failed step" in answer.text  # the route's docstring
+    # Nothing from another site, and no exemption from the policy.
+    assert "cdn." not in answer.text and "<script>" not in answer.text
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
