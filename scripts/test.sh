@@ -25,4 +25,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest "$@"
+# Parallel workers (pytest-xdist); each takes its ports from a range of its own.
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -n "${CADUCEUS_TEST_WORKERS:-2}" --dist worksteal "$@"

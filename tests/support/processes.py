@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -17,15 +18,34 @@ from sqlalchemy import Engine, create_engine
 
 from caduceus.core.db.engine import make_engine, writer
 
+# Tests run in parallel workers (pytest-xdist). A port the kernel hands out for port 0 is
+# free now, but another worker may be handed the same one before our server binds it. So each
+# worker takes ports from a range of its own, below the kernel's ephemeral range (which
+# starts at 32768), where nobody else is given one.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_RANGE = 1500
+_next_port = itertools.count()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    if not _WORKER.startswith("gw"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    first = 20000 + int(_WORKER[2:]) * _RANGE
+    for _ in range(_RANGE):
+        port = first + next(_next_port) % _RANGE
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # still in use (or in TIME_WAIT) from an earlier test
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + _RANGE - 1}")
 
 
 def wait_for_port(
-    port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+    port: int, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,4 +1,6 @@
-"""Findings of the second review of the web interface, each kept fixed by a test."""
+"""Hardening of the web interface: the login never leads to another site, a huge request body
+is refused before anyone reads it, and a study queued for a removed target ends in a visible
+error."""
 
 from __future__ import annotations
 
