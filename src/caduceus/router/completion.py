@@ -29,6 +29,7 @@ from caduceus.core.db.upsert import insert_or_update
 from caduceus.core.events import record_event
 from caduceus.core.logs import log_context, phi
 from caduceus.core.storage import DataRoot
+from caduceus.router.exclusive import claim_group
 from caduceus.router.rules import compiled, match
 from caduceus.router.tags import UnreadableSeries, read_tags
 from caduceus.router.taskmaker import Group, MissingFile, make_task
@@ -214,6 +215,8 @@ class Router:
         self, config: Config, series_id: int, now: datetime, result: PassResult
     ) -> None:
         with log_context(series=series_id), self.engine.begin() as conn:
+            if not claim_group(conn, f"series:{series_id}"):
+                return  # another router is completing it
             series = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).one()
             if series.state != "receiving":
                 return
@@ -398,6 +401,8 @@ class Router:
         self, config: Config, study_id: int, now: datetime, result: PassResult, forced: bool
     ) -> None:
         with self.engine.begin() as conn:
+            if not claim_group(conn, f"study:{study_id}"):
+                return  # another router is completing it
             study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
             if study.state != "receiving":
                 return
@@ -516,6 +521,8 @@ class Router:
         self, config: Config, rules: list[str], patient_id: str, now: datetime, result: PassResult
     ) -> None:
         with self.engine.begin() as conn:
+            if not claim_group(conn, f"patient:{patient_id}"):
+                return  # another router is completing it
             group_row = conn.execute(
                 select(PATIENT_GROUPS).where(PATIENT_GROUPS.c.patient_id == patient_id)
             ).one()
