@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -78,6 +78,29 @@ class Settings(BaseSettings):
         "where module programs and their interpreters live, e.g. /opt/modules.",
     )
     processor_lease_seconds: int = Field(default=600, ge=2)
+    processor_runner: Literal["container", "kubernetes"] = Field(
+        default="container",
+        description="Where modules with an image run: the container engine, or a Kubernetes "
+        "Job each (docs/kubernetes.md). Modules with a command always run locally.",
+    )
+    processor_kubernetes_namespace: str = Field(
+        default="", description="Namespace of the module Jobs; empty: the processor's own."
+    )
+    processor_kubernetes_data_claim: str = Field(
+        default="",
+        description="PersistentVolumeClaim of the shared data root, mounted by the processor "
+        "at CADUCEUS_HOME and by each module Job.",
+    )
+    processor_kubernetes_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent",
+        description="imagePullPolicy of module Jobs (a module with pull: always gets Always).",
+    )
+    processor_kubernetes_job_ttl_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="The cluster removes a finished module Job after this long, should its "
+        "processor die before deleting it.",
+    )
     web_host: str = "0.0.0.0"  # noqa: S104 - the interface is for the network
     web_secure_cookies: bool = Field(
         default=False,

@@ -2,7 +2,7 @@
 
 A module with an image runs in a container through the Docker Engine API (Docker or Podman); a
 module with a command runs as a local process, in a bubblewrap sandbox where bwrap exists. A
-cluster runner (Kubernetes Jobs) is one more module with the same interface.
+module with an image runs as a Kubernetes Job instead when CADUCEUS_PROCESSOR_RUNNER=kubernetes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ def runner_factory(settings: Settings) -> Callable[[Module], Runner]:
     shared: dict[str, Runner] = {}
 
     def runner_for(module: Module) -> Runner:
+        if module.image and settings.processor_runner == "kubernetes":
+            if "kubernetes" not in shared:
+                shared["kubernetes"] = _kubernetes_runner(settings)
+            return shared["kubernetes"]
         if module.image:
             if "container" not in shared:
                 from caduceus.processor.runners.container import ContainerRunner
@@ -34,6 +38,31 @@ def runner_factory(settings: Settings) -> Callable[[Module], Runner]:
         return local_runner(module, readonly_paths=settings.processor_sandbox_paths)
 
     return runner_for
+
+
+def _kubernetes_runner(settings: Settings) -> Runner:
+    if not settings.processor_kubernetes_data_claim:
+        raise RunnerError(
+            "CADUCEUS_PROCESSOR_KUBERNETES_DATA_CLAIM is not set: module Jobs need the claim "
+            "of the shared data root"
+        )
+    try:
+        from caduceus.processor.runners.kubernetes import JobOptions, KubernetesRunner
+    except ImportError as exc:
+        raise RunnerError(
+            f"the Kubernetes client is not installed ({exc}): pip install 'caduceus[kubernetes]'"
+        ) from exc
+    return KubernetesRunner(
+        JobOptions(
+            data_root=settings.home,
+            data_claim=settings.processor_kubernetes_data_claim,
+            namespace=settings.processor_kubernetes_namespace,
+            allow_root=settings.processor_allow_root,
+            volume_root=settings.processor_volume_root,
+            pull_policy=settings.processor_kubernetes_pull_policy,
+            ttl_seconds=settings.processor_kubernetes_job_ttl_seconds,
+        )
+    )
 
 
 __all__ = ["ModuleRun", "RunOutcome", "Runner", "RunnerError", "runner_factory"]

@@ -100,6 +100,16 @@ def extra_volume(spec: str, volume_root: Path | None) -> tuple[str, dict[str, st
     return str(resolved), {"bind": str(container_path), "mode": mode}
 
 
+def container_environment(job: ModuleRun) -> dict[str, str]:
+    """The module's variables inside a container that sees its folders at mercure's paths."""
+    environment = dict(job.environment)
+    if job.persistence_dir is not None:
+        environment["MODULE_PERSISTENCE_DIR"] = PERSISTENT_PATH
+    # The folder variables always tell the truth, whatever the module's environment says.
+    environment.update(folder_environment(IN_PATH, OUT_PATH))
+    return environment
+
+
 def container_options(
     job: ModuleRun, *, allow_root: bool, volume_root: Path | None
 ) -> dict[str, Any]:
@@ -110,12 +120,9 @@ def container_options(
         str(job.in_dir.resolve()): {"bind": IN_PATH, "mode": "ro"},
         str(job.out_dir.resolve()): {"bind": OUT_PATH, "mode": "rw"},
     }
-    environment = dict(job.environment)
+    environment = container_environment(job)
     if job.persistence_dir is not None:
         volumes[str(job.persistence_dir.resolve())] = {"bind": PERSISTENT_PATH, "mode": "rw"}
-        environment["MODULE_PERSISTENCE_DIR"] = PERSISTENT_PATH
-    # The folder variables always tell the truth, whatever the module's environment says.
-    environment.update(folder_environment(IN_PATH, OUT_PATH))
     for spec in module.volumes:
         host, bind = extra_volume(spec, volume_root)
         if host in volumes:
