@@ -8,17 +8,25 @@ database and the data folder are what the machines share, not the network.
 
 from __future__ import annotations
 
+import sys
+import textwrap
 import threading
+import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+import yaml
+from pydicom import dcmread
+from sqlalchemy import Engine, func, select
 
 from caduceus.core.db.models import EVENTS, SERIES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.router.completion import PassResult, Router
-from tests.support.processes import Caduceus, storescu
+from tests.support.cluster import Machine, Service
+from tests.support.processes import Caduceus, free_port, storescu
+from tests.support.storescp import start_storescp
 from tests.test_router import config, later, router_for
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -70,7 +78,9 @@ def test_two_routers_never_complete_the_same_series(receiver: Caduceus, tmp_path
     assert len(completed) == 30
     assert set(completed.values()) == {1}, "a series was completed by both routers"
     with receiver.engine().connect() as conn:
-        per_series = Counter(conn.execute(select(TASKS.c.series_uid, TASKS.c.rule)).tuples().all())
+        per_series = Counter(
+            (r.series_uid, r.rule) for r in conn.execute(select(TASKS.c.series_uid, TASKS.c.rule))
+        )
         states = set(conn.execute(select(SERIES.c.state)).scalars())
         completions = Counter(
             conn.execute(
@@ -81,3 +91,152 @@ def test_two_routers_never_complete_the_same_series(receiver: Caduceus, tmp_path
     assert task_count == 60 and set(per_series.values()) == {1}
     assert states == {"complete"}
     assert len(completions) == 30 and set(completions.values()) == {1}
+
+
+SLOW_COPY = """
+    import os, pathlib, shutil, time
+    src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
+    dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
+    time.sleep(1.5)  # long enough for the test to kill the processor that runs it
+    for path in src.glob("*.dcm"):
+        shutil.copyfile(path, dst / path.name)
+"""
+
+LEASE_SECONDS = "3"
+
+
+def write_sent(folder: Path, ct: int, mr: int) -> dict[str, list[Path]]:
+    """Series to send, by SeriesInstanceUID: CT is routed as it is, MR goes through a module."""
+    written: dict[str, list[Path]] = {}
+    for number in range(ct + mr):
+        modality, count = ("CT", 40) if number < ct else ("MR", 10)
+        spec = SeriesSpec(count=count, rows=32, columns=32, modality=modality)
+        files = write_series(folder / f"{modality}{number}", spec)
+        written[str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)] = files
+    return written
+
+
+def leases(engine: Engine) -> list[tuple[str, str]]:
+    """(task, owner) of every live lease; an owner is host:pid (dispatcher) or host:pid:n."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(TASKS.c.id, TASKS.c.lease_owner).where(TASKS.c.lease_expires > datetime.now(UTC))
+        )
+        return [(str(r.id), str(r.lease_owner)) for r in rows]
+
+
+def owner_pid(owner: str) -> int:
+    return int(owner.split(":")[1])
+
+
+@POSTGRES_ONLY
+def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Machines A and B each run a receiver (own port), a router, a processor and a
+    dispatcher, sharing the data folder and PostgreSQL. Series go to both receivers at once;
+    a processor and a dispatcher are killed with SIGKILL while they hold a task. Every
+    instance reaches DCMTK's storescp; a resend happens only for a task the killed dispatcher
+    held; nothing is left stuck; no series gets two tasks for one rule."""
+    scp = start_storescp(tmp_path / "scp", "+xa", "+uf")  # +uf: a resend is a second file
+    home = tmp_path / "shared"
+    env = {
+        "CADUCEUS_DISPATCHER_LEASE_SECONDS": LEASE_SECONDS,
+        "CADUCEUS_PROCESSOR_LEASE_SECONDS": LEASE_SECONDS,
+    }
+    script = tmp_path / "slow_copy.py"
+    script.write_text(textwrap.dedent(SLOW_COPY))
+    document = {
+        "settings": {"series_complete_trigger": 1, "retry_delay": 1},
+        "targets": {"scp": scp.target()},
+        "modules": {"slow": {"command": [sys.executable, str(script)], "sandbox": False}},
+        "rules": {
+            "ct": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]},
+            "mr": {
+                "rule": "@Modality@ == 'MR'",
+                "action": "both",
+                "modules": ["slow"],
+                "targets": ["scp"],
+            },
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    machines = [Machine(name, home, database_url, env) for name in ("a", "b")]
+    try:
+        # The schema and the configuration first, as an installer would.
+        Service(home, database_url, free_port(), extra_env=env).cli(
+            "config", "import", str(tmp_path / "config.yaml")
+        )
+        for machine in machines:
+            machine.start()
+        sent = {m.name: write_sent(tmp_path / m.name, ct=3, mr=2) for m in machines}
+        senders = [
+            threading.Thread(target=storescu, args=(m.receiver, tmp_path / m.name))
+            for m in machines
+        ]
+        for sender in senders:
+            sender.start()
+
+        engine = machines[0].receiver.engine()
+        services = {
+            s.process.pid: (m.name, command, s)
+            for m in machines
+            for command, s in m.services.items()
+            if s.process is not None
+        }
+        killed: dict[str, tuple[str, set[str]]] = {}  # service -> (machine, tasks it held)
+        deadline = time.monotonic() + 40
+        while len(killed) < 2 and time.monotonic() < deadline:
+            for task_id, owner in leases(engine):
+                name, command, service = services[owner_pid(owner)]
+                if command in killed:
+                    continue
+                service.kill()
+                held = {t for t, o in leases(engine) if owner_pid(o) == service.process.pid}
+                killed[command] = (name, held | {task_id})
+            time.sleep(0.01)
+        for sender in senders:
+            sender.join()
+        assert set(killed) == {"processor", "dispatcher"}, "nothing was killed at work"
+
+        expected_tasks = sum(len(s) for s in sent.values())
+
+        def finished() -> bool:
+            with engine.connect() as conn:
+                states = conn.execute(select(TASKS.c.state)).scalars().all()
+            return len(states) == expected_tasks and set(states) == {"done"}
+
+        deadline = time.monotonic() + 45
+        while not finished() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(TASKS.c.id, TASKS.c.series_uid, TASKS.c.rule, TASKS.c.state)
+            ).all()
+        assert finished(), f"{rows}\n" + "\n".join(m.logs() for m in machines)
+
+        per_rule = Counter((r.series_uid, r.rule) for r in rows)
+        assert set(per_rule.values()) == {1}, "a series got two tasks for one rule"
+        series_of = {
+            uid(path): series
+            for by_series in sent.values()
+            for series, files in by_series.items()
+            for path in files
+        }
+        arrived = Counter(uid(path) for path in scp.files())
+        assert set(arrived) == set(series_of), "an instance never reached the target"
+        resent = {series_of[u] for u, n in arrived.items() if n > 1}
+        held_series = {r.series_uid for r in rows if r.id in killed["dispatcher"][1]}
+        assert resent <= held_series, "an instance was sent twice by dispatchers that lived"
+        print(
+            f"killed {killed}; {sum(arrived.values())} arrivals of {len(arrived)} instances, "
+            f"{sum(n - 1 for n in arrived.values())} resent"
+        )
+    finally:
+        for machine in machines:
+            machine.stop()
+        scp.stop()
+
+
+def uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
