@@ -308,3 +308,23 @@ def test_leftover_jobs_of_a_task_are_deleted(tmp_path: Path) -> None:
         cluster.jobs["other"] = {"metadata": {"name": "other", "labels": {"caduceus.task": "x"}}}
         assert runner.remove_leftovers(TASK) == 1
         assert list(cluster.jobs) == ["other"]
+
+
+def test_the_jobs_match_the_kubernetes_schema(tmp_path: Path) -> None:
+    validate = pytest.importorskip("kubernetes_validate")
+    models = tmp_path / "models"
+    models.mkdir()
+    modules = {
+        "plain": Module(image="seg:1"),
+        "gpu and network": Module(image="seg:2", gpu=True, network=True, pull="always"),
+        "root": Module(image="seg:3", requires_root=True, timeout_seconds=60),
+        "volumes": Module(image="seg:4", persistence=True, volumes=[f"{models}:/models:ro"]),
+    }
+    for name, module in modules.items():
+        run = _run(tmp_path / name.replace(" ", "-"), module, name=name, persistence=True)
+        options = _options(tmp_path, allow_root=True, volume_root=models)
+        manifest = job_manifest(run, options, f"caduceus-{name.replace(' ', '-')}-1")
+        try:
+            validate.validate(manifest, "1.32.0", strict=True)
+        except validate.ValidationError as exc:
+            pytest.fail(f"{name}: {exc.message}")
