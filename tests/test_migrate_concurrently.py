@@ -1,0 +1,80 @@
+"""Several processes starting at once against one fresh database: one migrates, the others
+wait for it, and all of them go on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from caduceus.core.db.engine import make_engine
+from caduceus.core.db.migrate import alembic_config
+
+PROCESSES = 4
+
+# Each process imports caduceus, says it is ready, then waits at a gate: opening the gate
+# starts every `caduceus migrate` at the same moment, which the start-up time of a Python
+# process would otherwise spread over a second or more.
+GATED_MIGRATE = """
+import sys, time
+from pathlib import Path
+from caduceus.cli.main import app
+ready, gate = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not gate.exists():
+    time.sleep(0.001)
+app(["migrate"])
+"""
+
+
+def test_processes_starting_together_migrate_once(tmp_path: Path, database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADUCEUS_")}
+    env.update(CADUCEUS_HOME=str(tmp_path / "home"), CADUCEUS_DATABASE_URL=database_url)
+    gate = tmp_path / "gate"
+    ready = [tmp_path / f"ready-{i}" for i in range(PROCESSES)]
+    logs = [tmp_path / f"migrate-{i}.log" for i in range(PROCESSES)]
+    processes = []
+    for flag, log in zip(ready, logs, strict=True):
+        with log.open("wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", GATED_MIGRATE, str(flag), str(gate)],
+                    env={**env, "COLUMNS": "200"},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        deadline = time.monotonic() + 120
+        while not all(flag.exists() for flag in ready):
+            assert all(p.poll() is None for p in processes), "a process died before the gate"
+            assert time.monotonic() < deadline, "the processes did not get ready"
+            time.sleep(0.01)
+        gate.touch()
+        codes = [p.wait(timeout=180) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    outputs = [log.read_text(errors="replace") for log in logs]
+    for code, output in zip(codes, outputs, strict=True):
+        assert code == 0, output
+        assert "database is up to date" in output
+        assert "Error" not in output and "Traceback" not in output, output
+
+    engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    finally:
+        engine.dispose()
+    assert head is not None
+    assert [row[0] for row in versions] == [head]
