@@ -32,7 +32,7 @@ def _settings() -> Settings:
 
 
 def _add_subcommands() -> None:
-    from caduceus.cli import config, targets, tasks
+    from caduceus.cli import config, health, targets, tasks
 
     app.add_typer(config.app, name="config")
     app.add_typer(targets.app, name="targets")
@@ -41,6 +41,7 @@ def _add_subcommands() -> None:
     rules = typer.Typer(help="Routing rules.", no_args_is_help=True)
     rules.command("test")(tasks.rules_test_command)
     app.add_typer(rules, name="rules")
+    app.command("health")(health.health)
 
 
 _add_subcommands()
