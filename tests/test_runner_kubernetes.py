@@ -4,7 +4,9 @@ No cluster runs here. The Job specifications are checked field by field, and the
 control flow (create, wait, read the log, delete; failures, time limits, a missing image, a
 processor without the right to create Jobs) runs against tests/support/fake_kubernetes.py, a
 small HTTP server that speaks the few API endpoints the official client calls. That fake is
-the only mock: it stands for the cluster that cannot run on this machine.
+the only mock: it stands for the cluster that cannot run on this machine. The last test takes
+a received task through the processor's pipeline with its module run as Jobs of that fake
+cluster (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from kubernetes import client as k8s
 
 from caduceus.core.config.models import Module
 from caduceus.core.settings import Settings
+from caduceus.core.storage import DataRoot
+from caduceus.dispatcher.dispatch import restart
+from caduceus.processor.pipeline import Pipeline
 from caduceus.processor.runners import RunnerError, runner_factory
 from caduceus.processor.runners.base import ModuleRun
 from caduceus.processor.runners.kubernetes import (
@@ -30,6 +35,9 @@ from caduceus.processor.runners.kubernetes import (
     label_value,
 )
 from tests.support.fake_kubernetes import Script, fake_cluster
+from tests.support.processes import Caduceus
+from tests.test_processor import setup
+from tests.test_router import events, tasks
 
 TASK = "3f2b8c1e-7d4a-5b6c-8e9f-0a1b2c3d4e5f"
 
@@ -328,3 +336,38 @@ def test_the_jobs_match_the_kubernetes_schema(tmp_path: Path) -> None:
             validate.validate(manifest, "1.32.0", strict=True)
         except validate.ValidationError as exc:
             pytest.fail(f"{name}: {exc.message}")
+
+
+# -- the processor's pipeline with modules as Jobs --------------------------------------------
+
+
+def _copy_images(mounts: dict[str, Path]) -> None:
+    """The module, as the fake cluster runs it: its input's images to its output."""
+    for image in mounts["/tmp/data"].glob("*.dcm"):
+        (mounts["/tmp/output"] / image.name).write_bytes(image.read_bytes())
+
+
+def test_a_task_processed_by_jobs_is_done_or_fails_with_the_modules_log(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    modules = {"copy": {"image": "registry.example/copy:1"}}
+    cfg, task_id = setup(receiver, tmp_path, modules)
+    with fake_cluster(receiver.home) as (cluster, url):
+        runner = _runner(receiver.home, url)
+        pipeline = Pipeline(receiver.engine(), DataRoot(receiver.home), lambda module: runner)
+        cluster.script = Script(exit_code=2, output="weights missing\n")
+        assert pipeline.run(cfg, task_id) == "error"
+        [task] = tasks(receiver)
+        assert task["error"] == "step 1 (copy): copy: exited with code 2"
+        [failure] = events(receiver, "process.error")
+        assert "weights missing" in failure["details"]["log_tail"]
+
+        restart(receiver.engine(), task_id)
+        cluster.script = Script(exit_code=0, output="copied\n", module=_copy_images)
+        assert pipeline.run(cfg, task_id) == "done"
+        folder = receiver.home / tasks(receiver)[0]["folder"]
+        assert len(list((folder / "out").glob("*.dcm"))) == 3
+        assert [
+            job["spec"]["template"]["spec"]["containers"][0]["image"] for job in cluster.created
+        ] == ["registry.example/copy:1"] * 2
+        assert cluster.jobs == {}, "every Job is deleted once its run is over"
