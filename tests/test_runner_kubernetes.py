@@ -244,11 +244,11 @@ def test_a_module_runs_and_its_output_and_log_are_kept(tmp_path: Path) -> None:
 
 def test_a_failing_module_reports_its_exit_code(tmp_path: Path) -> None:
     with fake_cluster(tmp_path) as (cluster, url):
-        cluster.script = Script(exit_code=3, output="no lungs found\n")
+        cluster.script = Script(exit_code=3, output=b"no lungs found \xff\n")
         run = _run(tmp_path, Module(image="seg:1"))
         outcome = _runner(tmp_path, url).run(run)
         assert (outcome.exit_code, outcome.timed_out, outcome.ok) == (3, False, False)
-        assert "no lungs found" in run.log_path.read_text()
+        assert b"no lungs found \xff\n" in run.log_path.read_bytes(), "kept byte for byte"
         assert cluster.jobs == {}
 
 

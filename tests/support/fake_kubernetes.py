@@ -30,7 +30,7 @@ class Script:
     """How the pod of the next Job lives and ends."""
 
     exit_code: int | None = 0
-    output: str = ""
+    output: str | bytes = ""  # the pod's log
     # The Job's Failed condition when the pod does not succeed: BackoffLimitExceeded, or
     # DeadlineExceeded for the cluster stopping it at activeDeadlineSeconds.
     failed_reason: str = "BackoffLimitExceeded"
@@ -118,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))

@@ -324,10 +324,18 @@ class KubernetesRunner:
                 if pod is None:
                     out.write(b"caduceus: the Job started no pod, so there is no output\n")
                 else:
-                    text = core.read_namespaced_pod_log(
-                        pod.metadata.name, self.namespace, container=CONTAINER_NAME
+                    # Streamed as bytes: a module's output may be large, or not UTF-8.
+                    response = core.read_namespaced_pod_log(
+                        pod.metadata.name,
+                        self.namespace,
+                        container=CONTAINER_NAME,
+                        _preload_content=False,
                     )
-                    out.write(str(text or "").encode())
+                    try:
+                        for chunk in response.stream(65536):
+                            out.write(chunk)
+                    finally:
+                        response.release_conn()
             except _API_ERRORS as exc:
                 out.write(f"\ncaduceus: the pod's output could not be read: {_why(exc)}\n".encode())
             for note in notes:
