@@ -147,3 +147,16 @@ def test_the_processor_may_run_jobs_in_its_namespace_and_no_more() -> None:
     }
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     assert not policy.get("ingress") and not policy.get("egress")
+
+
+def test_every_service_is_probed_for_its_own_heartbeat_or_port() -> None:
+    for service in SERVICES:
+        (container,) = _find("Deployment", f"caduceus-{service}")["spec"]["template"]["spec"][
+            "containers"
+        ]
+        for probe in ("readinessProbe", "livenessProbe"):
+            check = container[probe]
+            if service in ("receiver", "web"):
+                assert check["tcpSocket"]["port"] == container["ports"][0]["name"]
+            else:
+                assert check["exec"]["command"] == ["caduceus", "health", "--service", service]
