@@ -15,9 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
-# The same pinned versions as the tests ran with.
+# The same pinned versions as the tests ran with; the Kubernetes client too, so that the one
+# image also serves a processor that runs modules as Jobs (docs/kubernetes.md).
 RUN python3 -m venv /opt/caduceus \
-    && /opt/caduceus/bin/pip install --no-compile -c constraints.txt . \
+    && /opt/caduceus/bin/pip install --no-compile -c constraints.txt '.[kubernetes]' \
     && /opt/caduceus/bin/python -m compileall -q /opt/caduceus/lib
 
 FROM ${PYTHON_IMAGE}
