@@ -252,6 +252,15 @@ def test_a_failing_module_reports_its_exit_code(tmp_path: Path) -> None:
         assert cluster.jobs == {}
 
 
+def test_a_short_api_outage_does_not_fail_the_run(tmp_path: Path) -> None:
+    with fake_cluster(tmp_path) as (cluster, url):
+        cluster.script = Script(exit_code=0, output="fine\n", unavailable_reads=3)
+        run = _run(tmp_path, Module(image="seg:1"))
+        assert _runner(tmp_path, url).run(run).ok
+        assert cluster.unavailable == 3
+        assert cluster.jobs == {}
+
+
 def test_out_of_memory_is_said_in_the_log(tmp_path: Path) -> None:
     with fake_cluster(tmp_path) as (cluster, url):
         cluster.script = Script(exit_code=137, terminated_reason="OOMKilled")

@@ -40,6 +40,7 @@ class Script:
     never_ends: bool = False
     module: Callable[[dict[str, Path]], None] | None = None  # gets {mountPath: host folder}
     create_status: int = 201  # e.g. 403 for a processor without the Role
+    unavailable_reads: int = 0  # the first status reads get 503 (an API server restarting)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class FakeCluster:
     deleted: list[str] = field(default_factory=list)
     reads: dict[str, int] = field(default_factory=dict)
     ran: set[str] = field(default_factory=set)
+    unavailable: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def mounts(self, job: dict[str, Any]) -> dict[str, Path]:
@@ -159,6 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
                 name = parts[-2]
                 if name not in cluster.jobs:
                     return self._missing(name)
+                if cluster.unavailable < cluster.script.unavailable_reads:
+                    cluster.unavailable += 1
+                    return self._send(503, {"kind": "Status", "message": "restarting"})
                 return self._send(200, cluster.job_status(name))
             if url.path.startswith(JOBS) and url.path.endswith("/jobs"):
                 key, _, value = query.get("labelSelector", ["="])[0].partition("=")

@@ -69,6 +69,11 @@ FATAL_WAITING = {
     "CreateContainerError",
 }
 _API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
+# Every call gives up after this long, so that a dead connection cannot hold a worker forever.
+REQUEST_TIMEOUT = 30
+# How long the API may be gone while a Job runs (a control plane restarting) before the step
+# fails; the Job goes on in the cluster meanwhile.
+API_PATIENCE_SECONDS = 120.0
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -270,7 +275,9 @@ class KubernetesRunner:
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            batch.create_namespaced_job(self.namespace, k8s.V1Job.from_dict(manifest))
+            batch.create_namespaced_job(
+                self.namespace, k8s.V1Job.from_dict(manifest), _request_timeout=REQUEST_TIMEOUT
+            )
         except _API_ERRORS as exc:
             raise RunnerError(
                 f"module {job.module_name}: the Job could not be created: {_why(exc)}"
@@ -287,15 +294,16 @@ class KubernetesRunner:
     def _wait(self, batch: Any, core: Any, job: ModuleRun, name: str) -> _Ended:
         limit = job.module.timeout_seconds
         deadline = time.monotonic() + limit + self.options.grace_seconds
-        failures = 0
+        answered = time.monotonic()
         while True:
             try:
-                status = batch.read_namespaced_job_status(name, self.namespace).status
+                status = batch.read_namespaced_job_status(
+                    name, self.namespace, _request_timeout=REQUEST_TIMEOUT
+                ).status
                 pod = self._pod(core, name)
-                failures = 0
+                answered = time.monotonic()
             except _API_ERRORS as exc:
-                failures += 1
-                if failures >= 5:
+                if time.monotonic() - answered > API_PATIENCE_SECONDS:
                     raise RunnerError(f"lost the Kubernetes API: {_why(exc)}") from exc
                 status = pod = None
             ended = _job_end(status, pod, job)
@@ -313,7 +321,9 @@ class KubernetesRunner:
             time.sleep(self.options.poll_seconds)
 
     def _pod(self, core: Any, name: str) -> Any | None:
-        pods = core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}").items
+        pods = core.list_namespaced_pod(
+            self.namespace, label_selector=f"job-name={name}", _request_timeout=REQUEST_TIMEOUT
+        ).items
         return pods[-1] if pods else None
 
     def _write_log(self, core: Any, name: str, log_path: Path, notes: list[str]) -> None:
@@ -330,6 +340,7 @@ class KubernetesRunner:
                         self.namespace,
                         container=CONTAINER_NAME,
                         _preload_content=False,
+                        _request_timeout=REQUEST_TIMEOUT,
                     )
                     try:
                         for chunk in response.stream(65536):
@@ -344,7 +355,12 @@ class KubernetesRunner:
     def _delete(self, batch: Any, name: str) -> None:
         try:
             # Background: the pod goes with its Job, without waiting here.
-            batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background")
+            batch.delete_namespaced_job(
+                name,
+                self.namespace,
+                propagation_policy="Background",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("could not delete Job %s: %s", name, _why(exc))
@@ -358,7 +374,9 @@ class KubernetesRunner:
         batch, _core = self._api()
         selector = f"{TASK_LABEL}={label_value(task_id)}"
         try:
-            found = batch.list_namespaced_job(self.namespace, label_selector=selector).items
+            found = batch.list_namespaced_job(
+                self.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+            ).items
         except _API_ERRORS as exc:
             raise RunnerError(f"cannot list the Jobs of task {task_id}: {_why(exc)}") from exc
         for leftover in found:
