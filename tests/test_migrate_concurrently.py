@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from caduceus.core.db.engine import make_engine
-from caduceus.core.db.migrate import alembic_config
+from caduceus.core.db.migrate import SchemaTooNew, alembic_config, upgrade
 
 PROCESSES = 4
 
@@ -23,6 +24,8 @@ PROCESSES = 4
 GATED_MIGRATE = """
 import sys, time
 from pathlib import Path
+
+import pytest
 from caduceus.cli.main import app
 ready, gate = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
@@ -78,3 +81,19 @@ def test_processes_starting_together_migrate_once(tmp_path: Path, database_url: 
         engine.dispose()
     assert head is not None
     assert [row[0] for row in versions] == [head]
+
+
+def test_an_older_version_refuses_a_schema_migrated_by_a_newer_one(database_url: str) -> None:
+    engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(SchemaTooNew, match=r"revision 9999.*a newer version migrated it"):
+            upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
+                ("9999",)
+            ]
+    finally:
+        engine.dispose()
