@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import Engine, inspect, text
 
 from caduceus.core.db.engine import make_engine
 from caduceus.core.db.migrate import SchemaTooNew, alembic_config, upgrade
+from caduceus.core.db.migration_lock import migration_lock
+from tests.conftest import Launch
+from tests.support.processes import Caduceus
 
 PROCESSES = 4
 
@@ -76,10 +79,9 @@ def test_processes_starting_together_migrate_once(tmp_path: Path, database_url: 
     try:
         with engine.connect() as conn:
             versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+        head = head_revision(engine)
     finally:
         engine.dispose()
-    assert head is not None
     assert [row[0] for row in versions] == [head]
 
 
@@ -97,3 +99,39 @@ def test_an_older_version_refuses_a_schema_migrated_by_a_newer_one(database_url:
             ]
     finally:
         engine.dispose()
+
+
+def test_a_service_waits_for_the_migrator_then_starts(
+    database_url: str, launch: Launch, tmp_path: Path
+) -> None:
+    """While another process holds the migration lock, a starting service says that it waits,
+    and neither migrates nor serves; once the lock is free it migrates and runs."""
+    engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with migration_lock(engine):
+            router = launch("router")
+            wait_for_line(router, "waiting for another process to finish migrating")
+            assert not inspect(engine).has_table("alembic_version")
+            assert router.process is not None and router.process.poll() is None
+        wait_for_line(router, "router started")
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert [row[0] for row in versions] == [head_revision(engine)]
+    finally:
+        engine.dispose()
+    assert router.stop() == 0
+
+
+def wait_for_line(instance: Caduceus, line: str) -> None:
+    deadline = time.monotonic() + 120
+    while line not in instance.log():
+        process = instance.process
+        assert process is not None and process.poll() is None, instance.log()
+        assert time.monotonic() < deadline, f"no {line!r} in:\n{instance.log()}"
+        time.sleep(0.05)
+
+
+def head_revision(engine: Engine) -> str:
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    assert head is not None
+    return head
