@@ -18,20 +18,21 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from pydicom import dcmread
 from sqlalchemy import Engine, func, select
 
-from caduceus.core.db.models import EVENTS, SERIES, TASKS
+from caduceus.core.db.models import EVENTS, SERIES, TASK_INSTANCES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.router.completion import PassResult, Router
 from tests.support.cluster import Machine, Network, Service
 from tests.support.cluster import storescu as send_to
 from tests.support.processes import Caduceus, free_port, storescu
 from tests.support.storescp import start_storescp
-from tests.test_router import config, later, router_for
+from tests.test_router import config, later, router_for, send
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -193,10 +194,10 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
         sent = {m.name: write_sent(tmp_path / m.name, ct=3, mr=2) for m in machines}
         codes: list[int] = []
 
-        def send(machine: Machine) -> None:
+        def send_from(machine: Machine) -> None:
             codes.append(send_to(machine.receiver, tmp_path / machine.name).returncode)
 
-        senders = [threading.Thread(target=send, args=(m,)) for m in machines]
+        senders = [threading.Thread(target=send_from, args=(m,)) for m in machines]
         for sender in senders:
             sender.start()
 
@@ -284,3 +285,37 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
 
 def uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@POSTGRES_ONLY
+def test_a_patient_group_that_grows_while_one_router_completes_it_is_completed_whole(
+    receiver: Caduceus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Router A completes patient PAT7 while router B completes a new study of PAT7 that
+    arrived meanwhile. A must not keep a patient task without that study: its images would
+    never be in a patient task, since the group's next completion has the same key."""
+    send(receiver, tmp_path / "s1", count=1, modality="CT", patient_id="PAT7")
+    send(receiver, tmp_path / "s2", count=2, modality="MR", patient_id="PAT7")
+    rules = {"history": {"rule": "True", "trigger": "patient", "targets": ["archive"]}}
+    document = config(rules, study_complete_trigger=900, patient_complete_trigger=3600)
+    first, second = router_for(receiver), router_for(receiver)
+    first.run_pass(document, later(61))
+    first.run_pass(document, later(901))
+    collect = first._collect
+
+    def meanwhile(conn: Any, series_ids: list[int], since: Any) -> Any:
+        found = collect(conn, series_ids, since)
+        monkeypatch.setattr(first, "_collect", collect)  # once
+        send(receiver, tmp_path / "s3", count=1, modality="CT", patient_id="PAT7")
+        second.run_pass(document, later(961))
+        second.run_pass(document, later(1900))  # the new study completes: PAT7 is active
+        return found
+
+    monkeypatch.setattr(first, "_collect", meanwhile)
+    first.run_pass(document, later(901 + 3601))
+    first.run_pass(document, later(1900 + 3601))
+    with receiver.engine().connect() as conn:
+        patient_tasks = conn.execute(select(TASKS.c.id).where(TASKS.c.level == "patient")).all()
+        linked = conn.execute(select(func.count()).select_from(TASK_INSTANCES)).scalar_one()
+    assert len(patient_tasks) == 1
+    assert linked == 4, "the study that arrived meanwhile is missing from the patient's task"

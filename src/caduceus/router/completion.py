@@ -566,7 +566,7 @@ class Router:
                     patient_id=patient_id,
                 )
                 result.tasks += self._tasks(conn, config, group, matched, matched, now)
-            conn.execute(
+            changed = conn.execute(
                 update(PATIENT_GROUPS)
                 .where(
                     and_(
@@ -575,7 +575,12 @@ class Router:
                     )
                 )
                 .values(state="complete", completed_at=watermark, generation=generation)
-            )
+            ).rowcount
+            if not changed:
+                # A study of the patient completed meanwhile (another router): a task kept
+                # now would hold this generation's key without that study's images.
+                conn.rollback()
+                return
         result.completed.append(f"patient:{patient_id}")
 
 
