@@ -31,7 +31,7 @@ from caduceus.router.completion import PassResult, Router
 from tests.support.cluster import Machine, Network, Service
 from tests.support.cluster import storescu as send_to
 from tests.support.processes import Caduceus, free_port, storescu
-from tests.support.storescp import start_storescp
+from tests.support.storescp import StoreSCP, start_storescp
 from tests.test_router import config, later, router_for, send
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -131,15 +131,27 @@ def leases(engine: Engine) -> list[tuple[str, str]]:
         return [(str(r.id), str(r.lease_owner)) for r in rows]
 
 
-def sending(engine: Engine, task_id: str) -> bool:
-    """The dispatcher holding the task has begun to send it (and may be half-way)."""
+def series_of_task(engine: Engine, task_id: str) -> str:
     with engine.connect() as conn:
-        started = conn.execute(
-            select(EVENTS.c.id).where(
-                EVENTS.c.task_id == task_id, EVENTS.c.kind == "dispatch.started"
-            )
-        ).first()
-    return started is not None
+        return str(conn.execute(select(TASKS.c.series_uid).where(TASKS.c.id == task_id)).scalar())
+
+
+class Arrivals:
+    """Which series have instances at the target so far (storescp's file names are its own)."""
+
+    def __init__(self, scp: StoreSCP, series_of: dict[str, str]) -> None:
+        self.scp = scp
+        self.series_of = series_of
+        self.seen: dict[Path, str] = {}
+
+    def series(self) -> set[str]:
+        for path in self.scp.files():
+            if path not in self.seen:
+                try:
+                    self.seen[path] = self.series_of.get(uid(path), "")
+                except Exception:
+                    continue
+        return set(self.seen.values())
 
 
 def owner_pid(owner: str) -> int:
@@ -192,6 +204,12 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
         with ThreadPoolExecutor(len(machines)) as pool:
             list(pool.map(Machine.start, machines))  # raises what a start raised
         sent = {m.name: write_sent(tmp_path / m.name, ct=3, mr=2) for m in machines}
+        series_of = {
+            uid(path): series
+            for by_series in sent.values()
+            for series, files in by_series.items()
+            for path in files
+        }
         codes: list[int] = []
 
         def send_from(machine: Machine) -> None:
@@ -210,29 +228,17 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
         }
         killed: dict[str, tuple[str, set[str]]] = {}  # service -> (machine, tasks it held)
         deadline = time.monotonic() + 40
-        began: dict[str, int] = {}  # task being sent -> files at the target when it began
+        arrivals = Arrivals(scp, series_of)
         while len(killed) < 2 and time.monotonic() < deadline:
-            live = leases(engine)
-            for task_id, owner in live:
+            for task_id, owner in leases(engine):
                 name, command, service = services[owner_pid(owner)]
                 if command in killed:
                     continue
-                if command == "dispatcher":
-                    # storescp takes one association at a time: while no other task is being
-                    # sent, new files at the target are this task's, so it is half-way.
-                    others = [
-                        t
-                        for t, o in live
-                        if t != task_id
-                        and services[owner_pid(o)][1] == "dispatcher"
-                        and sending(engine, t)
-                    ]
-                    if others or not sending(engine, task_id):
-                        began.pop(task_id, None)
-                        continue
-                    files = len(scp.files())
-                    if began.setdefault(task_id, files) == files:
-                        continue
+                # A dispatcher is killed half-way: some of its series is at the target already.
+                if command == "dispatcher" and series_of_task(engine, task_id) not in (
+                    arrivals.series()
+                ):
+                    continue
                 service.kill()
                 held = {t for t, o in leases(engine) if owner_pid(o) == service.process.pid}
                 killed[command] = (name, held | {task_id})
@@ -260,12 +266,6 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
 
         per_rule = Counter((r.series_uid, r.rule) for r in rows)
         assert set(per_rule.values()) == {1}, "a series got two tasks for one rule"
-        series_of = {
-            uid(path): series
-            for by_series in sent.values()
-            for series, files in by_series.items()
-            for path in files
-        }
         arrived = Counter(uid(path) for path in scp.files())
         assert set(arrived) == set(series_of), "an instance never reached the target"
         resent = {series_of[u] for u, n in arrived.items() if n > 1}
