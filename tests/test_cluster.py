@@ -170,8 +170,7 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
     that takes over (at least once); every other task arrives exactly once. Nothing is left
     stuck once the 3 s leases expire; no series gets two tasks for one rule."""
     scp = start_storescp(tmp_path / "scp", "+xa", "+uf")  # +uf: a resend is a second file
-    why_not = Network.available()
-    network = None if why_not else Network()
+    network, why_not = Network.create()
     print("machines in network namespaces" if network else f"plain process groups: {why_not}")
     home = tmp_path / "shared"
     env = {

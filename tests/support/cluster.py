@@ -47,13 +47,27 @@ def wait_for(
     raise TimeoutError(f"nothing listens on {address}:{port} after {timeout}s")
 
 
+def _tag() -> str:
+    # Interface names have at most 15 characters; the pid keeps parallel test runs apart.
+    return f"cdc{os.getpid() % 100000}"
+
+
+def _free_subnet() -> str:
+    """A 10.213.x network that no interface here uses (another test run's bridge)."""
+    used = run(["ip", "-o", "-4", "addr"]).stdout
+    for step in range(251):
+        subnet = f"10.213.{(os.getpid() + step) % 251}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise RuntimeError("no free 10.213.x subnet")
+
+
 class Network:
     """A bridge on this host (the "LAN") and one namespace per machine plugged into it."""
 
     def __init__(self) -> None:
-        # Interface names have at most 15 characters; the pid keeps parallel test runs apart.
-        self.tag = f"cdc{os.getpid() % 100000}"
-        self.subnet = f"10.213.{os.getpid() % 251}"
+        self.tag = _tag()
+        self.subnet = _free_subnet()
         self.host = f"{self.subnet}.1"
         self.bridge = f"{self.tag}br"
         self.namespaces: list[str] = []
@@ -62,6 +76,18 @@ class Network:
         self._ip("link", "add", self.bridge, "type", "bridge")
         self._ip("addr", "add", f"{self.host}/24", "dev", self.bridge)
         self._ip("link", "set", self.bridge, "up")
+
+    @classmethod
+    def create(cls) -> tuple[Network | None, str]:
+        """A network, or None and why namespaces cannot be used here."""
+        why_not = cls.available()
+        if why_not:
+            return None, why_not
+        try:
+            return cls(), ""
+        except RuntimeError as exc:  # e.g. no bridge support in this kernel or container
+            run(["ip", "link", "del", f"{_tag()}br"])  # what __init__ made before it failed
+            return None, str(exc)
 
     @staticmethod
     def available() -> str:
