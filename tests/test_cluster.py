@@ -107,7 +107,9 @@ SLOW_COPY = """
         shutil.copyfile(path, dst / path.name)
 """
 
-LEASE_SECONDS = "3"
+# Short, so that the test is quick; not shorter, so that a live worker slowed down by a busy
+# machine still renews its lease (renewals come every quarter of it) and is not taken over.
+LEASE_SECONDS = "5"
 
 
 def write_sent(folder: Path, ct: int, mr: int) -> dict[str, list[Path]]:
@@ -168,7 +170,7 @@ def test_two_machines_lose_no_work_when_a_processor_and_a_dispatcher_die(
     through sending a series. Every instance reaches DCMTK's storescp. Deliveries are recorded
     when a target's send ends, so what the dead dispatcher had sent is sent again by the one
     that takes over (at least once); every other task arrives exactly once. Nothing is left
-    stuck once the 3 s leases expire; no series gets two tasks for one rule."""
+    stuck once the 5 s leases expire; no series gets two tasks for one rule."""
     scp = start_storescp(tmp_path / "scp", "+xa", "+uf")  # +uf: a resend is a second file
     network, why_not = Network.create()
     print("machines in network namespaces" if network else f"plain process groups: {why_not}")
