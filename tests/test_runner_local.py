@@ -187,7 +187,13 @@ def test_local_leftover_processes_are_killed_at_the_end(task: Task) -> None:
         task.job(["/bin/sh", "-c", "sleep 600 & echo $! > child.pid; exit 0"])
     )
     assert outcome.ok and outcome.seconds < 5
-    assert not process_alive(int((task.out_dir / "child.pid").read_text()))
+    # SIGKILL is sent when the module ends; on a loaded machine the kernel may take a moment
+    # to carry it out, so the test allows that moment (not the 600 s the child would sleep).
+    child = int((task.out_dir / "child.pid").read_text())
+    deadline = time.monotonic() + 10
+    while process_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(child)
 
 
 def test_local_command_not_found(task: Task) -> None:

@@ -72,6 +72,11 @@ def send(
     # re-encoded, and memory stays flat however large the file.
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_aet)
+    # A receiver that syncs every file to a busy disk can take longer than pynetdicom's 30 s
+    # to confirm one; DCMTK's storescu waits without limit. Two minutes tells a dead peer
+    # from a slow one.
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION
     for sop_class, syntax in sorted(pairs):
