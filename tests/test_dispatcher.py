@@ -336,3 +336,45 @@ def test_missing_files_are_a_failed_attempt_never_a_delivery(
     assert storescp.files() == []
     assert "removed" not in tasks(receiver)[0]["error"]
     assert "only 0 of the task's 4 files" in tasks(receiver)[0]["error"]
+
+
+def test_a_dispatcher_that_lost_its_lease_mid_send_leaves_the_new_owners_targets_alone(
+    receiver: Caduceus, storescp: StoreSCP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalls in its send; B takes the task over and delivers; A's send then fails. A's
+    record of that failure must not turn B's delivered target into an error."""
+    from caduceus.dispatcher import dispatch as dispatch_module
+    from caduceus.dispatcher.targets import TargetError, plugin_for
+    from caduceus.dispatcher.targets.base import SendReport, Shipment
+
+    files = send(receiver, tmp_path / "ct", count=3, modality="CT")
+    cfg = config(storescp.port, retry_max=0)
+    router_for(receiver).run_pass(cfg, later(61))
+    engine = receiver.engine()
+    root = DataRoot(receiver.home)
+    task_id = claim(engine, "A", later(62))
+    assert task_id is not None
+    takeover = later(62) + timedelta(minutes=11)  # A's 10-minute lease has expired by then
+
+    class StalledThenTakenOver:
+        """A's plug-in. The stall needs a hook inside A's send, which no real target offers:
+        B runs there, for real, against the same storescp; then A's association gives up."""
+
+        def send(self, todo: list[Path], shipment: Shipment) -> SendReport:
+            monkeypatch.setattr(dispatch_module, "plugin_for", plugin_for)
+            assert claim(engine, "B", takeover) == task_id
+            assert dispatch(engine, root, cfg, task_id, set(), takeover, owner="B") == "done"
+            raise TargetError("association aborted after a stall")
+
+    monkeypatch.setattr(dispatch_module, "plugin_for", lambda _: StalledThenTakenOver())
+    dispatch(engine, root, cfg, task_id, set(), later(62), owner="A")
+
+    [row] = target_rows(receiver)
+    assert row["state"] == "done"
+    assert row["last_error"] is None
+    assert row["attempts"] == 1
+    [task] = tasks(receiver)
+    assert task["state"] == "done"
+    with engine.connect() as conn:
+        assert len(conn.execute(select(DELIVERIES)).all()) == len(files)
+    assert len(storescp.files()) == len(files)

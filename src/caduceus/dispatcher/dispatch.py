@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import DELIVERIES, TASK_INSTANCES, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
+from caduceus.core.lease_guard import still_mine
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 
@@ -37,12 +39,14 @@ def dispatch(
     suspended: set[str],
     now: datetime | None = None,
     owner: str | None = None,
+    lost: threading.Event | None = None,
 ) -> str:
     """Send what is due; return the task's new state.
 
-    With `owner`, the task's state is written only while that dispatcher still holds its lease:
-    one that lost it (it stalled past the lease) must not overwrite the state or free the lease
-    of the dispatcher that took the task over.
+    With `owner`, everything is written only while that dispatcher still holds its lease: one
+    that lost it (it stalled past the lease) must not overwrite the task's or its targets' state,
+    nor free the lease, of the dispatcher that took the task over. Once the lease is known lost
+    (`lost` is set, or a write found it gone) no further target is sent to.
     """
     now = now or datetime.now(UTC)
     with engine.connect() as conn:
@@ -82,7 +86,21 @@ def dispatch(
             continue
         if row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
             continue
-        _send_to(engine, config, shipment, row.target, row.attempts, files, delivered, now, problem)
+        if lost is not None and lost.is_set():
+            break
+        if not _send_to(
+            engine,
+            config,
+            shipment,
+            row.target,
+            row.attempts,
+            files,
+            delivered,
+            now,
+            problem,
+            owner,
+        ):
+            break
     return _settle(engine, task_id, now, owner)
 
 
@@ -96,7 +114,9 @@ def _send_to(
     delivered: set[tuple[str, str]],
     now: datetime,
     problem: str = "",
-) -> None:
+    owner: str | None = None,
+) -> bool:
+    """Send to one target and record the outcome; False if the lease was found lost."""
     task_id = shipment.task_id
     todo = [f for f in files if (target, f.name) not in delivered]
     error = problem
@@ -108,6 +128,8 @@ def _send_to(
         error = f"target {target!r} is no longer configured"
     else:
         with engine.begin() as conn:
+            if not still_mine(conn, task_id, owner):
+                return _lease_lost(task_id, target, owner)
             record_event(
                 conn,
                 "dispatch.started",
@@ -134,6 +156,10 @@ def _send_to(
     attempt = attempts + 1
     retry_max = config.settings.retry_max
     with engine.begin() as conn:
+        if not still_mine(conn, task_id, owner):
+            # The new owner's view of the target stands; what this send delivered is not
+            # recorded, so the target may receive those instances again, but never zero times.
+            return _lease_lost(task_id, target, owner)
         if accepted:
             # Another dispatcher that took the task over may have recorded some already.
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -190,6 +216,17 @@ def _send_to(
             .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.target == target))
             .values(updated_at=now, **values)
         )
+    return True
+
+
+def _lease_lost(task_id: str, target: str, owner: str | None) -> bool:
+    log.warning(
+        "task %s: %s lost the lease to another dispatcher; not recording %s, sending no more",
+        task_id,
+        owner,
+        target,
+    )
+    return False
 
 
 def _settle(engine: Engine, task_id: str, now: datetime, owner: str | None = None) -> str:

@@ -36,9 +36,11 @@ def serve(settings: Settings) -> None:
                 continue
             with log_context(task=task_id):
                 try:
-                    with keep_lease(engine, task_id, owner, lease):
+                    with keep_lease(engine, task_id, owner, lease) as lost:
                         config = store.current_or_default(engine)
-                        state = dispatch(engine, root, config, task_id, paused, owner=owner)
+                        state = dispatch(
+                            engine, root, config, task_id, paused, owner=owner, lost=lost
+                        )
                     log.info("task %s: %s", task_id, state)
                 except Exception:
                     log.exception("task %s failed in the dispatcher", task_id)
