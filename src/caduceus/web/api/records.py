@@ -82,38 +82,39 @@ def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
 @router.post("/studies/{study_id}/force-complete")
 def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, Any]:
     """Complete a study now instead of waiting for its timer; its rules run at once."""
-    engine = reader(request)
-    with engine.connect() as conn:
-        state = conn.execute(select(STUDIES.c.state).where(STUDIES.c.id == study_id)).scalar()
-    if state is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
-    if state != "receiving":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"the study is {state}, not receiving")
-    config = store.current_or_default(engine)
-    result = Router(
-        writer(request), DataRoot(request.app.state.settings.home)
-    ).force_complete_study(config, study_id)
-    with writer(request).begin() as conn:
-        record_event(conn, "study.force_completed", f"by {who.username}", study_id=study_id)
-    return {"completed": result.completed, "tasks": result.tasks}
+    return _force_complete(request, who, "study", study_id)
 
 
 @router.post("/series/{series_id}/force-complete")
 def force_complete_series(request: Request, series_id: int, who: Operator) -> dict[str, Any]:
     """Complete a series now instead of waiting for its quiet time; its rules run at once."""
+    return _force_complete(request, who, "series", series_id)
+
+
+def _force_complete(request: Request, who: Operator, level: str, key: int) -> dict[str, Any]:
+    """An operator's completion of a study or series that is still receiving."""
+    table = STUDIES if level == "study" else SERIES
     engine = reader(request)
     with engine.connect() as conn:
-        state = conn.execute(select(SERIES.c.state).where(SERIES.c.id == series_id)).scalar()
+        state = conn.execute(select(table.c.state).where(table.c.id == key)).scalar()
     if state is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such series")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {level}")
     if state != "receiving":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"the series is {state}, not receiving")
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
+    router = Router(writer(request), DataRoot(request.app.state.settings.home))
     config = store.current_or_default(engine)
-    result = Router(
-        writer(request), DataRoot(request.app.state.settings.home)
-    ).force_complete_series(config, series_id)
+    if level == "study":
+        result = router.force_complete_study(config, key)
+    else:
+        result = router.force_complete_series(config, key)
     with writer(request).begin() as conn:
-        record_event(conn, "series.force_completed", f"by {who.username}", series_id=series_id)
+        record_event(
+            conn,
+            f"{level}.force_completed",
+            f"by {who.username}",
+            study_id=key if level == "study" else None,
+            series_id=key if level == "series" else None,
+        )
     return {"completed": result.completed, "tasks": result.tasks}
 
 
