@@ -63,6 +63,10 @@ def test_every_service_runs_in_its_own_container_from_one_image() -> None:
         assert service["restart"] == "unless-stopped"
         images.add(service["image"])
     assert len(images) == 1
+    # One build for all of them: the migrate service builds, the others name its image.
+    assert services["migrate"]["image"] in images
+    assert services["migrate"]["build"]["context"] == "../.."
+    assert [name for name, service in services.items() if "build" in service] == ["migrate"]
     assert services["receiver"]["ports"] == ["${CADUCEUS_DICOM_PORT:-11112}:11112"]
     assert services["web"]["ports"] == ["${CADUCEUS_WEB_PORT:-8000}:8000"]
 
