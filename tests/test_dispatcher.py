@@ -218,6 +218,39 @@ def test_caduceus_run_receives_routes_and_delivers(
     assert [t["state"] for t in tasks(instance)] == ["done"]
 
 
+def route_to_slow_target(receiver: Caduceus, tmp_path: Path, port: int, count: int) -> list[Path]:
+    """A CT series of `count` instances, received and routed into one task for the target
+    "slow" (a test SCP on `port`); the configuration is also the service's."""
+    import yaml
+
+    files = send(receiver, tmp_path / "ct", count=count, modality="CT")
+    document = {
+        "targets": {
+            "slow": {"type": "dicom", "host": "127.0.0.1", "port": port, "called_aet": "FLAKY"}
+        },
+        "rules": {"ct": {"rule": "True", "targets": ["slow"]}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+    cfg = Config.model_validate(document)
+    router_for(receiver).run_pass(cfg, datetime.now(UTC) + timedelta(seconds=61))
+    return files
+
+
+def received_uids_once_done(receiver: Caduceus, seconds: float) -> set[str]:
+    """Wait for the one task to be done; the SOP Instance UIDs the receiver took in."""
+    import time
+
+    from caduceus.core.db.models import INSTANCES
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and tasks(receiver)[0]["state"] != "done":
+        time.sleep(0.2)
+    assert tasks(receiver)[0]["state"] == "done"
+    with receiver.engine().connect() as conn:
+        return set(conn.execute(select(INSTANCES.c.sop_instance_uid)).scalars())
+
+
 def test_dispatcher_killed_mid_send_is_taken_over_and_nothing_is_lost(
     receiver: Caduceus, launch: Any, tmp_path: Path
 ) -> None:
@@ -227,29 +260,11 @@ def test_dispatcher_killed_mid_send_is_taken_over_and_nothing_is_lost(
     import signal
     import time
 
-    import yaml
-
-    from caduceus.core.db.models import INSTANCES
     from tests.support.flaky_scp import start_flaky_scp
 
     scp = start_flaky_scp(delay=0.1)
     try:
-        files = send(receiver, tmp_path / "ct", count=40, modality="CT")
-        document = {
-            "targets": {
-                "slow": {
-                    "type": "dicom",
-                    "host": "127.0.0.1",
-                    "port": scp.port,
-                    "called_aet": "FLAKY",
-                }
-            },
-            "rules": {"ct": {"rule": "True", "targets": ["slow"]}},
-        }
-        (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
-        receiver.cli("config", "import", str(tmp_path / "config.yaml"))
-        cfg = Config.model_validate(document)
-        router_for(receiver).run_pass(cfg, datetime.now(UTC) + timedelta(seconds=61))
+        files = route_to_slow_target(receiver, tmp_path, scp.port, count=40)
         lease = {"CADUCEUS_DISPATCHER_LEASE_SECONDS": "3"}
         first = launch("dispatcher", home=receiver.home, **lease)
         deadline = time.monotonic() + 60
@@ -264,15 +279,57 @@ def test_dispatcher_killed_mid_send_is_taken_over_and_nothing_is_lost(
         assert task["state"] != "done" and task["lease_owner"]
 
         launch("dispatcher", home=receiver.home, **lease)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and tasks(receiver)[0]["state"] != "done":
-            time.sleep(0.2)
-        assert tasks(receiver)[0]["state"] == "done"
-        with receiver.engine().connect() as conn:
-            sent = set(conn.execute(select(INSTANCES.c.sop_instance_uid)).scalars())
+        sent = received_uids_once_done(receiver, seconds=90)
         assert len(sent) == len(files)
         assert scp.uids() == sent  # every instance arrived at least once
         assert scp.associations == 2
+    finally:
+        scp.stop()
+
+
+def test_a_dispatcher_stopped_mid_send_records_what_arrived_and_hands_over_the_rest(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    """SIGTERM a real `caduceus dispatcher` (a restart, an upgrade) while it sends a series to
+    a slow target: it stops after the instance in hand and exits, recording what the target
+    confirmed. With the default 10-minute lease, a second dispatcher takes the task at once
+    and sends only the rest: every instance arrives exactly once."""
+    import os
+    import signal
+    import time
+
+    from tests.support.flaky_scp import start_flaky_scp
+
+    scp = start_flaky_scp(delay=0.1)
+    try:
+        files = route_to_slow_target(receiver, tmp_path, scp.port, count=100)
+        first = launch("dispatcher", home=receiver.home)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(scp.stores) < 10:
+            time.sleep(0.05)
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGTERM)
+        # The rest of the send would take 9 s more; it stops after the instance in hand.
+        assert first.process.wait(8) == 0
+        arrived_before = len(scp.stores)
+        assert 10 <= arrived_before < 100, "the stop must land in the middle of the send"
+        [task] = tasks(receiver)
+        assert task["state"] == "dispatching"
+        assert task["lease_owner"] is None  # free now, not after the lease's 10 minutes
+        with receiver.engine().connect() as conn:
+            recorded = conn.execute(select(DELIVERIES.c.file_name)).scalars().all()
+        assert len(recorded) == arrived_before  # every confirmed instance, none more
+        [target] = target_rows(receiver)
+        assert (target["state"], target["attempts"]) == ("pending", 0)  # not a failed attempt
+        interrupted = events(receiver, "dispatch.interrupted")
+        assert f"stopped after {arrived_before} of 100 instance(s)" in interrupted[0]["message"]
+
+        second = launch("dispatcher", home=receiver.home)
+        sent = received_uids_once_done(receiver, seconds=60)
+        assert len(sent) == len(files)
+        assert scp.uids() == sent
+        assert len(scp.stores) == len(files)  # exactly once: nothing sent twice
+        assert second.process is not None
     finally:
         scp.stop()
 

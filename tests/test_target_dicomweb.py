@@ -24,6 +24,7 @@ from pydicom.uid import UID
 from caduceus.core.config.models import DicomWebTarget
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.dispatcher.targets import Shipment, TargetError, dicomweb, plugin_for
+from tests.support.interrupt import after
 from tests.support.orthanc import Orthanc, start_orthanc
 from tests.support.processes import free_port, run
 
@@ -77,6 +78,14 @@ def test_instances_arrive_byte_for_byte_in_several_requests(
     for original in compressed:
         back = dcmread(BytesIO(orthanc.raw("GET", f"/instances/{held[uid(original)]}/file")))
         assert back.file_meta.TransferSyntaxUID == dcmread(original).file_meta.TransferSyntaxUID
+
+
+def test_an_interrupted_send_stops_between_requests(orthanc: Orthanc, tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", SeriesSpec(count=6, rows=16, columns=16))
+    report = stow(orthanc, batch_size=2).send(series, Shipment("task-7", interrupted=after(1)))
+    assert report.interrupted and report.failed == {}
+    assert sorted(report.accepted) == sorted(series[:2])
+    assert sorted(stored(orthanc)) == sorted(uid(p) for p in series[:2])
 
 
 def test_basic_auth_delivers_and_a_wrong_password_fails_without_showing_it(

@@ -26,6 +26,7 @@ from caduceus.core.config.models import S3Target
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from caduceus.dispatcher.targets.s3 import S3Uploader
+from tests.support.interrupt import after
 from tests.support.processes import free_port, wait_for_port
 
 BUCKET = "caduceus-test"
@@ -145,6 +146,20 @@ def test_s3_writes_the_marker_only_when_every_file_is_stored(moto: Moto, tmp_pat
     assert stored["partial/task-2/.complete"] == b""
     assert stored[f"partial/task-2/{files[2].name}"] == content
     assert len(stored) == 5
+
+
+def test_s3_interrupted_stores_what_it_reports_and_no_marker(moto: Moto, tmp_path: Path) -> None:
+    files = write_series(tmp_path / "task", SeriesSpec(count=8))
+    uploader = S3Uploader(moto.target("stopped/"))
+    report = uploader.send(files, Shipment("task-9", interrupted=after(3)))
+    assert report.interrupted and report.failed == {}
+    assert len(report.accepted) == 3
+    stored = moto.objects("stopped/task-9/")
+    assert sorted(stored) == sorted(f"stopped/task-9/{f.name}" for f in report.accepted)
+    # The next dispatcher sends the rest, and only then is the task marked whole.
+    rest = [f for f in files if f not in report.accepted]
+    assert uploader.send(rest, Shipment("task-9")).accepted == rest
+    assert len(moto.objects("stopped/task-9/")) == 9
 
 
 def test_s3_missing_bucket_is_named(moto: Moto, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from caduceus.core.config.models import SftpTarget
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from caduceus.dispatcher.targets.sftp import SftpUploader
+from tests.support.interrupt import after
 from tests.support.processes import free_port
 from tests.support.sshd import Sshd, make_key, start_sshd
 
@@ -96,6 +97,16 @@ def test_sftp_publishes_nothing_when_a_file_fails(sshd: Sshd, remote: Path, tmp_
     assert report.accepted == []
     assert list(report.failed) == [files[1]]
     assert "No such file" in report.failed[files[1]]
+    assert list(remote.iterdir()) == []  # neither a published nor a partial folder
+
+
+def test_sftp_interrupted_publishes_nothing(sshd: Sshd, remote: Path, tmp_path: Path) -> None:
+    files = write_series(tmp_path / "task", SeriesSpec(count=4))
+    report = SftpUploader(target(sshd, remote)).send(
+        files, Shipment("task-8", interrupted=after(2))
+    )
+    assert report.interrupted
+    assert report.accepted == [] and report.failed == {}
     assert list(remote.iterdir()) == []  # neither a published nor a partial folder
 
 

@@ -15,6 +15,7 @@ from caduceus.core.config.models import DicomTarget, FolderTarget
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from tests.support.dicomfiles import dataset_bytes
+from tests.support.interrupt import after
 from tests.support.processes import free_port, run
 from tests.support.storescp import StoreSCP, start_storescp
 
@@ -119,3 +120,18 @@ def test_targets_test_command(storescp: StoreSCP, tmp_path: Path) -> None:
     assert ok.returncode == 0 and "C-ECHO" in ok.stdout and "ok" in ok.stdout
     dead = run([*caduceus, "targets", "test", "dead"], env=env)
     assert dead.returncode == 1 and "failed" in dead.stdout and "DEAD@127.0.0.1" in dead.stdout
+
+
+def test_an_interrupted_folder_send_publishes_nothing(tmp_path: Path) -> None:
+    """A dispatcher stopping mid-copy leaves neither the task's folder nor a partial one: the
+    next dispatcher copies it whole."""
+    series = write_series(tmp_path / "ct", SeriesSpec(count=4, rows=8, columns=8))
+    out = tmp_path / "out"
+    out.mkdir()
+    target = plugin_for(FolderTarget(path=str(out)))
+    report = target.send(series, Shipment("task-5", interrupted=after(2)))
+    assert report.interrupted
+    assert report.accepted == [] and report.failed == {}
+    assert list(out.iterdir()) == []
+    assert target.send(series, Shipment("task-5")).complete
+    assert len(list((out / "task-5").glob("*.dcm"))) == 4

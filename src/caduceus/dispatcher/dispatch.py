@@ -40,6 +40,7 @@ def dispatch(
     now: datetime | None = None,
     owner: str | None = None,
     lost: threading.Event | None = None,
+    stop: threading.Event | None = None,
 ) -> str:
     """Send what is due; return the task's new state.
 
@@ -47,6 +48,12 @@ def dispatch(
     that lost it (it stalled past the lease) must not overwrite the task's or its targets' state,
     nor free the lease, of the dispatcher that took the task over. Once the lease is known lost
     (`lost` is set, or a write found it gone) no further target is sent to.
+
+    Once `stop` is set (the dispatcher is stopping) or `lost`, the send in hand stops after the
+    instance in hand: what the target confirmed is recorded, the target stays pending without
+    a failed attempt, and the task is released for the next dispatcher at once, instead of
+    the stop waiting for a long send (and being cut off by SIGKILL) and the task waiting out
+    its lease before all of it is sent again.
     """
     now = now or datetime.now(UTC)
     with engine.connect() as conn:
@@ -75,18 +82,24 @@ def dispatch(
             f"{task.folder}/{sent}; nothing sent"
         )
     info = (task.info or {}).get("info", {})
+    events = [e for e in (stop, lost) if e is not None]
+
+    def interrupted() -> bool:
+        return any(e.is_set() for e in events)
+
     shipment = Shipment(
         task_id,
         sender_aet=info.get("sender_aet", ""),
         sender_address=info.get("sender_address", ""),
         receiver_aet=info.get("receiver_aet", ""),
+        interrupted=interrupted,
     )
     for row in targets:
         if row.state != "pending" or f"dispatch:{row.target}" in suspended:
             continue
         if row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
             continue
-        if lost is not None and lost.is_set():
+        if interrupted():
             break
         if not _send_to(
             engine,
@@ -116,11 +129,13 @@ def _send_to(
     problem: str = "",
     owner: str | None = None,
 ) -> bool:
-    """Send to one target and record the outcome; False if the lease was found lost."""
+    """Send to one target and record the outcome; False when no further target is to be sent
+    to (the lease was found lost, or the send was interrupted)."""
     task_id = shipment.task_id
     todo = [f for f in files if (target, f.name) not in delivered]
     error = problem
     accepted: list[Path] = []
+    interrupted = False
     seconds = 0.0
     if error:
         pass
@@ -148,6 +163,8 @@ def _send_to(
                     f"{len(report.failed)} of {len(todo)} instance(s) failed, "
                     f"e.g. {first[0].name}: {first[1]}"
                 )
+            else:
+                interrupted = report.interrupted
         except TargetError as exc:
             error = str(exc)
         except Exception as exc:  # a plug-in bug must not kill the dispatcher
@@ -170,6 +187,18 @@ def _send_to(
                     for f in accepted
                 ],
             )
+        if interrupted:
+            # Not an attempt that failed: the target stays pending as it was, and the next
+            # dispatcher sends only what is not recorded above.
+            record_event(
+                conn,
+                "dispatch.interrupted",
+                f"{target}: stopped after {len(accepted)} of {len(todo)} instance(s); "
+                "the rest is sent when a dispatcher takes the task up again",
+                task_id=task_id,
+                details={"target": target, "sent": len(accepted), "instances": len(todo)},
+            )
+            return False
         if not error:
             values = {
                 "state": "done",

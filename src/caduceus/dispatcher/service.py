@@ -39,7 +39,14 @@ def serve(settings: Settings) -> None:
                     with keep_lease(engine, task_id, owner, lease) as lost:
                         config = store.current_or_default(engine)
                         state = dispatch(
-                            engine, root, config, task_id, paused, owner=owner, lost=lost
+                            engine,
+                            root,
+                            config,
+                            task_id,
+                            paused,
+                            owner=owner,
+                            lost=lost,
+                            stop=stopping,
                         )
                     log.info("task %s: %s", task_id, state)
                 except Exception:

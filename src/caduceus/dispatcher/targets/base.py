@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,9 @@ class Shipment:
     sender_aet: str = ""
     sender_address: str = ""
     receiver_aet: str = ""
+    # True once the dispatcher is stopping or lost its lease: a plug-in checks it between
+    # instances and stops there, so that a stop does not wait for (or cut off) a long send.
+    interrupted: Callable[[], bool] = field(default=lambda: False, compare=False)
 
 
 @dataclass
@@ -28,6 +32,8 @@ class SendReport:
     accepted: list[Path] = field(default_factory=list)
     failed: dict[Path, str] = field(default_factory=dict)
     transcoded: list[Path] = field(default_factory=list)
+    # The send stopped early on `Shipment.interrupted`: files in neither list were not sent.
+    interrupted: bool = False
 
     @property
     def complete(self) -> bool:

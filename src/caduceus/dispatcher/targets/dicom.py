@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ class DicomSender:
             report.accepted += part.accepted
             report.failed.update(part.failed)
             report.transcoded += part.transcoded
+            report.interrupted |= part.interrupted
         return report
 
     def _send_all(
@@ -183,6 +185,9 @@ class DicomSender:
         for _attempt in range(MAX_RECONNECTS + 1):
             if not pending:
                 return
+            if shipment.interrupted():
+                report.interrupted = True
+                return
             try:
                 scu = self._open(contexts, shipment)
             except TargetError as exc:
@@ -190,7 +195,7 @@ class DicomSender:
                     report.failed[path] = str(exc)
                 return
             try:
-                pending = self._send_on(scu, pending, meta, report)
+                pending = self._send_on(scu, pending, meta, report, shipment.interrupted)
             finally:
                 if pending:
                     scu.abort()
@@ -209,9 +214,15 @@ class DicomSender:
         files: list[Path],
         meta: dict[Path, tuple[str, str, str]],
         report: SendReport,
+        interrupted: Callable[[], bool],
     ) -> list[Path]:
-        """Send until done or the association is lost; return the files not yet confirmed."""
+        """Send until done or the association is lost; return the files not yet confirmed.
+
+        Interrupted, it stops after the instance in hand and returns nothing more to send."""
         for index, path in enumerate(files):
+            if interrupted():
+                report.interrupted = True
+                return []
             sop_class, syntax, sop_instance = meta[path]
             try:
                 if scu.context_for(sop_class, syntax) is not None:

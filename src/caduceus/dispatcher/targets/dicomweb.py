@@ -138,6 +138,9 @@ class StowSender:
         batches = _batches([p for p in files if p in uids], sizes, self.settings.batch_size)
         with self._client() as client:
             for index, batch in enumerate(batches):
+                if shipment.interrupted():
+                    report.interrupted = True
+                    break
                 try:
                     self._post(client, batch, uids, sizes, report)
                 except _Abort as exc:

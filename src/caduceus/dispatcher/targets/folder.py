@@ -37,6 +37,10 @@ class FolderWriter:
         partial.mkdir()
         pattern = self.settings.file_filter
         for path in files:
+            if shipment.interrupted():
+                # Published whole or not at all: the next dispatcher copies it again.
+                shutil.rmtree(partial, ignore_errors=True)
+                return SendReport(interrupted=True)
             if pattern and not fnmatch.fnmatch(path.name, pattern):
                 continue
             try:

@@ -30,6 +30,7 @@ from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
 
 MARKER = ".complete"
 WORKERS = 4  # small objects: a few requests in flight hide the round trips
+SKIPPED = "not tried: the send was interrupted"
 # Errors that every other upload of the same attempt would meet too.
 _BUCKET_WIDE = {
     "403",
@@ -131,9 +132,11 @@ class S3Uploader:
         stop: list[str] = []
 
         def upload(path: Path) -> str | None:
-            """None when the object is stored, else why not."""
+            """None when the object is stored, else why not (SKIPPED: not tried)."""
             if stop:
                 return stop[0]
+            if shipment.interrupted():
+                return SKIPPED
             try:
                 with open(path, "rb") as body:
                     client.put_object(Bucket=bucket, Key=base + path.name, Body=body)
@@ -151,11 +154,13 @@ class S3Uploader:
             for path, reason in zip(files, pool.map(upload, files), strict=True):
                 if reason is None:
                     report.accepted.append(path)
+                elif reason == SKIPPED:
+                    report.interrupted = True
                 else:
                     report.failed[path] = reason
         if stop and not report.accepted:
             raise TargetError(stop[0])
-        if not report.failed:
+        if not report.failed and not report.interrupted:
             try:
                 client.put_object(Bucket=bucket, Key=base + MARKER, Body=b"")
             except (ClientError, BotoCoreError) as exc:

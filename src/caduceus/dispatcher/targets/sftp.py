@@ -190,6 +190,10 @@ class SftpUploader:
             except OSError as exc:
                 raise TargetError(f"cannot create {partial}: {_reason(exc)}") from exc
             for path in files:
+                if shipment.interrupted():
+                    # Published whole or not at all: the next dispatcher uploads it again.
+                    _remove_folder(sftp, partial)
+                    return SendReport(interrupted=True)
                 try:
                     with open(path, "rb") as source:
                         sftp.putfo(source, posixpath.join(partial, path.name), confirm=True)
