@@ -303,6 +303,13 @@ class KubernetesRunner:
                 pod = self._pod(core, name)
                 answered = time.monotonic()
             except _API_ERRORS as exc:
+                if isinstance(exc, ApiException) and exc.status == 404:
+                    # Not an outage: the API answered that the Job is gone. A processor that
+                    # took the task over removes the Jobs left of it; or someone deleted it.
+                    raise RunnerError(
+                        f"the Job {name} was deleted while the module ran (by another "
+                        "processor that took the task over, or by hand)"
+                    ) from exc
                 if time.monotonic() - answered > API_PATIENCE_SECONDS:
                     raise RunnerError(f"lost the Kubernetes API: {_why(exc)}") from exc
                 status = pod = None
