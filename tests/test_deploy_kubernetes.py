@@ -154,9 +154,15 @@ def test_every_service_is_probed_for_its_own_heartbeat_or_port() -> None:
         (container,) = _find("Deployment", f"caduceus-{service}")["spec"]["template"]["spec"][
             "containers"
         ]
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             check = container[probe]
             if service in ("receiver", "web"):
                 assert check["tcpSocket"]["port"] == container["ports"][0]["name"]
             else:
                 assert check["exec"]["command"] == ["caduceus", "health", "--service", service]
+        # A schema migration at the first start after an upgrade has an hour before liveness
+        # could restart the pod that runs it (and roll the migration back).
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+        live = container["livenessProbe"]
+        assert live["periodSeconds"] * live.get("failureThreshold", 3) >= 60

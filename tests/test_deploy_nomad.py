@@ -277,8 +277,22 @@ def test_the_database_url_comes_only_from_a_nomad_variable(
         data = template["data"].replace('\\"', '"')  # the heredoc, as an escaped string
         assert 'nomadVar "nomad/jobs/caduceus"' in data
         assert "CADUCEUS_DATABASE_URL={{ .database_url }}" in data
+        # Without the variable, a URL that cannot be parsed, never the SQLite default that an
+        # empty one would mean (each allocation on a database file of its own).
+        assert "{{ else }}CADUCEUS_DATABASE_URL=missing:" in data
+        assert template["error_on_missing_key"] is True
     text = JOB_FILE.read_text()
     assert not re.search(r"postgresql://[^.\s']*:[^@\s']+@", text), "a password is written"
+
+
+def test_updates_do_not_roll_back_past_a_migration(job_file: dict[str, Any]) -> None:
+    job = blocks(job_file, "job")["caduceus"]
+    update = block(job, "update")
+    # The old version refuses a schema the new one migrated: an automatic revert would stop
+    # every service, so rollback is left to the operator, who restores the backup first.
+    assert update["auto_revert"] is False
+    assert update["max_parallel"] == 1
+    assert "## Upgrading" in DOCS.read_text()
 
 
 def test_scaled_services_scale_and_single_ones_stay_single(

@@ -64,3 +64,25 @@ def test_example_environment_file_names_real_settings() -> None:
     assert assignments and {a.split("=", 1)[0] for a in assignments} <= fields
     active = dict(a.split("=", 1) for a in (line for line in lines if line.startswith("CADUCEUS")))
     Settings.model_validate({k.removeprefix("CADUCEUS_").lower(): v for k, v in active.items()})
+
+
+def test_the_rootless_podman_drop_in_of_the_docs_is_valid(tmp_path: Path) -> None:
+    """docs/install.md gives a drop-in that shows the rootless Podman socket to the processor
+    through ProtectHome=yes; systemd's checker accepts it, and the unit then reaches it."""
+    docs = (UNITS.parent.parent / "docs" / "install.md").read_text()
+    snippet = re.search(r"<!-- rootless-podman drop-in -->\s*```ini\n(.*?)```", docs, re.DOTALL)
+    assert snippet is not None
+    drop_in = "\n".join(line.strip() for line in snippet.group(1).splitlines())
+    assert "ProtectHome=tmpfs" in drop_in and "BindPaths=/run/user/UID/podman" in drop_in
+    program = Path(sys.prefix) / "bin" / "caduceus"
+    shutil.copytree(UNITS, tmp_path, dirs_exist_ok=True)
+    unit = tmp_path / "caduceus@.service"
+    unit.write_text(unit.read_text().replace(INSTALLED, str(program)))
+    (tmp_path / "caduceus@processor.service.d" / "podman.conf").write_text(
+        drop_in.replace("UID", "10001")
+    )
+    result = analyze(tmp_path, "verify", "./caduceus@processor.service")
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result
+    report = analyze(tmp_path, "security", "--offline=true", "./caduceus@processor.service")
+    # systemd read the drop-in: homes (and /run/user) are now empty stand-ins, not absent.
+    assert "fake empty home directories" in report.stdout, report.stdout

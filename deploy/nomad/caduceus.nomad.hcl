@@ -63,13 +63,14 @@ job "caduceus" {
   type        = "service"
   datacenters = var.datacenters
 
-  # One allocation at a time is replaced; its work is taken over by lease meanwhile, and a
-  # version whose allocations do not become healthy is rolled back.
+  # One allocation at a time is replaced; its work is taken over by lease meanwhile. No
+  # automatic rollback: the new version may have migrated the schema, which the old one then
+  # refuses to run against (docs/nomad.md, "Upgrading").
   update {
     max_parallel     = 1
     min_healthy_time = "10s"
     healthy_deadline = "5m"
-    auto_revert      = true
+    auto_revert      = false
   }
 
   # Any number of receivers; each client runs at most one, on the DICOM port of its own
@@ -147,10 +148,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
@@ -208,10 +211,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
@@ -243,8 +248,10 @@ job "caduceus" {
     task "processor" {
       driver = "docker"
       user   = "10001:10001"
-      # A module run cut off is run again elsewhere once its lease expires.
-      kill_timeout = "60s"
+      # A stopped processor finishes the module run in hand first; one that takes longer is
+      # cut off and run again elsewhere once its lease expires. 30 s is the most a Nomad
+      # client allows unless its max_kill_timeout is raised.
+      kill_timeout = "30s"
 
       config {
         image           = var.image
@@ -283,10 +290,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
@@ -344,10 +353,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
@@ -404,10 +415,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
@@ -464,10 +477,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
@@ -551,10 +566,12 @@ job "caduceus" {
 
       template {
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ end }}
+          {{ with nomadVar "nomad/jobs/caduceus" }}CADUCEUS_DATABASE_URL={{ .database_url }}{{ else }}CADUCEUS_DATABASE_URL=missing:set-nomad/jobs/caduceus-database_url{{ end }}
         EOT
         destination = "secrets/database.env"
         env         = true
+        # A variable without database_url stops the task, instead of it starting on SQLite.
+        error_on_missing_key = true
       }
 
       resources {
