@@ -1,6 +1,6 @@
 """Scale-out benchmark: one against two receivers, one against two dispatchers, on PostgreSQL.
 
-    .venv/bin/python -m bench.scale            # full run: 500 CT images; 10 series x 50 CT
+    .venv/bin/python -m bench.scale            # full run: 500 CT images; 20 series x 100 CT
     .venv/bin/python -m bench.scale --quick    # smoke run: 40 CT images; 4 series x 10 CT
 
 Every caduceus process shares one data folder and one PostgreSQL database (a fresh database per
@@ -412,8 +412,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--ct", type=int, default=500, help="images of the received series")
-    parser.add_argument("--series", type=int, default=10, help="series to dispatch")
-    parser.add_argument("--per-series", type=int, default=50, help="images per dispatched series")
+    parser.add_argument("--series", type=int, default=20, help="series to dispatch")
+    parser.add_argument("--per-series", type=int, default=100, help="images per dispatched series")
     parser.add_argument("--quick", action="store_true", help="smoke run: 40 CT; 4 x 10 CT")
     args = parser.parse_args(argv)
     if args.quick:
