@@ -66,6 +66,8 @@ COUNTED = """
     with open(os.environ["COUNTER"], "a") as fh:
         fh.write(f"start {time.time()}\\n")
     time.sleep(float(os.environ.get("SLEEP", "0")))
+    while pathlib.Path(os.environ.get("HOLD", "/nonexistent")).exists():
+        time.sleep(0.1)
     if pathlib.Path(os.environ.get("FAIL_IF", "/nonexistent")).exists():
         print("the model could not load its weights")
         sys.exit(3)
@@ -360,6 +362,52 @@ def test_a_processor_killed_mid_module_is_taken_over_and_nothing_runs_twice_at_o
     assert [line.split()[0] for line in lines] == ["start", "start", "end"]
     with receiver.engine().connect() as conn:
         assert conn.execute(select(TASKS.c.step)).scalar_one() == 1
+
+
+def test_a_processor_stopped_mid_module_hands_the_step_back_at_once(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    """SIGTERM (a restart, an upgrade) while a module runs: the module is stopped and the task
+    released at the same step, without a failure. With the default 10-minute lease, another
+    processor runs the step again at once."""
+    counter = tmp_path / "long.count"
+    hold = tmp_path / "hold"  # the module runs until this file is gone
+    hold.touch()
+    modules = {
+        "long": module(
+            tmp_path, "long", COUNTED, environment={"COUNTER": str(counter), "HOLD": str(hold)}
+        )
+    }
+    cfg, _ = setup(receiver, tmp_path, modules)
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
+    )
+    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+    first = launch("processor", home=receiver.home)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (counter.exists() and starts(counter) == 1):
+        time.sleep(0.05)
+    assert first.process is not None
+    os.kill(first.process.pid, signal.SIGTERM)
+    assert first.process.wait(15) == 0  # the module would have run on for ever
+    [task] = tasks(receiver)
+    assert (task["state"], task["step"], task["lease_owner"]) == ("processing", 0, None)
+    assert not task["error"] and not events(receiver, "process.error")
+    [interrupted] = events(receiver, "process.interrupted")
+    assert "step 1 (long) stopped: the processor is stopping" in interrupted["message"]
+
+    hold.unlink()
+    launch("processor", home=receiver.home)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and tasks(receiver)[0]["state"] != "done":
+        time.sleep(0.2)
+    assert tasks(receiver)[0]["state"] == "done"
+    # The stopped run never ended; the second one ran the step whole.
+    assert [line.split()[0] for line in counter.read_text().splitlines()] == [
+        "start",
+        "start",
+        "end",
+    ]
 
 
 def test_a_container_module_in_the_pipeline(receiver: Caduceus, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,22 @@ def test_timeout_kills_and_removes_the_container(
     assert outcome.timed_out and outcome.exit_code is None and not outcome.ok
     assert "started" in log_of(job)
     assert "time limit of 2 s" in log_of(job)
+    assert podman.labelled(job.task_id) == []
+
+
+def test_a_cancelled_run_stops_and_removes_the_container(
+    runner: ContainerRunner, podman: Podman, tmp_path: Path
+) -> None:
+    """The processor is stopping: the module's container is killed and removed within a few
+    seconds, and the run is reported as cancelled, not as a failure or a time limit."""
+    job = make_job(tmp_path, "echo started; sleep 60", timeout_seconds=600)
+    began = time.monotonic()
+    job = replace(job, cancelled=lambda: time.monotonic() - began > 3)
+    outcome = runner.run(job)
+    assert time.monotonic() - began < 20
+    assert outcome.cancelled and not outcome.timed_out and outcome.exit_code is None
+    assert "started" in log_of(job)
+    assert "the processor is stopping" in log_of(job)
     assert podman.labelled(job.task_id) == []
 
 

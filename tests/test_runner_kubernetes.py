@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,24 @@ def test_an_unreachable_api_is_a_runner_error(tmp_path: Path) -> None:
     runner = KubernetesRunner(_options(tmp_path), api_client=k8s.ApiClient(configuration))
     with pytest.raises(RunnerError, match="could not be created"):
         runner.run(run)
+
+
+def test_a_cancelled_run_deletes_its_job_at_once(tmp_path: Path) -> None:
+    """The processor is stopping: the Job is deleted (which stops its pod) and the run is
+    reported as cancelled, not failed, long before the module's time limit."""
+    with fake_cluster(tmp_path) as (cluster, url):
+        cluster.script = Script(never_ends=True, output="working\n")
+        began = time.monotonic()
+        run = replace(
+            _run(tmp_path, Module(image="seg:1", timeout_seconds=300)),
+            cancelled=lambda: time.monotonic() - began > 0.5,
+        )
+        outcome = _runner(tmp_path, url).run(run)
+        assert outcome.cancelled and not outcome.timed_out and outcome.exit_code is None
+        assert time.monotonic() - began < 10
+        assert cluster.jobs == {} and len(cluster.deleted) == 1
+        log = run.log_path.read_text()
+        assert "working" in log and "the processor is stopping" in log
 
 
 def test_a_job_deleted_while_it_runs_ends_the_run_at_once(tmp_path: Path) -> None:

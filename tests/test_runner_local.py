@@ -8,6 +8,7 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,26 @@ def test_local_timeout_kills_the_process_group(task: Task) -> None:
     assert "time limit" in task.log()
 
 
+def test_local_cancelled_run_stops_the_module_within_seconds(task: Task) -> None:
+    """The processor is stopping: the module is stopped (its group too) and the run is
+    reported as cancelled, neither failed nor timed out, long before its time limit."""
+    script = task.script("long.sh", "sleep 600 &\necho $! > child.pid\nwait\n")
+    began = time.monotonic()
+    job = replace(
+        task.job([script], timeout_seconds=600), cancelled=lambda: time.monotonic() - began > 1
+    )
+    outcome = LocalRunner(grace_seconds=0.5).run(job)
+    assert outcome.cancelled and not outcome.timed_out and not outcome.ok
+    assert outcome.exit_code is None
+    assert time.monotonic() - began < 5
+    child = int((task.out_dir / "child.pid").read_text())
+    deadline = time.monotonic() + 10
+    while process_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(child)
+    assert "the processor is stopping" in task.log()
+
+
 def test_local_leftover_processes_are_killed_at_the_end(task: Task) -> None:
     outcome = LocalRunner().run(
         task.job(["/bin/sh", "-c", "sleep 600 & echo $! > child.pid; exit 0"])
@@ -308,6 +329,23 @@ def test_sandbox_timeout_kills_everything(task: Task) -> None:
     outcome = SandboxRunner(grace_seconds=0.5).run(task.job([script], timeout_seconds=1))
     assert outcome.timed_out and outcome.exit_code is None
     assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 2  # the namespace's processes die with its first one
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
+
+
+@needs_bwrap
+def test_sandbox_cancelled_run_stops_everything(task: Task) -> None:
+    marker = str(600_000 + secrets.randbelow(300_000))
+    script = task.script("long.sh", f"sleep {marker} &\nsleep {marker}\n")
+    began = time.monotonic()
+    job = replace(
+        task.job([script], timeout_seconds=600), cancelled=lambda: time.monotonic() - began > 1
+    )
+    outcome = SandboxRunner(grace_seconds=0.5).run(job)
+    assert outcome.cancelled and not outcome.timed_out and outcome.exit_code is None
+    assert time.monotonic() - began < 5
     deadline = time.monotonic() + 2  # the namespace's processes die with its first one
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)

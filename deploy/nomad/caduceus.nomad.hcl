@@ -248,9 +248,8 @@ job "caduceus" {
     task "processor" {
       driver = "docker"
       user   = "10001:10001"
-      # A stopped processor finishes the module run in hand first; one that takes longer is
-      # cut off and run again elsewhere once its lease expires. 30 s is the most a Nomad
-      # client allows unless its max_kill_timeout is raised.
+      # A stopped processor stops the module in hand and hands the step to another processor
+      # at once. 30 s is the most a Nomad client allows unless its max_kill_timeout is raised.
       kill_timeout = "30s"
 
       config {

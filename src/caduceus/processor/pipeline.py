@@ -59,6 +59,10 @@ class StepFailed(Exception):
     """A module step did not produce a usable result; the message says why."""
 
 
+class StepInterrupted(Exception):
+    """The module was stopped because the processor is stopping (or lost the task)."""
+
+
 @dataclass
 class _Task:
     id: str
@@ -178,8 +182,18 @@ class Pipeline:
         task_id: str,
         owner: str | None = None,
         lost: threading.Event | None = None,
+        stop: threading.Event | None = None,
     ) -> str:
-        """Run the task's remaining steps and hand it on; return its new state."""
+        """Run the task's remaining steps and hand it on; return its new state.
+
+        Once `stop` is set (the processor is stopping), the module in hand is stopped and the
+        task released at once, at the same step and without a failure, so that another
+        processor runs that step again now rather than after the lease expires."""
+        events = [e for e in (stop, lost) if e is not None]
+
+        def cancelled() -> bool:
+            return any(e.is_set() for e in events)
+
         task = self._load(task_id)
         self._set(task.id, owner, state="processing")
         if task.step == 0 and not task.results:
@@ -187,8 +201,12 @@ class Pipeline:
         for index in range(task.step, len(task.modules)):
             if lost is not None and lost.is_set():
                 return "processing"  # another processor has the task now
+            if stop is not None and stop.is_set():
+                return self._hand_back(task, index, owner)
             try:
-                result = self._run_step(config, task, index)
+                result = self._run_step(config, task, index, cancelled)
+            except StepInterrupted:
+                return self._hand_back(task, index, owner)
             except StepFailed as exc:
                 return self._fail(task, index, str(exc), owner)
             except (OSError, ValueError, RecursionError) as exc:
@@ -264,7 +282,13 @@ class Pipeline:
             chosen = {}
         return {**module.settings, **chosen}
 
-    def _run_step(self, config: Config, task: _Task, index: int) -> dict[str, Any]:
+    def _run_step(
+        self,
+        config: Config,
+        task: _Task,
+        index: int,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> dict[str, Any]:
         name = task.modules[index]
         module = config.modules.get(name)
         if module is None:
@@ -296,11 +320,14 @@ class Pipeline:
                     log_path=log_path,
                     persistence_dir=persistence,
                     environment=dict(module.environment),
+                    cancelled=cancelled,
                 )
             )
         except RunnerError as exc:
             raise StepFailed(f"{name}: {exc}") from exc
         seconds = round(time.monotonic() - started, 3)
+        if outcome.cancelled:
+            raise StepInterrupted(name)
         if outcome.timed_out:
             raise StepFailed(f"{name}: killed after its time limit of {module.timeout_seconds} s")
         if outcome.exit_code != 0:
@@ -462,6 +489,27 @@ class Pipeline:
     def _event(self, task_id: str, kind: str, message: str, **kwargs: Any) -> None:
         with self.engine.begin() as conn:
             record_event(conn, kind, message, task_id=task_id, **kwargs)
+
+    def _hand_back(self, task: _Task, index: int, owner: str | None) -> str:
+        """Release the task at this step, for any processor to take up again at once."""
+        name = task.modules[index]
+        with self.engine.begin() as conn:
+            released = conn.execute(
+                update(TASKS)
+                .where(self._mine(task.id, owner))
+                .values(updated_at=datetime.now(UTC), lease_owner=None, lease_expires=None)
+            ).rowcount
+            if released:
+                record_event(
+                    conn,
+                    "process.interrupted",
+                    f"step {index + 1} ({name}) stopped: the processor is stopping; "
+                    "the step runs again when a processor takes the task up",
+                    severity="warning",
+                    task_id=task.id,
+                    details={"step": index, "module": name},
+                )
+        return "processing"
 
     def _fail(
         self, task: _Task, index: int, reason: str, owner: str | None, step_back: bool = False

@@ -59,7 +59,9 @@ def serve(settings: Settings) -> None:
                     try:
                         with keep_lease(engine, task_id, me, lease) as lost:
                             config = store.current_or_default(engine)
-                            state = pipeline.run(config, task_id, owner=me, lost=lost)
+                            state = pipeline.run(
+                                config, task_id, owner=me, lost=lost, stop=stopping
+                            )
                         log.info("task %s: %s", task_id, state)
                     except Exception as exc:
                         log.exception("task %s failed in the processor", task_id)

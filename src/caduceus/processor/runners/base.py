@@ -6,6 +6,7 @@ job). It never decides what a result means; the pipeline does (pipeline.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +31,9 @@ class ModuleRun:
     persistence_dir: Path | None = None  # kept between runs, when the module asks for it
     # The module's environment beyond the folder variables the runner sets itself.
     environment: dict[str, str] = field(default_factory=dict)
+    # True once the processor is stopping or lost its lease: the runner stops the module
+    # (within a second or two) and reports the run as cancelled, not as failed.
+    cancelled: Callable[[], bool] = field(default=lambda: False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,11 @@ class RunOutcome:
     exit_code: int | None  # None when the module never ran or was killed
     timed_out: bool = False
     seconds: float = 0.0
+    cancelled: bool = False  # stopped on ModuleRun.cancelled; the step is to run again
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled
 
 
 # The folder variables every module sees (mercure's names and the MONAI/Holoscan aliases).

@@ -49,6 +49,7 @@ UNPRIVILEGED = (65534, 65534)
 # their own). Everything else stays dropped.
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 KILL_WAIT_SECONDS = 30
+CANCEL_POLL_SECONDS = 2  # how often a running module's run checks ModuleRun.cancelled
 
 
 def module_user(module_name: str, module: Module, allow_root: bool) -> tuple[int, int] | None:
@@ -229,26 +230,34 @@ class ContainerRunner:
             except (DockerException, requests.RequestException) as exc:
                 raise RunnerError(f"module {job.module_name} could not be started: {exc}") from exc
             try:
-                exit_code, timed_out = self._wait(container, job.module.timeout_seconds)
+                exit_code, timed_out, cancelled = self._wait(container, job)
                 seconds = time.monotonic() - started
-                notes = self._notes(container, job, timed_out)
+                notes = self._notes(container, job, timed_out, cancelled)
                 _write_log(container, job.log_path, notes)
             except DockerException as exc:  # e.g. the container removed behind our back
                 raise RunnerError(f"module {job.module_name}: the engine failed: {exc}") from exc
-            return RunOutcome(exit_code=exit_code, timed_out=timed_out, seconds=seconds)
+            return RunOutcome(
+                exit_code=exit_code, timed_out=timed_out, seconds=seconds, cancelled=cancelled
+            )
         finally:
             _remove(container)
 
-    def _wait(self, container: Container, timeout: int) -> tuple[int | None, bool]:
-        """The exit code, or (None, True) once the module is killed at its time limit."""
-        deadline = time.monotonic() + timeout
+    def _wait(self, container: Container, job: ModuleRun) -> tuple[int | None, bool, bool]:
+        """(exit code, timed out, cancelled): the exit code, or None once the module is killed
+        at its time limit or because the run was cancelled."""
+        deadline = time.monotonic() + job.module.timeout_seconds
+        timed_out = True
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            if job.cancelled():
+                timed_out = False
+                break
             try:
-                status = container.wait(timeout=remaining)
-                return int(status.get("StatusCode", -1)), False
+                # In slices, so that a cancelled run is noticed within a few seconds.
+                status = container.wait(timeout=min(remaining, CANCEL_POLL_SECONDS))
+                return int(status.get("StatusCode", -1)), False, False
             except requests.RequestException as exc:
                 # A read timeout shows up as ConnectionError on a Unix socket: ask the engine
                 # whether the container still runs to tell a time limit from a lost engine.
@@ -257,17 +266,21 @@ class ContainerRunner:
                 except (DockerException, requests.RequestException):
                     raise RunnerError(f"lost the container engine: {exc}") from exc
                 if container.status != "running":  # it ended just now
-                    return int(container.attrs.get("State", {}).get("ExitCode", -1)), False
+                    return int(container.attrs.get("State", {}).get("ExitCode", -1)), False, False
         with contextlib.suppress(DockerException, requests.RequestException):
             container.kill()
         with contextlib.suppress(DockerException, requests.RequestException):
             container.wait(timeout=KILL_WAIT_SECONDS)
-        return None, True
+        return None, timed_out, not timed_out
 
-    def _notes(self, container: Container, job: ModuleRun, timed_out: bool) -> list[str]:
+    def _notes(
+        self, container: Container, job: ModuleRun, timed_out: bool, cancelled: bool
+    ) -> list[str]:
         """What the runner adds to the module's log: why it ended, when it did not end well."""
         if timed_out:
             return [f"caduceus: killed after its time limit of {job.module.timeout_seconds} s"]
+        if cancelled:
+            return ["caduceus: stopped because the processor is stopping; the step runs again"]
         try:
             container.reload()
             oom = bool(container.attrs.get("State", {}).get("OOMKilled"))

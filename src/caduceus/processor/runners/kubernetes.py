@@ -229,6 +229,7 @@ class _Ended:
     exit_code: int | None
     timed_out: bool
     notes: list[str]
+    cancelled: bool = False
 
 
 class KubernetesRunner:
@@ -287,7 +288,12 @@ class KubernetesRunner:
             ended = self._wait(batch, core, job, name)
             seconds = time.monotonic() - started
             self._write_log(core, name, job.log_path, ended.notes)
-            return RunOutcome(exit_code=ended.exit_code, timed_out=ended.timed_out, seconds=seconds)
+            return RunOutcome(
+                exit_code=ended.exit_code,
+                timed_out=ended.timed_out,
+                seconds=seconds,
+                cancelled=ended.cancelled,
+            )
         finally:
             self._delete(batch, name)
 
@@ -325,6 +331,9 @@ class KubernetesRunner:
             if time.monotonic() >= deadline:
                 note = f"caduceus: stopped after its time limit of {limit} s (the Job never ended)"
                 return _Ended(None, True, [note])
+            if job.cancelled():  # the Job is deleted on the way out, which stops its pod
+                note = "caduceus: stopped because the processor is stopping; the step runs again"
+                return _Ended(None, False, [note], cancelled=True)
             time.sleep(self.options.poll_seconds)
 
     def _pod(self, core: Any, name: str) -> Any | None:

@@ -47,6 +47,7 @@ log = logging.getLogger("caduceus.processor")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GRACE_SECONDS = 5.0
+CANCEL_POLL_SECONDS = 1.0  # how often a running module's run checks ModuleRun.cancelled
 SANDBOX_TMP = "/tmp"  # noqa: S108 - a private tmpfs inside the sandbox, not the host's /tmp
 
 # Visible in the sandbox, read-only, where they exist.
@@ -76,6 +77,7 @@ class _Finished:
     returncode: int
     timed_out: bool
     seconds: float
+    cancelled: bool = False
 
 
 class LocalRunner:
@@ -155,7 +157,8 @@ class SandboxRunner:
             for fd in (status_read, status_write):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        if not done.timed_out and done.returncode >= 0 and "exit-code" not in status:
+        stopped = done.timed_out or done.cancelled
+        if not stopped and done.returncode >= 0 and "exit-code" not in status:
             # bwrap ended before the command ran: it could not build the sandbox.
             reason = _last_bwrap_message(job.log_path) or f"bwrap exited with {done.returncode}"
             raise RunnerError(
@@ -328,28 +331,36 @@ def _run_process(
             ) from exc
         except OSError as exc:
             raise RunnerError(f"module {job.module_name}: could not start: {exc}") from exc
-        timed_out = False
+        timed_out = cancelled = False
+        deadline = started + job.module.timeout_seconds
         with _exit_waiter(process.pid) as wait_exit:
             try:
                 # The leader is waited for without being reaped: while it is a zombie its
                 # process group id cannot be reused, so the group signals reach only its own.
-                if not wait_exit(job.module.timeout_seconds):
-                    timed_out = True
-                    _signal_group(process.pid, signal.SIGTERM)
-                    wait_exit(grace)
+                while not wait_exit(min(CANCEL_POLL_SECONDS, deadline - time.monotonic())):
+                    timed_out = time.monotonic() >= deadline
+                    cancelled = not timed_out and job.cancelled()
+                    if timed_out or cancelled:
+                        _signal_group(process.pid, signal.SIGTERM)
+                        wait_exit(grace)
+                        break
             finally:
                 _signal_group(process.pid, signal.SIGKILL)
                 returncode = process.wait()
         seconds = time.monotonic() - started
         if timed_out:
             note = f"time limit of {job.module.timeout_seconds} s reached, module stopped"
+        elif cancelled:
+            note = "module stopped: the processor is stopping; the step runs again"
         elif returncode < 0:
             note = f"module killed by signal {signal.Signals(-returncode).name}"
         else:
             note = ""
         if note:
             log_file.write(f"\ncaduceus: {note}\n".encode())
-    return _Finished(returncode=returncode, timed_out=timed_out, seconds=seconds)
+    return _Finished(
+        returncode=returncode, timed_out=timed_out, seconds=seconds, cancelled=cancelled
+    )
 
 
 @contextlib.contextmanager
@@ -386,10 +397,16 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _outcome(job: ModuleRun, done: _Finished) -> RunOutcome:
-    exit_code = None if done.timed_out or done.returncode < 0 else done.returncode
+    stopped = done.timed_out or done.cancelled
+    exit_code = None if stopped or done.returncode < 0 else done.returncode
     if done.timed_out:
         log.warning("module %s (task %s) reached its time limit", job.module_name, job.task_id)
-    return RunOutcome(exit_code=exit_code, timed_out=done.timed_out, seconds=done.seconds)
+    return RunOutcome(
+        exit_code=exit_code,
+        timed_out=done.timed_out,
+        seconds=done.seconds,
+        cancelled=done.cancelled,
+    )
 
 
 def _read_status(fd: int) -> dict[str, object]:
