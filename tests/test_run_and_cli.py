@@ -114,6 +114,45 @@ def test_send_command_reports_an_unreachable_receiver(
     assert "send failed" in result.stdout and str(port) in result.stdout
 
 
+def test_send_command_reports_a_receiver_that_stops_answering(small_series: list[Path]) -> None:
+    """A receiver that aborts mid-series, and one that stops answering: the send ends with an
+    error naming what was not confirmed, instead of hanging."""
+    from tests.support.flaky_scp import start_flaky_scp
+
+    aborting = start_flaky_scp()
+    aborting.abort_at = {1: 3}
+    silent = start_flaky_scp(delay=30)
+    try:
+        folder = str(small_series[0].parent)
+        result = run(
+            [*CADUCEUS, "send", folder, "--port", str(aborting.port), "--called-aet", "FLAKY"]
+        )
+        assert result.returncode == 1
+        assert f"sent 2, failed {len(small_series) - 2}" in result.stdout
+        assert "association lost" in result.stdout
+        began = time.monotonic()
+        result = run(
+            [
+                *CADUCEUS,
+                "send",
+                folder,
+                "--port",
+                str(silent.port),
+                "--called-aet",
+                "FLAKY",
+                "--timeout",
+                "2",
+            ]
+        )
+        assert time.monotonic() - began < 20
+        assert result.returncode == 1
+        assert f"sent 0, failed {len(small_series)}" in result.stdout
+        assert "timeout" in result.stdout
+    finally:
+        aborting.stop()
+        silent.stop()
+
+
 def test_send_command_skips_files_that_are_not_dicom(
     receiver: Caduceus, tmp_path: Path, small_series: list[Path]
 ) -> None:

@@ -243,12 +243,17 @@ def send(
     port: Annotated[int, typer.Option(help="Receiver's port.")] = 11112,
     called_aet: Annotated[str, typer.Option(help="Receiver's AE title.")] = "CADUCEUS",
     calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "CADUCEUS_SCU",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the receiver before giving up.", min=1)
+    ] = 120,
 ) -> None:
     """Send files or folders with C-STORE."""
     from caduceus.cli.send import send as do_send
 
     try:
-        report = do_send(paths, host, port, called_aet, calling_aet, sys.stderr.isatty())
+        report = do_send(
+            paths, host, port, called_aet, calling_aet, sys.stderr.isatty(), timeout=timeout
+        )
     except (ConnectionError, ValueError, OSError) as exc:
         console.print(f"[red]send failed:[/red] {exc}")
         raise typer.Exit(1) from exc
