@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -17,3 +18,10 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     return stopping
+
+
+def any_set(*events: threading.Event | None) -> Callable[[], bool]:
+    """A check, cheap enough to call between images, whether any of the events is set: work
+    in hand stops once its service is stopping or its lease is lost."""
+    present = [event for event in events if event is not None]
+    return lambda: any(event.is_set() for event in present)

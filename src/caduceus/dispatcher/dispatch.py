@@ -17,6 +17,7 @@ from caduceus.core.config.models import Config
 from caduceus.core.db.models import DELIVERIES, TASK_INSTANCES, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
 from caduceus.core.lease_guard import still_mine
+from caduceus.core.lifecycle import any_set
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 
@@ -82,11 +83,7 @@ def dispatch(
             f"{task.folder}/{sent}; nothing sent"
         )
     info = (task.info or {}).get("info", {})
-    events = [e for e in (stop, lost) if e is not None]
-
-    def interrupted() -> bool:
-        return any(e.is_set() for e in events)
-
+    interrupted = any_set(stop, lost)
     shipment = Shipment(
         task_id,
         sender_aet=info.get("sender_aet", ""),

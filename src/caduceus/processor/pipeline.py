@@ -38,6 +38,7 @@ from caduceus.core.config.models import Config, Module
 from caduceus.core.db.models import TASK_TARGETS, TASKS
 from caduceus.core.db.rows import pending_targets
 from caduceus.core.events import record_event
+from caduceus.core.lifecycle import any_set
 from caduceus.core.storage import DataRoot
 from caduceus.processor.runners.base import ModuleRun, Runner, RunnerError
 
@@ -189,11 +190,7 @@ class Pipeline:
         Once `stop` is set (the processor is stopping), the module in hand is stopped and the
         task released at once, at the same step and without a failure, so that another
         processor runs that step again now rather than after the lease expires."""
-        events = [e for e in (stop, lost) if e is not None]
-
-        def cancelled() -> bool:
-            return any(e.is_set() for e in events)
-
+        cancelled = any_set(stop, lost)
         task = self._load(task_id)
         self._set(task.id, owner, state="processing")
         if task.step == 0 and not task.results:
