@@ -155,6 +155,10 @@ def read_log(
     about one task and of at least one level."""
     least = LEVELS.index(level) if level else 0
     needle = task.encode() if task else None
+    # Lines below the level are skipped before parsing, as lines about other tasks are: our
+    # handler writes "level": "<name>" as json.dumps does. Only above info, since a line that
+    # is not JSON counts as info.
+    levels = [f'"level": "{name}"'.encode() for name in LEVELS[least:]] if least > 1 else None
     path = log_path(home, service)
     found: list[dict[str, Any]] = []
     budget = SCAN_BYTES
@@ -166,6 +170,8 @@ def read_log(
         for line in _lines_backwards(candidate, budget):
             if needle is not None and needle not in line:
                 continue  # cheap test before parsing
+            if levels is not None and not any(mark in line for mark in levels):
+                continue
             entry = _parse(line)
             if task is not None and not _about(entry, task):
                 continue
