@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -248,28 +249,43 @@ def test_services_log_json_with_task_context_and_no_patient_data(
     assert "PID-4711" not in text and "Doe^Jane" not in text
 
 
-def test_log_files_rotate_with_several_writers_and_lose_no_line(tmp_path: Path) -> None:
-    """Two handlers on one file stand for two processes of a service: whichever rotates, the
-    other follows to the new file, and every line is in one of the files."""
+def _write_lines(path: Path, writer: int, count: int, go: Any) -> None:
+    """One process of a service, logging `count` lines to the shared file."""
     from caduceus.core.logfiles import SharedRotatingFileHandler
 
+    handler = SharedRotatingFileHandler(path, max_bytes=4000, backups=400)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    go.wait(30)
+    for n in range(count):
+        text = f"w{writer} line {n:04d} " + "x" * 90
+        handler.handle(logging.LogRecord("t", logging.INFO, __file__, 1, text, None, None))
+    handler.close()
+
+
+def test_log_files_rotate_with_several_writers_and_lose_no_line(tmp_path: Path) -> None:
+    """Two processes of a service append to one file at once: whichever rotates, the other
+    follows to the new file, and every line is in one of the files. (The standard library's
+    RotatingFileHandler loses lines here: each process renames files the other still writes.)"""
     path = tmp_path / "logs" / "dispatcher.log"
-    writers = [SharedRotatingFileHandler(path, max_bytes=4000, backups=50) for _ in range(2)]
-    for handler in writers:
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    for n in range(400):
-        text = f"line {n:04d} " + "x" * 90
-        record = logging.LogRecord("t", logging.INFO, __file__, 1, text, None, None)
-        writers[n % 2].handle(record)
-    for handler in writers:
-        handler.close()
+    count = 6000
+    go = multiprocessing.Event()
+    writers = [
+        multiprocessing.Process(target=_write_lines, args=(path, w, count, go)) for w in (0, 1)
+    ]
+    for writer in writers:
+        writer.start()
+    go.set()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
     files = sorted(path.parent.glob("dispatcher.log*"))
     assert len(files) > 5
-    assert all(f.stat().st_size < 4000 + 100 for f in files if not f.name.endswith(".lock"))
+    assert all(f.stat().st_size < 4000 + 120 for f in files if not f.name.endswith(".lock"))
     written = [
         line for f in files if not f.name.endswith(".lock") for line in f.read_text().splitlines()
     ]
-    assert sorted(written) == [f"line {n:04d} " + "x" * 90 for n in range(400)]
+    expected = [f"w{w} line {n:04d} " + "x" * 90 for w in (0, 1) for n in range(count)]
+    assert sorted(written) == sorted(expected)
 
 
 def test_reading_a_log_back_finds_the_newest_lines_of_a_task(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def test_a_running_receiver_is_running_and_a_stopped_one_stopped(
     assert wait_until(lambda: [p["state"] for p in of(web, "receiver")] == ["running"], 30)
     [first] = of(web, "receiver")
     assert first["pid"] == receiver.process.pid
-    assert first["seconds_since_beat"] < 15
+    assert first["state"] == "running"  # within the 15 s that service_states allows a beat
     assert "CADUCEUS on 127.0.0.1" in first["detail"]
     assert ("2 workers" in first["detail"]) == (workers == "2")
     # The daemon thread keeps beating.
