@@ -135,3 +135,24 @@ def test_an_interrupted_folder_send_publishes_nothing(tmp_path: Path) -> None:
     assert list(out.iterdir()) == []
     assert target.send(series, Shipment("task-5")).complete
     assert len(list((out / "task-5").glob("*.dcm"))) == 4
+
+
+def test_a_file_that_cannot_be_read_fails_alone_and_the_association_goes_on(
+    storescp: StoreSCP, tmp_path: Path
+) -> None:
+    """The SCU reads where the dataset starts before anything goes out: a file gone since it
+    was listed is its own error (not a lost association), and the next file still arrives."""
+    from caduceus.core.net.scu import StoreSCU
+
+    [kept, gone] = write_series(tmp_path / "ct", SeriesSpec(count=2, rows=8, columns=8))
+    meta = [dcmread(p, stop_before_pixels=True) for p in (kept, gone)]
+    ct, syntax = str(meta[0].SOPClassUID), str(meta[0].file_meta.TransferSyntaxUID)
+    gone.unlink()
+    scu = StoreSCU("127.0.0.1", storescp.port, "CADUCEUS", "STORESCP", [(ct, syntax)])
+    try:
+        with pytest.raises(FileNotFoundError):
+            scu.store_file(gone, ct, str(meta[1].SOPInstanceUID), syntax)
+        assert scu.store_file(kept, ct, str(meta[0].SOPInstanceUID), syntax).ok
+    finally:
+        scu.release()
+    assert list(by_uid(storescp.files())) == [meta[0].SOPInstanceUID]

@@ -100,27 +100,10 @@ def send(
         with Progress(*columns, disable=not show_progress) as progress:
             task = progress.add_task("send", total=len(items))
             for item in items:
+                if not lost:
+                    lost = _store(scu, item, report)
                 if lost:
-                    report.failed[str(item.path)] = lost
-                    continue
-                if scu.context_for(item.sop_class, item.syntax) is None:
-                    report.failed[str(item.path)] = "the receiver accepted no context for it"
-                    continue
-                try:
-                    response = scu.store_file(
-                        item.path, item.sop_class, item.sop_instance, item.syntax
-                    )
-                except AssociationLost as exc:
-                    lost = f"association lost: {exc}"
-                    report.failed[str(item.path)] = lost
-                    continue
-                report.statuses[response.status] += 1
-                if response.ok:  # success, or a warning
-                    report.sent += 1
-                else:
-                    report.failed[str(item.path)] = (
-                        f"status 0x{response.status:04X} {response.comment}".strip()
-                    )
+                    report.failed.setdefault(str(item.path), lost)
                 progress.advance(task)
     finally:
         if lost:
@@ -128,3 +111,23 @@ def send(
         else:
             scu.release()
     return report
+
+
+def _store(scu: StoreSCU, item: _Item, report: SendReport) -> str:
+    """Send one file and record the outcome; the reason the association is lost, or ""."""
+    if scu.context_for(item.sop_class, item.syntax) is None:
+        report.failed[str(item.path)] = "the receiver accepted no context for it"
+        return ""
+    try:
+        response = scu.store_file(item.path, item.sop_class, item.sop_instance, item.syntax)
+    except AssociationLost as exc:
+        return f"association lost: {exc}"
+    except (OSError, ValueError) as exc:  # this file only; nothing of it was sent
+        report.failed[str(item.path)] = f"cannot read: {exc}"
+        return ""
+    report.statuses[response.status] += 1
+    if response.ok:  # success, or a warning
+        report.sent += 1
+    else:
+        report.failed[str(item.path)] = f"status 0x{response.status:04X} {response.comment}".strip()
+    return ""

@@ -242,10 +242,13 @@ class StoreSCU:
         context_id = self.context_for(sop_class, syntax)
         if context_id is None:
             raise KeyError((sop_class, syntax))
+        # Before anything goes out: a file that cannot be read (gone, unreadable, not DICOM)
+        # fails alone, as OSError or ValueError, and is not taken for a lost association.
+        offset = dataset_offset(path)
         self.message_id = (self.message_id % 65535) + 1
         command = dimse.encode_c_store_rq(self.message_id, sop_class, sop_instance)
         try:
-            self._send_message(context_id, command, None, path, dataset_offset(path))
+            self._send_message(context_id, command, None, path, offset)
             return self._response()
         except (OSError, pdu.PeerClosed, pdu.ProtocolError) as exc:
             raise AssociationLost(str(exc)) from exc
