@@ -18,6 +18,10 @@ class RunnerError(Exception):
     """The module could not be started at all (no engine, no image, no sandbox); says why."""
 
 
+# How often a runner checks ModuleRun.cancelled while its module runs.
+CANCEL_POLL_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class ModuleRun:
     """One run of one module: its folders, its environment and its limits."""
@@ -32,7 +36,7 @@ class ModuleRun:
     # The module's environment beyond the folder variables the runner sets itself.
     environment: dict[str, str] = field(default_factory=dict)
     # True once the processor is stopping or lost its lease: the runner stops the module
-    # (within a second or two) and reports the run as cancelled, not as failed.
+    # (it checks every CANCEL_POLL_SECONDS) and reports the run as cancelled, not failed.
     cancelled: Callable[[], bool] = field(default=lambda: False, compare=False)
 
 

@@ -29,7 +29,13 @@ from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
 
 from caduceus.core.config.models import Module
-from caduceus.processor.runners.base import ModuleRun, RunnerError, RunOutcome, folder_environment
+from caduceus.processor.runners.base import (
+    CANCEL_POLL_SECONDS,
+    ModuleRun,
+    RunnerError,
+    RunOutcome,
+    folder_environment,
+)
 
 log = logging.getLogger("caduceus.processor")
 
@@ -49,7 +55,6 @@ UNPRIVILEGED = (65534, 65534)
 # their own). Everything else stays dropped.
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 KILL_WAIT_SECONDS = 30
-CANCEL_POLL_SECONDS = 2  # how often a running module's run checks ModuleRun.cancelled
 
 
 def module_user(module_name: str, module: Module, allow_root: bool) -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from caduceus.core.config.models import Module
 from caduceus.processor.runners.base import (
+    CANCEL_POLL_SECONDS,
     ModuleRun,
     Runner,
     RunnerError,
@@ -47,7 +48,6 @@ log = logging.getLogger("caduceus.processor")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GRACE_SECONDS = 5.0
-CANCEL_POLL_SECONDS = 1.0  # how often a running module's run checks ModuleRun.cancelled
 SANDBOX_TMP = "/tmp"  # noqa: S108 - a private tmpfs inside the sandbox, not the host's /tmp
 
 # Visible in the sandbox, read-only, where they exist.
