@@ -557,15 +557,9 @@ class Router:
                 for n in rules
                 if any(compiled(config.rules[n].rule).evaluate(t) for t in tags_per_series)
             ]
-            if instances and matched:
-                group = Group(
-                    level="patient",
-                    uid=patient_id,
-                    generation=generation,
-                    instances=instances,
-                    patient_id=patient_id,
-                )
-                result.tasks += self._tasks(conn, config, group, matched, matched, now)
+            # Claimed first, and the task folders made only then: if a study of the patient
+            # completed meanwhile (another router), this generation's key must not get a task
+            # without that study's images, nor leave task folders on disk behind it.
             changed = conn.execute(
                 update(PATIENT_GROUPS)
                 .where(
@@ -577,10 +571,16 @@ class Router:
                 .values(state="complete", completed_at=watermark, generation=generation)
             ).rowcount
             if not changed:
-                # A study of the patient completed meanwhile (another router): a task kept
-                # now would hold this generation's key without that study's images.
-                conn.rollback()
                 return
+            if instances and matched:
+                group = Group(
+                    level="patient",
+                    uid=patient_id,
+                    generation=generation,
+                    instances=instances,
+                    patient_id=patient_id,
+                )
+                result.tasks += self._tasks(conn, config, group, matched, matched, now)
         result.completed.append(f"patient:{patient_id}")
 
 
