@@ -12,6 +12,8 @@ cluster (SQLite and PostgreSQL).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -208,6 +210,18 @@ def test_the_settings_choose_the_runner(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, processor_runner="kubernetes")
     with pytest.raises(RunnerError, match="DATA_CLAIM"):
         runner_factory(settings)(module)
+    # A processor set up so refuses to start, saying why, instead of failing every task.
+    env = {**os.environ, "CADUCEUS_HOME": str(tmp_path), "CADUCEUS_PROCESSOR_RUNNER": "kubernetes"}
+    env.pop("CADUCEUS_DATABASE_URL", None)
+    started = subprocess.run(
+        [sys.executable, "-m", "caduceus", "processor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 2
+    assert "CADUCEUS_PROCESSOR_KUBERNETES_DATA_CLAIM is not set" in started.stderr
     settings = Settings(
         home=tmp_path, processor_runner="kubernetes", processor_kubernetes_data_claim="data"
     )

@@ -24,7 +24,7 @@ from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.core.work_queue import claim, keep_lease, release, suspended
 from caduceus.processor.pipeline import Pipeline, give_up_or_retry
-from caduceus.processor.runners import runner_factory
+from caduceus.processor.runners import RunnerError, runner_factory
 
 log = logging.getLogger("caduceus.processor")
 IDLE_WAIT = 0.5
@@ -39,7 +39,12 @@ def serve(settings: Settings) -> None:
     engine = open_database(settings, pool_size=settings.processor_parallel + 2)
     root = DataRoot(settings.home)
     root.create()
-    pipeline = Pipeline(engine, root, runner_factory(settings))
+    try:
+        runners = runner_factory(settings)
+    except RunnerError as exc:
+        log.error("the processor cannot start: %s", exc)
+        raise SystemExit(2) from exc
+    pipeline = Pipeline(engine, root, runners)
     lease = timedelta(seconds=settings.processor_lease_seconds)
     owner = f"{socket.gethostname()}:{os.getpid()}"
 

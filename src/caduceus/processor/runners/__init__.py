@@ -15,13 +15,16 @@ from caduceus.processor.runners.base import ModuleRun, Runner, RunnerError, RunO
 
 
 def runner_factory(settings: Settings) -> Callable[[Module], Runner]:
-    """The runner for each module, with one container engine client shared by all."""
+    """The runner for each module, with one container engine client shared by all.
+
+    The Kubernetes runner is made at once: a processor set up for it without the data claim or
+    the client refuses to start with the reason, instead of failing every task's step."""
     shared: dict[str, Runner] = {}
+    if settings.processor_runner == "kubernetes":
+        shared["kubernetes"] = _kubernetes_runner(settings)
 
     def runner_for(module: Module) -> Runner:
-        if module.image and settings.processor_runner == "kubernetes":
-            if "kubernetes" not in shared:
-                shared["kubernetes"] = _kubernetes_runner(settings)
+        if module.image and "kubernetes" in shared:
             return shared["kubernetes"]
         if module.image:
             if "container" not in shared:
