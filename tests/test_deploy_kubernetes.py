@@ -8,6 +8,7 @@ of the Kubernetes version below. The rest checks the security and wiring a user 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from caduceus.supervisor.services import SERVICES
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.32.0"
-SERVICES = ("receiver", "router", "processor", "dispatcher", "cleaner", "notifier", "web")
 
 
+@functools.cache
 def _documents() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     documents: list[dict[str, Any]] = []
