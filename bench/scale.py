@@ -42,7 +42,8 @@ from pathlib import Path
 
 import yaml
 from pydicom import dcmread
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, make_url, select, text
+from sqlalchemy.exc import OperationalError
 
 from bench.receive import (
     CACHE_DIR,
@@ -54,6 +55,7 @@ from bench.receive import (
     Receiver,
     clean_env,
     free_port,
+    keep_logs,
     send,
     spawn,
     split,
@@ -66,6 +68,7 @@ from caduceus.core.config.models import Config
 from caduceus.core.db.engine import make_engine, writer
 from caduceus.core.db.models import INSTANCES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+from caduceus.core.heartbeat import service_states
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
 
@@ -120,34 +123,45 @@ def halves(payload: Payload) -> list[Payload]:
 # --------------------------------------------------------------------------- database
 
 
+_ENGINES: dict[str, Engine] = {}
+
+
+def _psycopg(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
 def engine_for(url: str) -> Engine:
-    return writer(make_engine(url.replace("postgresql://", "postgresql+psycopg://")))
+    """One engine per measurement's database, shared by every poll; disposed with it."""
+    if url not in _ENGINES:
+        _ENGINES[url] = writer(make_engine(_psycopg(url)))
+    return _ENGINES[url]
 
 
 @contextlib.contextmanager
 def fresh_database(server: str) -> Iterator[str]:
     """A new, empty database on the server for one measurement, dropped afterwards."""
     name = f"caduceus_scale_{os.getpid()}_{time.monotonic_ns()}"
-    admin = create_engine(
-        server.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin = create_engine(_psycopg(server), isolation_level="AUTOCOMMIT")
     try:
-        yield f"{server.rsplit('/', 1)[0]}/{name}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        raise BenchError(f"cannot create a database on {server}: {exc.orig}") from exc
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
     finally:
+        if url in _ENGINES:
+            _ENGINES.pop(url).dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
 def count_rows(url: str, query: object) -> int:
-    engine = engine_for(url)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())  # type: ignore[call-overload]
-    finally:
-        engine.dispose()
+    with engine_for(url).connect() as conn:
+        return int(conn.execute(query).scalar_one())  # type: ignore[call-overload]
 
 
 # --------------------------------------------------------------------------- caduceus
@@ -206,9 +220,13 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(server: str, scratch: Path, name: str) -> Iterator[Cluster]:
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
-    with fresh_database(server) as url:
-        yield Cluster(workdir / "home", url, workdir)
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        with fresh_database(server) as url:
+            yield Cluster(workdir / "home", url, workdir)
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n(logs kept in {keep_logs(workdir)})") from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -314,22 +332,40 @@ def dispatch_config(port: int) -> dict[str, object]:
     }
 
 
+def wait_running(engine: Engine, dispatchers: list[subprocess.Popen[bytes]], logs: Path) -> None:
+    """Until every dispatcher's heartbeat says running (it beats once it serves)."""
+    pids = {process.pid for process in dispatchers}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for index, process in enumerate(dispatchers):
+            if process.poll() is not None:
+                raise BenchError(
+                    f"dispatcher {index} exited:\n{tail(logs / f'dispatcher-{index}.log')}"
+                )
+        running = {
+            s.pid
+            for s in service_states(engine)
+            if s.service == "dispatcher" and s.state == "running"
+        }
+        if pids <= running:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"the dispatchers did not start within 60 s; see {logs}")
+
+
 def wait_tasks_done(url: str, tasks: int, logs: Path) -> None:
     deadline = time.monotonic() + DONE_TIMEOUT
     engine = engine_for(url)
-    try:
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                states: dict[str, int] = dict(
-                    conn.execute(select(TASKS.c.state, func.count()).group_by(TASKS.c.state)).all()
-                )
-            if states.get("error"):
-                raise BenchError(f"a task ended in error: {states}")
-            if states.get("done", 0) >= tasks:
-                return
-            time.sleep(0.05)
-    finally:
-        engine.dispose()
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            states: dict[str, int] = dict(
+                conn.execute(select(TASKS.c.state, func.count()).group_by(TASKS.c.state)).all()
+            )
+        if states.get("error"):
+            raise BenchError(f"a task ended in error: {states}")
+        if states.get("done", 0) >= tasks:
+            return
+        time.sleep(0.05)
     raise BenchError(f"tasks not done after {DONE_TIMEOUT:.0f} s; see {logs}")
 
 
@@ -348,11 +384,8 @@ def measure_dispatch(
         dispatchers = [where.dispatcher(index) for index in range(how_many)]
         engine = engine_for(where.url)
         try:
-            time.sleep(2.0)  # started and idling, so their start-up is not timed
-            for index, process in enumerate(dispatchers):
-                if process.poll() is not None:
-                    log = where.logs / f"dispatcher-{index}.log"
-                    raise BenchError(f"dispatcher {index} exited:\n{tail(log)}")
+            # Started (their heartbeat says so), so their start-up is not timed.
+            wait_running(engine, dispatchers, where.logs)
             router = Router(engine, DataRoot(where.home))
             router.run_pass(
                 Config.model_validate(document), datetime.now(UTC) + timedelta(seconds=TRIGGER + 5)
@@ -361,7 +394,6 @@ def measure_dispatch(
             wait_tasks_done(where.url, len(series), where.logs)
             seconds = time.perf_counter() - started
         finally:
-            engine.dispose()
             for process in dispatchers:
                 stop(process)
         received = target.uids()
