@@ -40,7 +40,7 @@ from sqlalchemy import (
     text,
 )
 
-from caduceus.cleaner.cleaning import disk_used_percent
+from caduceus.cleaner.cleaning import used_percent
 from caduceus.core.clock import as_utc
 from caduceus.core.config import store
 from caduceus.core.db.models import (
@@ -451,7 +451,7 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily(
             "caduceus_disk_used_percent",
             "Percent of the data root's file system in use, as the cleaner measures it",
-            value=disk_used_percent(self.root.home),
+            value=used_percent(usage.used, usage.total),
         )
 
     def _settings(self, now: datetime) -> Iterable[Metric]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
+from caduceus.cleaner.cleaning import used_percent
 from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Settings as ConfigSettings
 from caduceus.core.db.models import EVENTS, QUEUE_CONTROLS, TASKS
@@ -69,8 +70,7 @@ class Disk:
 
 def disk(home: Path, settings: ConfigSettings) -> Disk:
     usage = shutil.disk_usage(home)
-    # The cleaner's measure (cleaning.disk_used_percent): used over total.
-    percent = 100.0 * usage.used / usage.total if usage.total else 0.0
+    percent = used_percent(usage.used, usage.total)
     return Disk(
         usage.total,
         usage.used,

@@ -63,9 +63,14 @@ class CleanResult:
     history: dict[str, int] = field(default_factory=dict)  # rows pruned, by kind
 
 
+def used_percent(used: int, total: int) -> float:
+    """The cleaner's measure of a file system's use (shutil.disk_usage's used over total)."""
+    return 100.0 * used / total if total else 0.0
+
+
 def disk_used_percent(path: Path) -> float:
     usage = shutil.disk_usage(path)
-    return 100.0 * usage.used / usage.total if usage.total else 0.0
+    return used_percent(usage.used, usage.total)
 
 
 def _remove_file(path: Path) -> Freed:
