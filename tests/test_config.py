@@ -390,6 +390,12 @@ def test_a_masked_secret_is_not_kept_when_the_server_check_is_loosened() -> None
                     "url": "https://pacs.example/dicom-web",
                     "token": "s3cret-token",
                 },
+                "bucket": {
+                    "type": "s3",
+                    "bucket": "archive",
+                    "access_key_id": "AKIAOLD",
+                    "secret_access_key": "s3cret-key",
+                },
             }
         }
     )
@@ -401,6 +407,7 @@ def test_a_masked_secret_is_not_kept_when_the_server_check_is_loosened() -> None
     for name, change in (
         ("sftp", {"accept_unknown_host_key": True}),
         ("web", {"verify_tls": False}),
+        ("bucket", {"access_key_id": "AKIANEW"}),  # the old key's secret is not the new one's
     ):
         loosened = stored.model_dump(mode="json")
         loosened["targets"][name].update(change)

@@ -61,7 +61,16 @@ _DESTINATION = (
     "verify_tls",
     "verify_hostname",
     "tls_ca_certificate",
+    "access_key_id",
+    "security",
+    "allow_login_in_clear",
 )
+
+
+def _moved(old: object, new: object) -> bool:
+    """Whether new points elsewhere than old, or trusts it less: a stored secret must not
+    follow it there unseen."""
+    return any(getattr(old, key, None) != getattr(new, key, None) for key in _DESTINATION)
 
 
 def keep_secrets(config: Config, previous: Config | None) -> Config:
@@ -77,9 +86,7 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
         old = previous.targets.get(name) if previous else None
         moved = old is None or old.type != target.type
         if old is not None and not moved:
-            moved = any(
-                getattr(old, key, None) != getattr(target, key, None) for key in _DESTINATION
-            )
+            moved = _moved(old, target)
         for field in type(target).model_fields:
             value = getattr(target, field)
             if not isinstance(value, SecretStr) or value.get_secret_value() != MASK:
@@ -97,8 +104,7 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
     smtp = updated.settings.smtp
     if smtp.password.get_secret_value() == MASK:
         old_smtp = previous.settings.smtp if previous else None
-        where = ("host", "port", "username", "security", "allow_login_in_clear")
-        if old_smtp and all(getattr(old_smtp, k) == getattr(smtp, k) for k in where):
+        if old_smtp and not _moved(old_smtp, smtp):
             smtp.password = old_smtp.password
         else:
             problems.append("settings.smtp: password is masked; give the real value")
