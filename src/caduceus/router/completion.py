@@ -83,11 +83,7 @@ class Router:
         """Complete a series now instead of after its quiet time (an operator's action: the
         modality is known to be done). A series whose files went missing is set aside."""
         result = PassResult()
-        self._trigger_tags.pop(series_id, None)
-        try:
-            self._complete_series(config, series_id, now or datetime.now(UTC), result)
-        except MissingFile as exc:
-            self._fail(SERIES, SERIES.c.id, series_id, "series.error", exc, series_id=series_id)
+        self._finish_series(config, series_id, now or datetime.now(UTC), result)
         return result
 
     # -- series ---------------------------------------------------------------------------
@@ -159,11 +155,17 @@ class Router:
                 if own > now:
                     result.next_due = min(filter(None, (result.next_due, own)))
                     continue
-            self._trigger_tags.pop(row.id, None)
-            try:
-                self._complete_series(config, row.id, now, result)
-            except MissingFile as exc:
-                self._fail(SERIES, SERIES.c.id, row.id, "series.error", exc, series_id=row.id)
+            self._finish_series(config, row.id, now, result)
+
+    def _finish_series(
+        self, config: Config, series_id: int, now: datetime, result: PassResult
+    ) -> None:
+        """Complete a series that is due; one whose files went missing is set aside."""
+        self._trigger_tags.pop(series_id, None)
+        try:
+            self._complete_series(config, series_id, now, result)
+        except MissingFile as exc:
+            self._fail(SERIES, SERIES.c.id, series_id, "series.error", exc, series_id=series_id)
 
     def _group_instances(
         self, conn: Connection, column: Any, value: Any, since: datetime | None
