@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import Table, select
 
 from caduceus.bookkeeper.search import (
     EventFilter,
@@ -16,10 +17,11 @@ from caduceus.bookkeeper.search import (
     search_studies,
 )
 from caduceus.core.config import store
+from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
 from caduceus.core.storage import DataRoot
-from caduceus.router.completion import Router
+from caduceus.router.completion import PassResult, Router
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer
 
@@ -82,18 +84,24 @@ def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
 @router.post("/studies/{study_id}/force-complete")
 def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, Any]:
     """Complete a study now instead of waiting for its timer; its rules run at once."""
-    return _force_complete(request, who, "study", study_id)
+    return _force_complete(request, who, "study", study_id, STUDIES, Router.force_complete_study)
 
 
 @router.post("/series/{series_id}/force-complete")
 def force_complete_series(request: Request, series_id: int, who: Operator) -> dict[str, Any]:
     """Complete a series now instead of waiting for its quiet time; its rules run at once."""
-    return _force_complete(request, who, "series", series_id)
+    return _force_complete(request, who, "series", series_id, SERIES, Router.force_complete_series)
 
 
-def _force_complete(request: Request, who: Operator, level: str, key: int) -> dict[str, Any]:
+def _force_complete(
+    request: Request,
+    who: Operator,
+    level: str,
+    key: int,
+    table: Table,
+    complete: Callable[[Router, Config, int], PassResult],
+) -> dict[str, Any]:
     """An operator's completion of a study or series that is still receiving."""
-    table = STUDIES if level == "study" else SERIES
     engine = reader(request)
     with engine.connect() as conn:
         state = conn.execute(select(table.c.state).where(table.c.id == key)).scalar()
@@ -103,18 +111,10 @@ def _force_complete(request: Request, who: Operator, level: str, key: int) -> di
         raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
     router = Router(writer(request), DataRoot(request.app.state.settings.home))
     config = store.current_or_default(engine)
-    if level == "study":
-        result = router.force_complete_study(config, key)
-    else:
-        result = router.force_complete_series(config, key)
+    result = complete(router, config, key)
     with writer(request).begin() as conn:
-        record_event(
-            conn,
-            f"{level}.force_completed",
-            f"by {who.username}",
-            study_id=key if level == "study" else None,
-            series_id=key if level == "series" else None,
-        )
+        refs: dict[str, Any] = {f"{level}_id": key}  # study_id or series_id
+        record_event(conn, f"{level}.force_completed", f"by {who.username}", **refs)
     return {"completed": result.completed, "tasks": result.tasks}
 
 
