@@ -31,6 +31,7 @@ from docker.utils import parse_repository_tag
 from caduceus.core.config.models import Module
 from caduceus.processor.runners.base import (
     CANCEL_POLL_SECONDS,
+    UNPRIVILEGED,
     ModuleRun,
     RunnerError,
     RunOutcome,
@@ -48,8 +49,6 @@ RESERVED_PATHS = (IN_PATH, OUT_PATH, PERSISTENT_PATH)
 TASK_LABEL = "caduceus.task"
 MODULE_LABEL = "caduceus.module"
 PIDS_LIMIT = 512
-# The user a module runs as when the processor itself runs as root: nobody, never root.
-UNPRIVILEGED = (65534, 65534)
 # What a module that needs root (and may have it) gets back of root's powers: owning and
 # writing files whatever their owner, and switching users (images that drop to a user of
 # their own). Everything else stays dropped.

@@ -33,7 +33,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from caduceus.processor.runners.base import ModuleRun, RunnerError, RunOutcome
+from caduceus.processor.runners.base import UNPRIVILEGED, ModuleRun, RunnerError, RunOutcome
 from caduceus.processor.runners.container import (
     IN_PATH,
     MODULE_LABEL,
@@ -41,7 +41,6 @@ from caduceus.processor.runners.container import (
     PERSISTENT_PATH,
     ROOT_CAPABILITIES,
     TASK_LABEL,
-    UNPRIVILEGED,
     _hand_over_folders,
     container_environment,
     extra_volume,
