@@ -39,11 +39,11 @@ from caduceus.processor.runners.container import (
     MODULE_LABEL,
     OUT_PATH,
     PERSISTENT_PATH,
-    ROOT_CAPABILITIES,
     TASK_LABEL,
     _hand_over_folders,
     container_environment,
     extra_volume,
+    module_capabilities,
     module_user,
 )
 
@@ -152,9 +152,11 @@ def _security(job: ModuleRun, options: JobOptions) -> tuple[dict[str, Any], dict
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
     }
+    added = module_capabilities(job.module, root=user is None)
+    if added:
+        container["capabilities"]["add"] = added
     if user is None:
         pod["runAsNonRoot"] = False
-        container["capabilities"]["add"] = list(ROOT_CAPABILITIES)
     else:
         pod.update(runAsNonRoot=True, runAsUser=user[0], runAsGroup=user[1])
         if user == UNPRIVILEGED and os.getuid() == 0:
