@@ -482,3 +482,19 @@ def test_sandbox_escapes_fail(task: Task) -> None:
         assert json.loads(moved.read_text()) == seen
     else:
         assert seen["uid"] == os.getuid()
+
+
+@needs_bwrap
+def test_sandbox_never_runs_without_its_filter(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where libseccomp cannot be loaded the step fails with the reason; the module never
+    starts without the filter."""
+    from caduceus.processor.runners import seccomp
+
+    seccomp.filter_program.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # as if the binding failed to load
+    try:
+        with pytest.raises(RunnerError, match="needs libseccomp"):
+            SandboxRunner().run(task.job(["/bin/sh", "-c", "touch ran"]))
+    finally:
+        seccomp.filter_program.cache_clear()
+    assert not (task.out_dir / "ran").exists()
