@@ -247,12 +247,17 @@ def test_sandbox_without_bwrap(task: Task, monkeypatch: pytest.MonkeyPatch) -> N
 
 @needs_bwrap
 def test_sandbox_copies_input_to_output(task: Task) -> None:
+    # State left by an earlier run as the processor's user (before modules ran as nobody).
+    (task.persistence / "old").mkdir(parents=True)
+    (task.persistence / "old" / "state").write_text("old\n")
     command = COPY + ' && echo state > "$MODULE_PERSISTENCE_DIR/state"'
+    command += ' && echo more >> "$MODULE_PERSISTENCE_DIR/old/state"'
     outcome = SandboxRunner().run(task.job(["/bin/sh", "-c", command], persistence=True))
     assert outcome.ok, task.log()
     assert (task.out_dir / "image.dcm").read_bytes() == b"DICM-image-bytes"
     assert (task.out_dir / "cwd.txt").read_text().strip() == str(task.out_dir)
     assert (task.persistence / "state").read_text() == "state\n"
+    assert (task.persistence / "old" / "state").read_text() == "old\nmore\n"
 
 
 @needs_bwrap

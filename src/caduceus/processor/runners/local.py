@@ -338,10 +338,14 @@ def _hand_over(job: ModuleRun) -> None:
     """A root processor gives the writable folders to nobody, and lets its group (which the
     module keeps) read the input, whatever the umask was when the pipeline made it."""
     uid, gid = UNPRIVILEGED
-    for folder in (job.out_dir, job.persistence_dir if job.module.persistence else None):
-        if folder is not None:
-            os.chown(folder, uid, gid)
     own = os.getuid()
+    os.chown(job.out_dir, uid, gid)
+    if job.module.persistence and job.persistence_dir is not None:
+        # State kept by runs from before modules ran as nobody belongs to root: hand it over.
+        for dirpath, dirs, names in os.walk(job.persistence_dir):
+            for path in [Path(dirpath), *[Path(dirpath, name) for name in dirs + names]]:
+                if path.lstat().st_uid == own:
+                    os.lchown(path, uid, gid)
     for dirpath, _dirs, names in os.walk(job.in_dir):
         entries = [(Path(dirpath), 0o050), *[(Path(dirpath, name), 0o040) for name in names]]
         for path, wanted in entries:
