@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from tests.conftest import Launch
-from tests.support.deflate import deflated_bomb, send_deflated
+from tests.support.deflate import deflated_bomb, empty_elements_bomb, send_deflated
 from tests.support.dicomfiles import dataset_bytes, stored_instances, transfer_syntax
 from tests.support.processes import Caduceus, require, run
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
@@ -311,6 +311,20 @@ def test_deflate_bomb_is_refused_and_leaves_nothing(launch: Launch) -> None:
     assert temp_files(receiver) == []
     assert not list((receiver.home / "tmp").glob("*.inflated"))
     assert echo_works(receiver)
+
+
+def test_deflated_millions_of_empty_elements_are_refused(launch: Launch) -> None:
+    """A header, then 8 million empty elements in 64 kB: walking them all took seconds of CPU
+    (minutes for a gigabyte), and they formed a valid dataset. The walk stops at a million."""
+    receiver = launch()
+    uid, stream = empty_elements_bomb(64 * 1024 * 1024)
+    assert len(stream) < 100_000
+    assert send_deflated(receiver.port, uid, stream) == 0xC210
+    wait_closed(receiver)
+    [refusal] = events(receiver, "instance.refused")
+    assert "more than 1000000 elements" in str(refusal["message"])
+    assert stored_instances(receiver.engine()) == []
+    assert not list((receiver.home / "tmp").glob("*.inflated"))
 
 
 def test_deflated_instance_within_the_limit_is_stored_as_sent(

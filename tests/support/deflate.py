@@ -17,7 +17,8 @@ from pydicom.filewriter import write_dataset
 from caduceus.core.dicom.synthetic import SeriesSpec, generate
 
 RUN = 16 * 1024 * 1024
-_ZEROS = bytes(RUN)
+# (0009,0010) LO of length 0, a valid explicit VR element header, again and again.
+EMPTY_ELEMENT = b"\x09\x00\x10\x00LO\x00\x00"
 
 
 def explicit_le(ds: object) -> bytes:
@@ -38,19 +39,28 @@ def bomb_header(pixel_bytes: int) -> tuple[str, bytes]:
     return str(ds.SOPInstanceUID), head
 
 
-def deflate_zeros_after(head: bytes, zeros: int) -> bytes:
-    """Raw deflate (PS3.5 A.5) of head followed by `zeros` zero bytes, padded to an even length."""
+def deflate_zeros_after(head: bytes, zeros: int, fill: bytes = b"\x00") -> bytes:
+    """Raw deflate (PS3.5 A.5) of head followed by `zeros` bytes of fill (repeated), padded
+    to an even length."""
+    assert RUN % len(fill) == 0 and zeros % len(fill) == 0
+    pattern = fill * (RUN // len(fill))
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     parts = [compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)]
     runs, rest = divmod(zeros, RUN)
     if runs:
-        run = compressor.compress(_ZEROS) + compressor.flush(zlib.Z_FULL_FLUSH)
-        again = compressor.compress(_ZEROS) + compressor.flush(zlib.Z_FULL_FLUSH)
+        run = compressor.compress(pattern) + compressor.flush(zlib.Z_FULL_FLUSH)
+        again = compressor.compress(pattern) + compressor.flush(zlib.Z_FULL_FLUSH)
         assert run == again, "a full flush no longer makes runs repeatable"
         parts += [run] * runs
-    parts.append(compressor.compress(bytes(rest)) + compressor.flush())
+    parts.append(compressor.compress(pattern[:rest]) + compressor.flush())
     stream = b"".join(parts)
     return stream + b"\x00" if len(stream) % 2 else stream
+
+
+def empty_elements_bomb(inflated_bytes: int) -> tuple[str, bytes]:
+    """A CT instance's attributes, then millions of empty elements (8 bytes each)."""
+    uid, head = bomb_header(0)
+    return uid, deflate_zeros_after(head[:-12], inflated_bytes, EMPTY_ELEMENT)
 
 
 def deflated_bomb(inflated_bytes: int) -> tuple[str, bytes]:

@@ -34,6 +34,10 @@ log = logging.getLogger("caduceus.receiver")
 
 # Settings.receiver_max_inflated_mb's default, for callers that pass no limit.
 MAX_INFLATED = 4096 * 1024 * 1024
+# A deflated dataset may hold as many elements as it has deflated bytes, and a million in any
+# case. Real data does not compress its element headers that far, but a bomb packs millions of
+# empty elements into a few kilobytes, and walking each one costs the check CPU time.
+DEFLATED_MIN_ELEMENTS = 1_000_000
 
 PREAMBLE = bytes(128) + b"DICM"
 # Datasets up to this size are also kept in memory while they stream to disk, so checking them
@@ -183,11 +187,11 @@ class InstanceWriter:
         with open(self.temp, "rb") as fh:
             return self._check_mapped(fh.fileno(), len(self.meta))
 
-    def _check_mapped(self, fd: int, start: int) -> Header:
+    def _check_mapped(self, fd: int, start: int, max_elements: int | None = None) -> Header:
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             try:
-                return self._check_bytes(view, start)
+                return self._check_bytes(view, start, max_elements)
             finally:
                 view.release()
 
@@ -215,17 +219,25 @@ class InstanceWriter:
                     raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
                 except OSError as exc:
                     raise _os_refusal(exc, "cannot inflate", keep=False) from exc
+            elements = max(DEFLATED_MIN_ELEMENTS, self.size - len(self.meta))
             if size <= IN_MEMORY:
-                return self._check_bytes(os.pread(fd, size, 0), 0)
-            return self._check_mapped(fd, 0)
+                return self._check_bytes(os.pread(fd, size, 0), 0, elements)
+            return self._check_mapped(fd, 0, elements)
         finally:
             os.close(fd)
             inflated.unlink(missing_ok=True)
 
-    def _check_bytes(self, data: bytes | bytearray | memoryview, start: int) -> Header:
+    def _check_bytes(
+        self, data: bytes | bytearray | memoryview, start: int, max_elements: int | None = None
+    ) -> Header:
         try:
             layout = scan(
-                data, self.syntax.is_implicit_VR, self.syntax.is_little_endian, start, WANTED_TAGS
+                data,
+                self.syntax.is_implicit_VR,
+                self.syntax.is_little_endian,
+                start,
+                WANTED_TAGS,
+                max_elements,
             )
             header = decode_header(layout.values)
         except MalformedDataset as exc:
