@@ -23,7 +23,7 @@ from caduceus.core.events import record_event
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
 from caduceus.web.api.engines import reader, writer
-from caduceus.web.auth import Operator, Viewer
+from caduceus.web.auth import Operator, Viewer, visible_events
 
 router = APIRouter(prefix="/api", tags=["history"])
 
@@ -120,10 +120,11 @@ def _force_complete(
 
 @router.get("/events")
 def events(
-    request: Request, _: Viewer, where: Annotated[EventFilter, Depends()], limit: Limit = 100
+    request: Request, who: Viewer, where: Annotated[EventFilter, Depends()], limit: Limit = 100
 ) -> list[dict[str, Any]]:
-    """The history, newest first; `kind` ending in "." matches a family ("dispatch.")."""
-    return list_events(reader(request), where, limit)
+    """The history, newest first; `kind` ending in "." matches a family ("dispatch.").
+    The user name tried in a failed login is shown to admins only."""
+    return visible_events(list_events(reader(request), where, limit), who)
 
 
 class OutsideEvent(BaseModel):
