@@ -25,8 +25,10 @@ from caduceus.core.config.models import Config
 from caduceus.core.db.models import USERS
 from caduceus.web import auth
 from caduceus.web.body_limit import MAX_BODY_BYTES
+from caduceus.web.password_work import Busy, PasswordWork
+from caduceus.web.throttle import LoginThrottle
 from tests.support.browser import browser_login
-from tests.support.processes import Caduceus
+from tests.support.processes import Caduceus, wait_for_port
 from tests.support.web import (
     PASSWORD,
     WebProcess,
@@ -291,3 +293,70 @@ def test_validation_errors_never_echo_the_input(web: TestClient, web_engine: Eng
         assert answer.status_code == 422, answer.text
         assert secret not in answer.text, answer.text
         assert answer.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    """An attacker with many addresses cannot grow the tables without end; IPv6 addresses
+    count per /64, so one subscriber's many addresses are one."""
+    throttle = LoginThrottle(per_address=3, per_name=1000, max_keys=1000)
+    for n in range(20_000):
+        throttle.attempt(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", f"name-{n}")
+    assert len(throttle.addresses.keys) <= 1000 and len(throttle.names.keys) <= 1000
+    tries = [throttle.attempt(f"2001:db8:1:2::{n:x}", "someone") for n in range(1, 6)]
+    assert [bool(wait) for wait in tries] == [False, False, False, True, True]
+    assert not throttle.attempt("2001:db8:1:3::1", "someone"), "another /64 is another client"
+
+
+def test_password_work_refuses_beyond_its_queue() -> None:
+    """At most `workers` hashes run and `queue` wait; one more is refused at once."""
+    release = threading.Event()
+
+    async def scenario() -> list[str]:
+        work = PasswordWork(workers=1, queue=1)
+        running = [asyncio.create_task(work.run(release.wait, 30)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        try:
+            await work.run(release.wait, 30)
+            third = "ran"
+        except Busy:
+            third = "busy"
+        release.set()
+        return [str(await task) for task in running] + [third]
+
+    assert asyncio.run(scenario()) == ["True", "True", "busy"]
+
+
+def test_a_large_body_is_read_only_from_a_known_user(web: TestClient, web_engine: Engine) -> None:
+    """Past the anonymous limit, a body needs a valid token or session before it is read."""
+    document = {"comment": "x" * 100_000}
+    assert web.put("/api/config", json=document).status_code == 413
+    bogus = {"Authorization": "Bearer cdc_not-a-token"}
+    assert web.put("/api/config", json=document, headers=bogus).status_code == 413
+    chunked = web.put(
+        "/api/config",
+        content=_chunks(200_000, size=10_000),
+        headers={"Content-Type": "application/json", **bogus},
+    )
+    assert chunked.status_code == 413
+    csrf = as_role(web, web_engine, "admin")
+    known = web.put("/api/config", json=document, headers=csrf)
+    assert known.status_code == 422, "read, and judged on its content"
+    login = web.post("/api/login", json={"username": "x", "password": "y" * 10_000})
+    assert login.status_code == 413, "a login's body is small whoever sends it"
+
+
+def test_forwarded_addresses_count_only_from_a_trusted_proxy(launch: Any) -> None:
+    """With 127.0.0.1 named as a trusted proxy, X-Forwarded-For decides whose failures count:
+    one client's failures do not throttle another behind the same proxy."""
+    instance = launch("web", CADUCEUS_WEB_TRUSTED_PROXIES='["127.0.0.1"]')
+    wait_for_port(instance.web_port, process=instance.process)
+    url = f"http://127.0.0.1:{instance.web_port}"
+    wrong = {"username": "someone", "password": "wrong"}
+    with httpx.Client(base_url=url, timeout=30) as proxy:
+        first = [
+            proxy.post("/api/login", json=wrong, headers={"X-Forwarded-For": "10.0.0.1"})
+            for _ in range(11)
+        ]
+        other = proxy.post("/api/login", json=wrong, headers={"X-Forwarded-For": "10.0.0.2"})
+    assert [a.status_code for a in first] == [401] * 10 + [429]
+    assert other.status_code == 401, "another client behind the proxy is not throttled"

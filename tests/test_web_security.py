@@ -404,3 +404,23 @@ def test_a_browser_shows_the_markup_as_text_and_runs_none(
             shot(page, name)
         assert_no_errors(page)
     assert dialogs == []
+
+
+# -- 3: who sees what was typed into a failed login -------------------------------------------
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_failed_login_names_are_shown_to_admins_only(
+    web: TestClient, web_engine: Engine, role: str
+) -> None:
+    """A password typed into the name box ends up as the name of a failed login: the events
+    show that name to admins, and to the other roles only that a login failed, and where from."""
+    typed = "Pa55word-in-the-name-box"
+    failed = web.post("/api/login", json={"username": typed, "password": "whatever"})
+    assert failed.status_code == 401
+    as_role(web, web_engine, role)
+    for query in ({"kind": "login.failed"}, {}):
+        shown = web.get("/api/events", params=query)
+        assert shown.status_code == 200
+        assert "failed login" in shown.text
+        assert (typed in shown.text) is (role == "admin"), (role, shown.text)
