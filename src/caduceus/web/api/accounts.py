@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
 from caduceus.core.events import record_event
+from caduceus.core.ids import RowId
 from caduceus.web import auth
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import ROLES, Admin, Principal, Viewer
@@ -214,7 +215,7 @@ def add_user(request: Request, user: NewUser, who: Admin) -> dict[str, Any]:
 
 
 @router.patch("/users/{user_id}")
-def change_user(request: Request, user_id: int, change: UserChange, who: Admin) -> dict[str, Any]:
+def change_user(request: Request, user_id: RowId, change: UserChange, who: Admin) -> dict[str, Any]:
     """A demotion, a disabling or a new password ends the user's sessions at once."""
     values: dict[str, Any] = {}
     if change.role is not None:
@@ -247,7 +248,7 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
 
 
 @router.delete("/users/{user_id}")
-def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
+def remove_user(request: Request, user_id: RowId, who: Admin) -> dict[str, Any]:
     if user_id == who.user_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot remove yourself")
     with writer(request).begin() as conn:
@@ -311,7 +312,7 @@ def new_token(request: Request, token: NewToken, who: Viewer) -> dict[str, str]:
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(request: Request, token_id: int, who: Viewer) -> dict[str, Any]:
+def revoke_token(request: Request, token_id: RowId, who: Viewer) -> dict[str, Any]:
     with writer(request).begin() as conn:
         found = conn.execute(
             update(API_TOKENS)

@@ -20,6 +20,7 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
+from caduceus.core.ids import RowId
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
 from caduceus.web.api.engines import reader, writer
@@ -51,7 +52,7 @@ def series(
 
 
 @router.get("/series/{series_id}")
-def one_series(request: Request, series_id: int, _: Viewer) -> dict[str, Any]:
+def one_series(request: Request, series_id: RowId, _: Viewer) -> dict[str, Any]:
     with reader(request).connect() as conn:
         row = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).first()
     if row is None:
@@ -69,7 +70,7 @@ def studies(
 
 
 @router.get("/studies/{study_id}")
-def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
+def one_study(request: Request, study_id: RowId, _: Viewer) -> dict[str, Any]:
     engine = reader(request)
     with engine.connect() as conn:
         row = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).first()
@@ -82,13 +83,13 @@ def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
 
 
 @router.post("/studies/{study_id}/force-complete")
-def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, Any]:
+def force_complete(request: Request, study_id: RowId, who: Operator) -> dict[str, Any]:
     """Complete a study now instead of waiting for its timer; its rules run at once."""
     return _force_complete(request, who, "study", study_id, STUDIES, Router.force_complete_study)
 
 
 @router.post("/series/{series_id}/force-complete")
-def force_complete_series(request: Request, series_id: int, who: Operator) -> dict[str, Any]:
+def force_complete_series(request: Request, series_id: RowId, who: Operator) -> dict[str, Any]:
     """Complete a series now instead of waiting for its quiet time; its rules run at once."""
     return _force_complete(request, who, "series", series_id, SERIES, Router.force_complete_series)
 
