@@ -10,10 +10,10 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -140,6 +140,14 @@ def test_a_removed_target_leaves_its_queued_task_in_error_not_done(
 # -- unauthenticated load: floods of logins, huge bodies (issue 14, points 5 and 6) ----------
 
 FLOOD = 200
+T = TypeVar("T")
+
+
+def in_own_loop(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine in a thread's own event loop: Playwright's sync API keeps one running
+    in the main thread once a browser test has run in the session."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, work).result()
 
 
 def set_password(engine: Engine, name: str, password: str = PASSWORD) -> None:
@@ -189,7 +197,7 @@ def test_a_flood_of_throwaway_names_is_throttled_and_others_still_log_in(
     Retry-After) and the hashing runs a few at a time off the event loop, so a user at
     another address logs in at once and the login page answers during the flood."""
     set_password(web_process.engine, "admin")
-    flood, answer, took, login_page = asyncio.run(_flood_and_log_in(web_process.url))
+    flood, answer, took, login_page = in_own_loop(_flood_and_log_in(web_process.url))
     statuses = Counter(r.status_code for r in flood)
     assert answer.status_code == 200, (answer.status_code, answer.text, took)
     assert login_page == 200
@@ -295,16 +303,35 @@ def test_validation_errors_never_echo_the_input(web: TestClient, web_engine: Eng
         assert answer.json()["detail"][0]["loc"][0] == "body"
 
 
+def _fail(throttle: LoginThrottle, address: str, name: str) -> bool:
+    """One failed login if the throttle lets it be tried; whether it did."""
+    if throttle.attempt(address, name):
+        return False
+    throttle.finished(address, name, failed=True)
+    return True
+
+
 def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
     """An attacker with many addresses cannot grow the tables without end; IPv6 addresses
     count per /64, so one subscriber's many addresses are one."""
     throttle = LoginThrottle(per_address=3, per_name=1000, max_keys=1000)
     for n in range(20_000):
-        throttle.attempt(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", f"name-{n}")
+        _fail(throttle, f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", f"name-{n}")
     assert len(throttle.addresses.keys) <= 1000 and len(throttle.names.keys) <= 1000
-    tries = [throttle.attempt(f"2001:db8:1:2::{n:x}", "someone") for n in range(1, 6)]
-    assert [bool(wait) for wait in tries] == [False, False, False, True, True]
-    assert not throttle.attempt("2001:db8:1:3::1", "someone"), "another /64 is another client"
+    assert throttle.running == {}
+    tried = [_fail(throttle, f"2001:db8:1:2::{n:x}", "someone") for n in range(1, 6)]
+    assert tried == [True, True, True, False, False]
+    assert _fail(throttle, "2001:db8:1:3::1", "someone"), "another /64 is another client"
+
+
+def test_logins_from_one_address_are_checked_two_at_a_time() -> None:
+    """A burst from one address gets two password checks at once; the rest 429 at once."""
+    throttle = LoginThrottle(per_address=10, in_flight=2)
+    waits = [throttle.attempt("10.0.0.1", f"name-{n}") for n in range(5)]
+    assert [bool(w) for w in waits] == [False, False, True, True, True]
+    assert not throttle.attempt("10.0.0.2", "name-0"), "another address is not held up"
+    throttle.finished("10.0.0.1", "name-0", failed=True)
+    assert not throttle.attempt("10.0.0.1", "name-5")
 
 
 def test_password_work_refuses_beyond_its_queue() -> None:
@@ -323,7 +350,7 @@ def test_password_work_refuses_beyond_its_queue() -> None:
         release.set()
         return [str(await task) for task in running] + [third]
 
-    assert asyncio.run(scenario()) == ["True", "True", "busy"]
+    assert in_own_loop(scenario()) == ["True", "True", "busy"]
 
 
 def test_a_large_body_is_read_only_from_a_known_user(web: TestClient, web_engine: Engine) -> None:

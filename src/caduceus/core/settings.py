@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         description="Failed logins for one user name from anywhere within the window, after "
         "which that name answers 429 to addresses that are failing themselves.",
     )
+    web_login_concurrent_per_address: int = Field(
+        default=2,
+        ge=1,
+        description="Logins from one address checked at once; more answer 429 at once.",
+    )
     web_login_window_seconds: int = Field(
         default=300, ge=1, description="How long a failed login (or password check) counts."
     )

@@ -110,6 +110,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         settings.web_login_failures_per_name,
         settings.web_login_window_seconds,
         settings.web_throttle_max_entries,
+        settings.web_login_concurrent_per_address,
     )
     app.state.password_throttle = PasswordCheckThrottle(
         settings.web_password_change_failures,

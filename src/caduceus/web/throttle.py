@@ -87,7 +87,9 @@ class LoginThrottle:
     user name from anywhere within `window` seconds; beyond `per_name`, a name stays open to
     addresses with no recent failure. An attempt is checked and counted as failed under one
     lock, before the password is checked, so a burst of parallel tries gets no more than a
-    sequence; a success takes its count back."""
+    sequence; a success takes its count back. At most `in_flight` logins per address are
+    checked at once: a burst from one address never fills the password workers' queue ahead
+    of everyone else."""
 
     def __init__(
         self,
@@ -95,13 +97,17 @@ class LoginThrottle:
         per_name: int = 20,
         window: float = 300.0,
         max_keys: int = 100_000,
+        in_flight: int = 2,
     ) -> None:
         self.addresses = Failures(per_address, window, max_keys)
         self.names = Failures(per_name, window, max_keys)
+        self.in_flight = in_flight
+        self.running: dict[str, int] = {}  # never more keys than logins being checked
         self.lock = threading.Lock()
 
     def attempt(self, address: str, username: str) -> float:
-        """0 when a login may be tried now (and counts it), else the seconds to wait."""
+        """0 when a login may be tried now (and counts it), else the seconds to wait. Each
+        0 must be followed by `finished`."""
         where, name = address_key(address), username.lower()
         now = time.monotonic()
         with self.lock:
@@ -109,20 +115,28 @@ class LoginThrottle:
             if not wait and self.addresses.recent(where, now):
                 # Only an address that is failing itself is kept out of a name under attack.
                 wait = self.names.blocked_for(name, now)
+            if not wait and self.running.get(where, 0) >= self.in_flight:
+                wait = 1.0
             if wait:
                 return wait
             self.addresses.add(where, now)
             self.names.add(name, now)
+            self.running[where] = self.running.get(where, 0) + 1
             return 0.0
 
-    def succeeded(self, address: str, username: str) -> None:
-        self.not_tried(address, username)
-
-    def not_tried(self, address: str, username: str) -> None:
-        """Take back the failure counted up front (a success, or a try that never ran)."""
+    def finished(self, address: str, username: str, failed: bool) -> None:
+        """The attempt is over; unless it failed (a success, or a try that never ran), the
+        failure counted up front is taken back."""
+        where = address_key(address)
         with self.lock:
-            self.addresses.forget_one(address_key(address))
-            self.names.forget_one(username.lower())
+            left = self.running.get(where, 1) - 1
+            if left > 0:
+                self.running[where] = left
+            else:
+                self.running.pop(where, None)
+            if not failed:
+                self.addresses.forget_one(where)
+                self.names.forget_one(username.lower())
 
 
 class PasswordCheckThrottle:

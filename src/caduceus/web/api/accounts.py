@@ -37,9 +37,11 @@ async def login(request: Request, response: Response, credentials: Credentials) 
     if wait:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            "too many failed logins; try again later",
+            "too many logins from this address; try again later",
             headers=retry_after(wait),
         )
+    started: auth.Started | None = None
+    tried = False
     try:
         started = await passwords(request).run(
             auth.login,
@@ -49,12 +51,13 @@ async def login(request: Request, response: Response, credentials: Credentials) 
             credentials.password,
             address,
         )
+        tried = True
     except Busy:
-        throttle.not_tried(address, credentials.username)
         raise _busy() from None
+    finally:
+        throttle.finished(address, credentials.username, failed=tried and started is None)
     if started is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
-    throttle.succeeded(address, credentials.username)
     response.set_cookie(
         auth.SESSION_COOKIE,
         started.cookie,
