@@ -2,15 +2,20 @@
 
 Starlette's TestClient speaks HTTP to the application without a socket; the database is the
 test's (SQLite or PostgreSQL), shared with any real service processes the test starts.
+`web_process` is a real `caduceus web` instead, for what needs a socket, a client address and
+a process of its own (floods, memory).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -21,7 +26,7 @@ from caduceus.core.database import open_database
 from caduceus.core.settings import Settings
 from caduceus.web import auth
 from caduceus.web.app import create_app
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import Caduceus, free_port, wait_for_port
 
 PASSWORD = "correct horse battery"
 
@@ -87,3 +92,40 @@ def served(web: TestClient) -> Iterator[str]:
     """The `web` application on a real port, for the browser."""
     with serve(web.app) as url:  # type: ignore[arg-type]
         yield url
+
+
+@dataclass
+class WebProcess:
+    """`caduceus web` as its own process: its URL, process id and database."""
+
+    url: str
+    pid: int
+    engine: Engine
+    instance: Caduceus
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The process's resident memory now (VmRSS) or at its peak so far (VmHWM), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for process {self.pid}")
+
+
+@pytest.fixture
+def web_process(launch: Callable[..., Caduceus]) -> Iterator[WebProcess]:
+    """A real `caduceus web` on 127.0.0.1 (any 127.x.y.z address reaches it as a client)."""
+    instance = launch("web")
+    assert instance.process is not None
+    wait_for_port(instance.web_port, process=instance.process)
+    engine = instance.engine()
+    yield WebProcess(
+        f"http://127.0.0.1:{instance.web_port}", instance.process.pid, engine, instance
+    )
+    engine.dispose()
+
+
+def client_from(address: str, url: str, **kwargs: Any) -> httpx.Client:
+    """An HTTP client whose connections come from this local address (127.0.0.2, ...)."""
+    return httpx.Client(
+        base_url=url, transport=httpx.HTTPTransport(local_address=address), **kwargs
+    )

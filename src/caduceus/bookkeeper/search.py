@@ -39,6 +39,7 @@ from caduceus.core.db.models import (
     TASK_TARGETS,
     TASKS,
 )
+from caduceus.core.ids import RowId
 
 MAX_LIMIT = 500
 
@@ -494,10 +495,10 @@ class EventFilter:
     kind: str = ""  # exact, or a prefix ending in "." ("dispatch.")
     severity: str = ""
     task_id: str = ""
-    series_id: int | None = None
-    study_id: int | None = None
+    series_id: RowId | None = None
+    study_id: RowId | None = None
     since: datetime | None = None
-    before_id: int | None = None  # paging backwards through time
+    before_id: RowId | None = None  # paging backwards through time
 
     def conditions(self) -> list[ColumnElement[bool]]:
         e = EVENTS.c

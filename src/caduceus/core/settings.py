@@ -113,6 +113,58 @@ class Settings(BaseSettings):
         description="Mark the session cookie Secure even on plain HTTP (set it behind an HTTPS "
         "proxy); requests that arrive over HTTPS always get it.",
     )
+    web_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: none, the socket's peer is the client.",
+    )
+    web_login_failures_per_address: int = Field(
+        default=10,
+        ge=1,
+        description="Failed logins from one address (any user names; IPv6 per /64) within "
+        "the login window, after which its logins answer 429.",
+    )
+    web_login_failures_per_name: int = Field(
+        default=20,
+        ge=1,
+        description="Failed logins for one user name from anywhere within the window, after "
+        "which that name answers 429 to addresses that are failing themselves.",
+    )
+    web_login_concurrent_per_address: int = Field(
+        default=2,
+        ge=1,
+        description="Logins from one address checked at once; more answer 429 at once.",
+    )
+    web_login_window_seconds: int = Field(
+        default=300, ge=1, description="How long a failed login (or password check) counts."
+    )
+    web_password_change_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Wrong current passwords on a password change per user within the "
+        "window, after which the change answers 429.",
+    )
+    web_throttle_max_entries: int = Field(
+        default=100_000,
+        ge=100,
+        description="Addresses and user names the login throttle remembers at most; beyond, "
+        "those that failed longest ago are forgotten.",
+    )
+    web_password_workers: int = Field(
+        default=2, ge=1, le=64, description="Password hashes (argon2, 64 MiB each) at once."
+    )
+    web_password_queue: int = Field(
+        default=32,
+        ge=0,
+        description="Logins and password changes that may wait for a hash worker; more "
+        "answer 503 at once.",
+    )
+    web_anonymous_body_bytes: int = Field(
+        default=8192,
+        ge=1024,
+        description="Largest request body read from a sender that is not a known user, and "
+        "from every login.",
+    )
     fsync: bool = Field(
         default=True,
         description="Flush each received file, its folder and each database commit to disk "

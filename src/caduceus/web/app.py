@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,7 +32,7 @@ from caduceus.web.api import (
     targets,
     tasks,
 )
-from caduceus.web.auth import LoginThrottle, Viewer
+from caduceus.web.auth import Viewer
 from caduceus.web.body_limit import BodyLimit
 from caduceus.web.pages import (
     configuration,
@@ -52,6 +49,8 @@ from caduceus.web.pages import (
 )
 from caduceus.web.pages import targets as targets_page
 from caduceus.web.pages.rendering import STATIC, PageRedirect, render
+from caduceus.web.password_work import PasswordWork
+from caduceus.web.throttle import LoginThrottle, PasswordCheckThrottle
 
 OPEN_ROUTES = frozenset({("POST", "/api/login"), ("GET", "/login")})
 API_ROUTERS = (accounts, records, tasks, control, rules, targets, modules, services, selftest)
@@ -106,7 +105,19 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     # changes take it up front. Both share one connection pool.
     app.state.engine = engine.execution_options(caduceus_write=False)
     app.state.writer = writer(engine)
-    app.state.throttle = LoginThrottle()
+    app.state.throttle = LoginThrottle(
+        settings.web_login_failures_per_address,
+        settings.web_login_failures_per_name,
+        settings.web_login_window_seconds,
+        settings.web_throttle_max_entries,
+        settings.web_login_concurrent_per_address,
+    )
+    app.state.password_throttle = PasswordCheckThrottle(
+        settings.web_password_change_failures,
+        settings.web_login_window_seconds,
+        settings.web_throttle_max_entries,
+    )
+    app.state.passwords = PasswordWork(settings.web_password_workers, settings.web_password_queue)
     for module in API_ROUTERS:
         app.include_router(module.router)
     for page in PAGE_ROUTERS:
@@ -124,7 +135,11 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     _protect_docs(app)
     # Added last, so outermost: a body is capped before any other part of the stack reads it.
-    app.add_middleware(BodyLimit)
+    app.add_middleware(
+        BodyLimit,
+        anonymous_limit=settings.web_anonymous_body_bytes,
+        anonymous_paths=frozenset(path for _, path in OPEN_ROUTES),
+    )
     return app
 
 
@@ -181,7 +196,10 @@ def _add_page_handling(app: FastAPI) -> None:
             return render(
                 request, "error.html", None, "Not found", status_code=404, detail="No such page."
             )
-        return await request_validation_exception_handler(request, exc)
+        return JSONResponse(
+            {"detail": quiet_errors(exc.errors())},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -193,6 +211,19 @@ def _add_page_handling(app: FastAPI) -> None:
         if not request.url.path.startswith("/static"):
             response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def quiet_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors without the input that failed: an answer must not echo a request
+    back (a 10 MB body, or a password sent to the wrong field). Where and why only."""
+    return [
+        {
+            "type": str(error.get("type", "")),
+            "loc": [part if isinstance(part, int) else str(part)[:64] for part in error["loc"]],
+            "msg": str(error.get("msg", ""))[:200],
+        }
+        for error in list(errors)[:20]
+    ]
 
 
 def _is_page(request: Request) -> bool:

@@ -12,13 +12,10 @@ import hashlib
 import logging
 import os
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -126,84 +123,71 @@ def ensure_initial_admin(engine: Engine, home: Path) -> Path | None:
     return path
 
 
-def change_password(engine: Engine, user_id: int, password: str) -> None:
+def change_password(
+    engine: Engine, user_id: int, password: str, revoke_tokens: bool = True, new_hash: str = ""
+) -> None:
+    """The user's own change: every session ends, and (unless they say otherwise) every API
+    token too, since the change may follow a leak. `new_hash` is the new password's hash when
+    the caller made it already (off the event loop)."""
     check_new_password(password)
     with engine.begin() as conn:
         conn.execute(
             update(USERS)
             .where(USERS.c.id == user_id)
             .values(
-                password_hash=hash_password(password),
+                password_hash=new_hash or hash_password(password),
                 must_change_password=False,
                 generation=USERS.c.generation + 1,
             )
         )
         conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.user_id == user_id))
-        record_event(conn, "user.password_changed", f"user {user_id} changed the password")
+        revoked = 0
+        if revoke_tokens:
+            revoked = conn.execute(
+                update(API_TOKENS)
+                .where(and_(API_TOKENS.c.user_id == user_id, API_TOKENS.c.revoked.is_(False)))
+                .values(revoked=True)
+            ).rowcount
+        record_event(
+            conn,
+            "user.password_changed",
+            f"user {user_id} changed the password"
+            + (f"; {revoked} API token(s) revoked" if revoked else ""),
+        )
 
 
 # -- sessions and tokens ---------------------------------------------------------------------
 
 
-class LoginThrottle:
-    """Failed logins: at most `limit` per address and user name, and `per_name` per user name
-    from anywhere, within `window` seconds. Checked and counted under one lock, so a burst of
-    parallel guesses gets no more tries than a sequence."""
+@dataclass(frozen=True)
+class Started:
+    """A new login session: the cookie's value and its CSRF token."""
 
-    def __init__(self, limit: int = 5, per_name: int = 20, window: float = 300.0):
-        self.limit = limit
-        self.per_name = per_name
-        self.window = window
-        self.lock = threading.Lock()
-        self.failures: dict[tuple[str, str], deque[float]] = {}
-
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        recent = self.failures.get(key, deque())
-        while recent and recent[0] < now - self.window:
-            recent.popleft()
-        if not recent:
-            self.failures.pop(key, None)
-        return recent
-
-    def attempt(self, address: str, username: str) -> bool:
-        """Whether a login may be tried now; a try counts as failed until it succeeds."""
-        name = username.lower()
-        now = time.monotonic()
-        with self.lock:
-            if len(self.failures) > 100_000:  # random names must not grow memory without end
-                for key in list(self.failures):
-                    self._recent(key, now)
-            if (
-                len(self._recent((address, name), now)) >= self.limit
-                or len(self._recent(("*", name), now)) >= self.per_name
-            ):
-                return False
-            for key in ((address, name), ("*", name)):
-                self.failures.setdefault(key, deque()).append(now)
-            return True
-
-    def succeeded(self, address: str, username: str) -> None:
-        name = username.lower()
-        with self.lock:
-            self.failures.pop((address, name), None)
-            anywhere = self.failures.get(("*", name))
-            if anywhere:
-                anywhere.pop()  # this attempt was no failure
+    cookie: str
+    csrf_token: str
+    must_change_password: bool
 
 
-def login(engine: Engine, username: str, password: str, address: str) -> tuple[str, str] | None:
-    """A new session (cookie value, CSRF token) for the right password, else None."""
-    with engine.begin() as conn:
+def login(
+    reader: Engine, writer: Engine, username: str, password: str, address: str
+) -> Started | None:
+    """A new session for the right password, else None. The password is checked outside any
+    transaction: SQLite's write lock is not held while argon2 works."""
+    with reader.connect() as conn:
         user = conn.execute(select(USERS).where(USERS.c.username == username)).first()
-        # The same argon2 work whether the user exists or not: the time of an answer must not
-        # tell which user names exist.
-        matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
+    # The same argon2 work whether the user exists or not: the time of an answer must not
+    # tell which user names exist.
+    matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
+    with writer.begin() as conn:
         if user is None or user.disabled or not matches:
+            # The name may be a password typed into the wrong box: kept in the details, which
+            # only admins are shown (see visible_events).
             record_event(
                 conn,
                 "login.failed",
                 f"failed login for {username[:64]!r} from {address}",
                 severity="warning",
+                details={"username": username[:64], "address": address},
             )
             return None
         cookie = secrets.token_urlsafe(32)
@@ -220,7 +204,26 @@ def login(engine: Engine, username: str, password: str, address: str) -> tuple[s
             )
         )
         record_event(conn, "login.succeeded", f"{username} logged in from {address}")
-    return cookie, csrf
+    return Started(cookie, csrf, bool(user.must_change_password))
+
+
+def visible_events(events: list[dict[str, Any]], who: Principal) -> list[dict[str, Any]]:
+    """Events as this user may see them: the user name tried in a failed login (perhaps a
+    password typed into the name box) is for admins only."""
+    if who.can("admin"):
+        return events
+    shown = []
+    for event in events:
+        if event.get("kind") == "login.failed":
+            details = event.get("details") or {}
+            address = details.get("address") if isinstance(details, dict) else None
+            event = {
+                **event,
+                "message": f"failed login from {address}" if address else "failed login",
+                "details": {"address": address} if address else None,
+            }
+        shown.append(event)
+    return shown
 
 
 def logout(engine: Engine, cookie: str) -> None:
@@ -305,19 +308,24 @@ PASSWORD_CHANGE_PATHS = frozenset(
 )
 
 
-def authenticate(request: Request) -> Principal:
-    """The FastAPI dependency behind every route but the login."""
+def identify(request: Request) -> Principal | None:
+    """The user behind the request's token or session cookie, if any (no CSRF check)."""
     engine: Engine = request.app.state.engine
     header = request.headers.get("authorization", "")
-    principal = None
     if header.lower().startswith("bearer "):
-        principal = _from_token(engine, request.app.state.writer, header[7:].strip())
-    elif cookie := request.cookies.get(SESSION_COOKIE):
-        principal = session_principal(engine, cookie)
-        if principal is not None and request.method in UNSAFE_METHODS:
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not secrets.compare_digest(sent, principal.csrf_token):
-                raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+        return _from_token(engine, request.app.state.writer, header[7:].strip())
+    if cookie := request.cookies.get(SESSION_COOKIE):
+        return session_principal(engine, cookie)
+    return None
+
+
+def authenticate(request: Request) -> Principal:
+    """The FastAPI dependency behind every route but the login."""
+    principal = identify(request)
+    if principal is not None and principal.via == "session" and request.method in UNSAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not secrets.compare_digest(sent, principal.csrf_token):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

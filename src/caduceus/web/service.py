@@ -29,6 +29,10 @@ def serve(settings: Settings) -> None:
         port=settings.web_port,
         log_config=None,  # our own logging setup, not uvicorn's
         access_log=False,
-        proxy_headers=True,
+        # X-Forwarded-For decides whose failed logins are counted: believed only from the
+        # proxies the administrator names, never by default (uvicorn's own default would
+        # trust 127.0.0.1).
+        proxy_headers=bool(settings.web_trusted_proxies),
+        forwarded_allow_ips=list(settings.web_trusted_proxies) or None,
     )
     engine.dispose()

@@ -7,13 +7,17 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from starlette.concurrency import run_in_threadpool
 
 from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
 from caduceus.core.events import record_event
+from caduceus.core.ids import RowId
 from caduceus.web import auth
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import ROLES, Admin, Principal, Viewer
+from caduceus.web.password_work import Busy, PasswordWork
+from caduceus.web.throttle import LoginThrottle, PasswordCheckThrottle, retry_after
 
 router = APIRouter(prefix="/api", tags=["accounts"])
 
@@ -24,23 +28,39 @@ class Credentials(BaseModel):
 
 
 @router.post("/login")
-def login(request: Request, response: Response, credentials: Credentials) -> dict[str, Any]:
+async def login(request: Request, response: Response, credentials: Credentials) -> dict[str, Any]:
     """Start a session: an HttpOnly, SameSite=Strict cookie, and the CSRF token to send back
     in the X-CSRF-Token header with every change."""
-    throttle: auth.LoginThrottle = request.app.state.throttle
+    throttle: LoginThrottle = request.app.state.throttle
     address = request.client.host if request.client else "unknown"
-    if not throttle.attempt(address, credentials.username):
+    wait = throttle.attempt(address, credentials.username)
+    if wait:
         raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins; try again later"
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many logins from this address; try again later",
+            headers=retry_after(wait),
         )
-    started = auth.login(writer(request), credentials.username, credentials.password, address)
+    started: auth.Started | None = None
+    tried = False
+    try:
+        started = await passwords(request).run(
+            auth.login,
+            reader(request),
+            writer(request),
+            credentials.username,
+            credentials.password,
+            address,
+        )
+        tried = True
+    except Busy:
+        raise _busy() from None
+    finally:
+        throttle.finished(address, credentials.username, failed=tried and started is None)
     if started is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
-    throttle.succeeded(address, credentials.username)
-    cookie, csrf = started
     response.set_cookie(
         auth.SESSION_COOKIE,
-        cookie,
+        started.cookie,
         max_age=int(auth.SESSION_LIFETIME.total_seconds()),
         httponly=True,
         samesite="strict",
@@ -49,11 +69,19 @@ def login(request: Request, response: Response, credentials: Credentials) -> dic
         secure=request.app.state.settings.web_secure_cookies or request.url.scheme == "https",
         path="/",
     )
-    with reader(request).connect() as conn:
-        must = conn.execute(
-            select(USERS.c.must_change_password).where(USERS.c.username == credentials.username)
-        ).scalar()
-    return {"csrf_token": csrf, "must_change_password": bool(must)}
+    return {"csrf_token": started.csrf_token, "must_change_password": started.must_change_password}
+
+
+def passwords(request: Request) -> PasswordWork:
+    return request.app.state.passwords  # type: ignore[no-any-return]
+
+
+def _busy() -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "too many password checks at once; try again shortly",
+        headers=retry_after(1),
+    )
 
 
 @router.post("/logout")
@@ -77,25 +105,60 @@ def me(who: Principal = auth.CurrentUser) -> dict[str, Any]:
 class PasswordChange(BaseModel):
     current_password: str = Field(max_length=1024)
     new_password: str = Field(min_length=10, max_length=1024)
+    revoke_tokens: bool = Field(
+        default=True, description="Revoke one's API tokens too (the password may have leaked)."
+    )
 
 
 @router.post("/me/password")
-def change_password(
+async def change_password(
     request: Request, change: PasswordChange, who: Principal = auth.CurrentUser
 ) -> dict[str, str]:
-    """Every session of the user ends, this one too: log in again with the new password."""
-    engine = reader(request)
-    with engine.connect() as conn:
-        stored = conn.execute(
-            select(USERS.c.password_hash).where(USERS.c.id == who.user_id)
-        ).scalar_one()
-    if not auth.password_matches(stored, change.current_password):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
+    """Every session of the user ends, this one too: log in again with the new password. The
+    user's API tokens are revoked too unless `revoke_tokens` is false. Wrong current passwords
+    are throttled per user."""
+    throttle: PasswordCheckThrottle = request.app.state.password_throttle
+    wait = throttle.attempt(who.user_id)
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many wrong current passwords; try again later",
+            headers=retry_after(wait),
+        )
     if change.new_password == change.current_password:
+        throttle.not_failed(who.user_id)
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "choose a new password")
-    auth.change_password(writer(request), who.user_id, change.new_password)
+    try:
+        new_hash = await passwords(request).run(
+            _check_and_hash, reader(request), who.user_id, change
+        )
+    except Busy:
+        throttle.not_failed(who.user_id)
+        raise _busy() from None
+    if new_hash is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
+    throttle.not_failed(who.user_id)
+    await run_in_threadpool(
+        auth.change_password,
+        writer(request),
+        who.user_id,
+        change.new_password,
+        change.revoke_tokens,
+        new_hash,
+    )
     _forget_initial_password(request, change.current_password)
     return {"state": "password changed; log in again"}
+
+
+def _check_and_hash(engine: Engine, user_id: int, change: PasswordChange) -> str | None:
+    """The new password's hash if the current one is right, else None (both argon2 work)."""
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(USERS.c.password_hash).where(USERS.c.id == user_id)
+        ).scalar_one()
+    if not auth.password_matches(stored, change.current_password):
+        return None
+    return auth.hash_password(change.new_password)
 
 
 def _forget_initial_password(request: Request, old_password: str) -> None:
@@ -155,7 +218,7 @@ def add_user(request: Request, user: NewUser, who: Admin) -> dict[str, Any]:
 
 
 @router.patch("/users/{user_id}")
-def change_user(request: Request, user_id: int, change: UserChange, who: Admin) -> dict[str, Any]:
+def change_user(request: Request, user_id: RowId, change: UserChange, who: Admin) -> dict[str, Any]:
     """A demotion, a disabling or a new password ends the user's sessions at once."""
     values: dict[str, Any] = {}
     if change.role is not None:
@@ -188,7 +251,7 @@ def change_user(request: Request, user_id: int, change: UserChange, who: Admin) 
 
 
 @router.delete("/users/{user_id}")
-def remove_user(request: Request, user_id: int, who: Admin) -> dict[str, Any]:
+def remove_user(request: Request, user_id: RowId, who: Admin) -> dict[str, Any]:
     if user_id == who.user_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot remove yourself")
     with writer(request).begin() as conn:
@@ -252,7 +315,7 @@ def new_token(request: Request, token: NewToken, who: Viewer) -> dict[str, str]:
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(request: Request, token_id: int, who: Viewer) -> dict[str, Any]:
+def revoke_token(request: Request, token_id: RowId, who: Viewer) -> dict[str, Any]:
     with writer(request).begin() as conn:
         found = conn.execute(
             update(API_TOKENS)

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from caduceus.core.config import files, store
 from caduceus.core.config.models import MASK
 from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
+from caduceus.core.ids import MAX_ROW_ID, RowId
 from caduceus.core.work_queue import set_suspended
 from caduceus.web.api.config_diff import unified_diff
 from caduceus.web.api.config_edit import edit_config
@@ -151,7 +152,7 @@ def version_shown(request: Request, version: int, who: Principal) -> dict[str, A
 
 
 @router.get("/config/versions/{version}")
-def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
+def one_version(request: Request, version: RowId, who: Viewer) -> dict[str, Any]:
     return version_shown(request, version, who)
 
 
@@ -159,8 +160,8 @@ def one_version(request: Request, version: int, who: Viewer) -> dict[str, Any]:
 def diff(
     request: Request,
     who: Viewer,
-    old: int = Query(alias="from", ge=1),
-    new: int = Query(alias="to", ge=1),
+    old: int = Query(alias="from", ge=1, le=MAX_ROW_ID),
+    new: int = Query(alias="to", ge=1, le=MAX_ROW_ID),
 ) -> dict[str, Any]:
     """A unified diff of two versions' masked JSON documents, pretty-printed, keys sorted."""
     return {
@@ -196,7 +197,7 @@ def save_settings(request: Request, change: SettingsChange, who: Admin) -> dict[
 
 
 @router.post("/config/versions/{version}/restore")
-def restore(request: Request, version: int, who: Admin) -> dict[str, int]:
+def restore(request: Request, version: RowId, who: Admin) -> dict[str, int]:
     try:
         return {"version": store.restore(writer(request), version, who.username)}
     except LookupError as exc:

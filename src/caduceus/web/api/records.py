@@ -20,10 +20,11 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
+from caduceus.core.ids import RowId
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
 from caduceus.web.api.engines import reader, writer
-from caduceus.web.auth import Operator, Viewer
+from caduceus.web.auth import Operator, Viewer, visible_events
 
 router = APIRouter(prefix="/api", tags=["history"])
 
@@ -51,7 +52,7 @@ def series(
 
 
 @router.get("/series/{series_id}")
-def one_series(request: Request, series_id: int, _: Viewer) -> dict[str, Any]:
+def one_series(request: Request, series_id: RowId, _: Viewer) -> dict[str, Any]:
     with reader(request).connect() as conn:
         row = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).first()
     if row is None:
@@ -69,7 +70,7 @@ def studies(
 
 
 @router.get("/studies/{study_id}")
-def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
+def one_study(request: Request, study_id: RowId, _: Viewer) -> dict[str, Any]:
     engine = reader(request)
     with engine.connect() as conn:
         row = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).first()
@@ -82,13 +83,13 @@ def one_study(request: Request, study_id: int, _: Viewer) -> dict[str, Any]:
 
 
 @router.post("/studies/{study_id}/force-complete")
-def force_complete(request: Request, study_id: int, who: Operator) -> dict[str, Any]:
+def force_complete(request: Request, study_id: RowId, who: Operator) -> dict[str, Any]:
     """Complete a study now instead of waiting for its timer; its rules run at once."""
     return _force_complete(request, who, "study", study_id, STUDIES, Router.force_complete_study)
 
 
 @router.post("/series/{series_id}/force-complete")
-def force_complete_series(request: Request, series_id: int, who: Operator) -> dict[str, Any]:
+def force_complete_series(request: Request, series_id: RowId, who: Operator) -> dict[str, Any]:
     """Complete a series now instead of waiting for its quiet time; its rules run at once."""
     return _force_complete(request, who, "series", series_id, SERIES, Router.force_complete_series)
 
@@ -120,10 +121,11 @@ def _force_complete(
 
 @router.get("/events")
 def events(
-    request: Request, _: Viewer, where: Annotated[EventFilter, Depends()], limit: Limit = 100
+    request: Request, who: Viewer, where: Annotated[EventFilter, Depends()], limit: Limit = 100
 ) -> list[dict[str, Any]]:
-    """The history, newest first; `kind` ending in "." matches a family ("dispatch.")."""
-    return list_events(reader(request), where, limit)
+    """The history, newest first; `kind` ending in "." matches a family ("dispatch.").
+    The user name tried in a failed login is shown to admins only."""
+    return visible_events(list_events(reader(request), where, limit), who)
 
 
 class OutsideEvent(BaseModel):

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from caduceus.core.config import store
 from caduceus.core.config.models import Settings, SmtpSettings
+from caduceus.core.ids import MAX_ROW_ID, RowId
 from caduceus.web.api.config_diff import classify, pretty, unified_diff
 from caduceus.web.api.control import shown_to, version_shown
 from caduceus.web.api.engines import reader
@@ -18,7 +19,7 @@ from caduceus.web.pages.model_forms import form_fields
 from caduceus.web.pages.rendering import PageAdmin, PageViewer, render
 
 router = APIRouter(include_in_schema=False)
-Version = Annotated[int | None, Query(ge=1)]
+Version = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
 
 
 @router.get("/configuration", response_class=HTMLResponse)
@@ -30,7 +31,7 @@ def page(request: Request, who: PageViewer) -> HTMLResponse:
 
 
 @router.get("/configuration/versions/{version}", response_class=HTMLResponse)
-def one_version(request: Request, version: int, who: PageViewer) -> HTMLResponse:
+def one_version(request: Request, version: RowId, who: PageViewer) -> HTMLResponse:
     document = version_shown(request, version, who)
     entry = next((v for v in store.history(reader(request)) if v["version"] == version), None)
     return render(
@@ -49,8 +50,8 @@ def one_version(request: Request, version: int, who: PageViewer) -> HTMLResponse
 def diff_page(
     request: Request,
     who: PageViewer,
-    old: Annotated[int | None, Query(alias="from", ge=1)] = None,
-    new: Annotated[int | None, Query(alias="to", ge=1)] = None,
+    old: Annotated[int | None, Query(alias="from", ge=1, le=MAX_ROW_ID)] = None,
+    new: Annotated[int | None, Query(alias="to", ge=1, le=MAX_ROW_ID)] = None,
 ) -> HTMLResponse:
     """Without versions, the newest change: the newest version against the one before."""
     numbers = [v["version"] for v in store.history(reader(request))]  # newest first

@@ -26,6 +26,7 @@ from caduceus.bookkeeper.search import (
 )
 from caduceus.core.db.models import INSTANCES, SERIES, STUDIES
 from caduceus.core.discard import DISCARDABLE
+from caduceus.core.ids import RowId
 from caduceus.router.tags import UnreadableSeries, read_tags
 from caduceus.web.api.engines import reader
 from caduceus.web.api.tasks import log_files, log_tail
@@ -116,7 +117,7 @@ def task_page(request: Request, task_id: str, who: PageViewer) -> HTMLResponse:
 
 
 @router.get("/series/{series_id}", response_class=HTMLResponse)
-def series_page(request: Request, series_id: int, who: PageViewer) -> HTMLResponse:
+def series_page(request: Request, series_id: RowId, who: PageViewer) -> HTMLResponse:
     engine = reader(request)
     with engine.connect() as conn:
         row = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).first()
@@ -143,7 +144,7 @@ def series_page(request: Request, series_id: int, who: PageViewer) -> HTMLRespon
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
-def study_page(request: Request, study_id: int, who: PageViewer) -> HTMLResponse:
+def study_page(request: Request, study_id: RowId, who: PageViewer) -> HTMLResponse:
     engine = reader(request)
     with engine.connect() as conn:
         row = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).first()

@@ -235,6 +235,7 @@
       await api("POST", "/api/me/password", {
         current_password: form.elements.current_password.value,
         new_password: fresh,
+        revoke_tokens: form.elements.revoke_tokens.checked,
       });
       window.location.assign("/login?changed=1");
     } catch (error) {
