@@ -6,6 +6,8 @@ with an explicit clock, so a retention of days is tested without waiting.
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from sqlalchemy import select, update
 
 from caduceus.cleaner.cleaning import Cleaner
 from caduceus.core.config.models import Config
-from caduceus.core.db.models import INSTANCES, TASKS
+from caduceus.core.db.models import INSTANCES, SERIES, TASKS
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import dispatch, restart
 from caduceus.dispatcher.queue import claim
@@ -262,7 +264,7 @@ def test_series_without_a_patient_id_settle_under_a_patient_rule(
 
 
 def test_the_history_has_its_own_retention(receiver: Caduceus, tmp_path: Path) -> None:
-    from caduceus.core.db.models import ASSOCIATIONS, EVENTS, SERIES, STUDIES
+    from caduceus.core.db.models import ASSOCIATIONS, EVENTS, STUDIES
 
     t0 = datetime.now(UTC)
     (tmp_path / "archive").mkdir()
@@ -295,3 +297,106 @@ def test_history_of_unfinished_work_is_kept(receiver: Caduceus, tmp_path: Path) 
     assert task["state"] == "queued" and (receiver.home / task["folder"] / "in").exists()
     assert len(received_files(receiver)) == 2
     assert events(receiver, "task.created"), "a waiting task keeps its history"
+
+
+def test_disk_pressure_frees_delivered_work_only(receiver: Caduceus, tmp_path: Path) -> None:
+    """Below twice the receiver's reserve, however little of the disk is used, the cleaner
+    frees delivered work, and leaves failed and waiting work alone."""
+    t0 = datetime.now(UTC)
+    (tmp_path / "archive").mkdir()
+    rules = {
+        "ct": {"rule": "@Modality@ == 'CT'", "targets": ["archive"]},
+        "mr": {"rule": "@Modality@ == 'MR'", "targets": ["broken"]},
+        "ot": {"rule": "@Modality@ == 'OT'", "targets": ["archive"]},
+    }
+    cfg = config(tmp_path / "archive", rules)
+    send(receiver, tmp_path / "ct", count=3, modality="CT")
+    send(receiver, tmp_path / "mr", count=3, modality="MR")
+    route_and_send(receiver, cfg, t0)
+    send(receiver, tmp_path / "ot", count=3, modality="OT")
+    router_for(receiver).run_pass(cfg, t0 + timedelta(seconds=120))  # queued, not sent
+    by_rule = {t["rule"]: t for t in tasks(receiver)}
+    assert {r: t["state"] for r, t in by_rule.items()} == {
+        "ct": "done",
+        "mr": "error",
+        "ot": "queued",
+    }
+    files: dict[str, list[Path]] = {}
+    with receiver.engine().connect() as conn:
+        for modality in ("CT", "MR", "OT"):
+            paths = conn.execute(
+                select(INSTANCES.c.path)
+                .join(SERIES, SERIES.c.id == INSTANCES.c.series_id)
+                .where(SERIES.c.modality == modality)
+            ).scalars()
+            files[modality] = [receiver.home / p for p in paths]
+    reserve = 100 * 2**20
+    # 10% of the disk used, but only one reserve free: the receiver is about to refuse.
+    cleaner = cleaner_for(
+        receiver, usage=lambda _path: 10.0, reserve_bytes=reserve, free=lambda _path: reserve
+    )
+    result = cleaner.run_pass(cfg, at(t0, 0.1))
+    assert result.emergency and result.tasks == [by_rule["ct"]["id"]]
+    assert not (receiver.home / by_rule["ct"]["folder"]).exists()
+    assert not any(f.exists() for f in files["CT"])
+    # A failed task may be restarted, a queued one is still to be sent: both keep all.
+    for rule in ("mr", "ot"):
+        assert len(list((receiver.home / by_rule[rule]["folder"] / "in").glob("*.dcm"))) == 3
+    assert all(f.exists() for f in files["MR"] + files["OT"])
+    [emergency] = events(receiver, "cleaner.emergency")
+    assert "less than 2 x the receiver's 100 MB reserve free" in emergency["message"]
+    assert "everything left is still in use or waiting" in emergency["message"]
+    assert emergency["details"]["reserve_bytes"] == reserve
+    # Still under pressure with nothing more to free: not one event per pass.
+    assert cleaner.run_pass(cfg, at(t0, 0.2)).freed.files == 0
+    assert len(events(receiver, "cleaner.emergency")) == 1
+    # With room again, nothing is removed before its retention.
+    roomy = cleaner_for(
+        receiver, usage=lambda _path: 10.0, reserve_bytes=reserve, free=lambda _path: 4 * reserve
+    )
+    assert not roomy.run_pass(cfg, at(t0, 0.3)).emergency
+
+
+def quarantined(home: Path, age: timedelta, size: int, now: datetime) -> Path:
+    """A file in quarantine/<day>/ as the receiver leaves it, `age` old."""
+    when = now - age
+    folder = home / "quarantine" / when.strftime("%Y%m%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.dcm"
+    path.write_bytes(b"\0" * size)
+    path.chmod(0o440)  # read-only, as the receiver makes them
+    os.utime(path, (when.timestamp(), when.timestamp()))
+    return path
+
+
+def test_quarantine_is_removed_after_its_retention(receiver: Caduceus, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    cfg = config(tmp_path / "archive", quarantine_retention=DAY)
+    old = [quarantined(receiver.home, timedelta(days=d), 1000, now) for d in (3, 2)]
+    new = [quarantined(receiver.home, timedelta(hours=h), 1000, now) for h in (20, 1)]
+    result = cleaner_for(receiver).run_pass(cfg, now)
+    assert not any(p.exists() for p in old) and all(p.exists() for p in new)
+    assert (result.quarantine.files, result.quarantine.bytes) == (2, 2000)
+    [cleaned] = events(receiver, "quarantine.cleaned")
+    assert cleaned["details"] == {"reason": "retention", "files": 2, "bytes": 2000}
+    # The emptied folders of past days go too.
+    assert not old[0].parent.exists()
+    assert cleaner_for(receiver).run_pass(cfg, now).quarantine.files == 0
+
+
+def test_quarantine_beyond_its_caps_loses_the_oldest_first(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    cfg = config(tmp_path / "archive", quarantine_max_mb=1, quarantine_max_files=100)
+    size = 300 * 1024
+    files = [quarantined(receiver.home, timedelta(minutes=60 - m), size, now) for m in range(6)]
+    cleaner_for(receiver).run_pass(cfg, now)
+    # 1.8 MB over a cap of 1 MiB: the three oldest go, the three newest (900 KB) stay.
+    assert [p.exists() for p in files] == [False] * 3 + [True] * 3
+    [cleaned] = events(receiver, "quarantine.cleaned")
+    assert cleaned["details"] == {"reason": "cap", "files": 3, "bytes": 3 * size}
+
+    few = config(tmp_path / "archive", quarantine_max_files=1)
+    cleaner_for(receiver).run_pass(few, now)
+    assert [p.exists() for p in files] == [False] * 5 + [True]

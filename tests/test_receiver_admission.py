@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
+from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
 from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances
 from tests.support.processes import Caduceus, require, run, storescu
@@ -62,12 +63,17 @@ def test_full_disk_refuses_with_out_of_resources(launch: Launch, small_series: l
     assert echo(receiver) == "ok"
 
 
+# Just above the smallest disk reserve: an instance larger than what is free is admitted
+# (the reserve is checked before its first byte) and fills the disk while it is written.
+TINY_MB = DISK_RESERVE_FLOOR_MB + 4
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MB file system (tmpfs), so writes fail with ENOSPC as on a full disk."""
+    """A real small file system (tmpfs), so writes fail with ENOSPC as on a full disk."""
     mountpoint = tmp_path / "tiny"
     mountpoint.mkdir()
-    result = run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)])
+    result = run(["mount", "-t", "tmpfs", "-o", f"size={TINY_MB}m", "tmpfs", str(mountpoint)])
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
     try:
@@ -80,8 +86,10 @@ def test_disk_filling_up_mid_series_fails_cleanly(
     launch: Launch, tmp_path: Path, tiny_disk: Path
 ) -> None:
     series = write_series(
-        tmp_path / "big", SeriesSpec(count=8, rows=512, columns=512)
+        tmp_path / "small", SeriesSpec(count=4, rows=512, columns=512)
     )  # ~0.5 MB each
+    side = int((TINY_MB * 2**20 / 2) ** 0.5) + 64  # 16-bit pixels: more than the whole disk
+    series += write_series(tmp_path / "big", SeriesSpec(count=1, rows=side, columns=side))
     receiver = launch(home=tiny_disk / "home")
     result = storescu(receiver, *series, verbose=True)
     assert "Refused: OutOfResources" in result.stderr

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from caduceus.core.db.engine import make_engine, writer
+from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
 
 # Tests run in parallel workers (pytest-xdist). A port the kernel hands out for port 0 is
 # free now, but another worker may be handed the same one before our server binds it. So each
@@ -99,7 +100,8 @@ class Caduceus:
             CADUCEUS_DICOM_PORT=str(self.port),
             CADUCEUS_DICOM_HOST="127.0.0.1",
             CADUCEUS_AE_TITLE=self.ae_title,
-            CADUCEUS_RECEIVER_DISK_RESERVE_MB="0",
+            # The smallest reserve allowed: tests on a full disk choose their own.
+            CADUCEUS_RECEIVER_DISK_RESERVE_MB=str(DISK_RESERVE_FLOOR_MB),
             # Tests measure behaviour, not durability on power loss; fsync only slows them.
             CADUCEUS_FSYNC="false",
             CADUCEUS_RECEIVER_WORKERS="1",

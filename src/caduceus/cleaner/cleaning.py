@@ -9,9 +9,13 @@ it is "settled": every task that needed it holds its own link.
 - Retention: a finished task's folder goes after the retention for its end state (done, discarded,
   error); settled received files go `discard_retention` after they arrived (for a series no rule
   matched, they are the only copy, which is what that retention is for).
-- Emergency: past the disk's high-water mark, finished task folders and settled files are
-  removed oldest first, retention or not, until use is below the low-water mark. Work that is
-  still waiting, processing or being sent is never touched.
+- Disk pressure: past the disk's high-water mark, or with less free space than twice the
+  receiver's reserve, delivered work (the folders of done and discarded tasks, settled files
+  that no undelivered task holds) is removed oldest first, retention or not, until use is below
+  the low-water mark and three reserves are free. Work that is still waiting, processing or
+  being sent, and failed work that can still be restarted, is never touched under pressure:
+  the receiver refuses new instances instead (the sender keeps them and retries).
+- Quarantine: refused instances kept for inspection (see quarantine.py).
 
 Every removal is an event with what was removed, why and how many bytes it freed. The space a
 file frees is counted only when its last link goes.
@@ -30,9 +34,17 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
 from caduceus.cleaner.history import prune_history
+from caduceus.cleaner.quarantine import clean_quarantine
 from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
-from caduceus.core.db.models import INSTANCES, PATIENT_GROUPS, SERIES, STUDIES, TASKS
+from caduceus.core.db.models import (
+    INSTANCES,
+    PATIENT_GROUPS,
+    SERIES,
+    STUDIES,
+    TASK_INSTANCES,
+    TASKS,
+)
 from caduceus.core.events import record_event
 from caduceus.core.priorities import in_window
 from caduceus.core.storage import DataRoot
@@ -40,7 +52,13 @@ from caduceus.core.storage import DataRoot
 log = logging.getLogger("caduceus.cleaner")
 
 FINISHED = ("done", "discarded", "error")
+# Finished with nothing left to deliver: what disk pressure may remove.
+DELIVERED = ("done", "discarded")
 BATCH = 200
+# Disk pressure starts below this many receiver reserves of free space, before the receiver
+# refuses, and ends at RELIEF_RESERVES, so that receiving resumes with room to spare.
+PRESSURE_RESERVES = 2
+RELIEF_RESERVES = 3
 
 
 @dataclass
@@ -61,6 +79,7 @@ class CleanResult:
     emergency: bool = False
     disk_used_percent: float = 0.0
     history: dict[str, int] = field(default_factory=dict)  # rows pruned, by kind
+    quarantine: Freed = field(default_factory=Freed)
 
 
 def used_percent(used: int, total: int) -> float:
@@ -71,6 +90,12 @@ def used_percent(used: int, total: int) -> float:
 def disk_used_percent(path: Path) -> float:
     usage = shutil.disk_usage(path)
     return used_percent(usage.used, usage.total)
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free space as the receiver's reserve check sees it (DataRoot.free_bytes)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def _remove_file(path: Path) -> Freed:
@@ -111,10 +136,16 @@ class Cleaner:
         root: DataRoot,
         usage: Callable[[Path], float] = disk_used_percent,
         should_stop: Callable[[], bool] = lambda: False,
+        reserve_bytes: int = 0,
+        free: Callable[[Path], int] = disk_free_bytes,
     ):
         self.engine = engine
         self.root = root
         self.usage = usage
+        self.free = free
+        # The receiver's disk reserve (receiver_disk_reserve_mb); 0: only the water marks count.
+        self.reserve_bytes = reserve_bytes
+        self._pressed = False  # the previous pass was under pressure too
         # Checked between removals, so that stopping the service never waits for a long pass.
         self.should_stop = should_stop
 
@@ -122,8 +153,13 @@ class Cleaner:
         now = now or datetime.now(UTC)
         settings = config.settings
         result = CleanResult(disk_used_percent=self.usage(self.root.home))
-        if result.disk_used_percent >= settings.disk_high_water:
+        pressed = self._under_pressure(config, result.disk_used_percent)
+        if pressed:
             self._emergency(config, now, result)
+        self._pressed = pressed
+        quarantined = clean_quarantine(self.engine, self.root, settings, now)
+        result.quarantine = Freed(quarantined.files, quarantined.bytes)
+        result.freed.add(result.quarantine)
         offpeak = in_window(
             now.astimezone().time().replace(tzinfo=None),
             settings.offpeak_start,
@@ -136,6 +172,16 @@ class Cleaner:
                 self._clean(candidate, "retention", result)
             result.history = prune_history(self.engine, config, now).counts
         return result
+
+    def _under_pressure(self, config: Config, used: float) -> bool:
+        if used >= config.settings.disk_high_water:
+            return True
+        return self.free(self.root.home) < PRESSURE_RESERVES * self.reserve_bytes
+
+    def _relieved(self, config: Config) -> bool:
+        if self.usage(self.root.home) >= config.settings.disk_low_water:
+            return False
+        return self.free(self.root.home) >= RELIEF_RESERVES * self.reserve_bytes
 
     def _retention(self, config: Config, state: str) -> timedelta:
         s = config.settings
@@ -154,11 +200,13 @@ class Cleaner:
         due += [c for c in self._settled_series(config) if c.since <= cutoff]
         return due
 
-    def _finished_tasks(self, config: Config, limit: int = BATCH) -> list[_Candidate]:
+    def _finished_tasks(
+        self, config: Config, limit: int = BATCH, states: tuple[str, ...] = FINISHED
+    ) -> list[_Candidate]:
         # Oldest first per end state, so that each state's due tasks come within the batch.
         found: list[_Candidate] = []
         with self.engine.connect() as conn:
-            for state in FINISHED:
+            for state in states:
                 rows = conn.execute(
                     select(TASKS.c.id, TASKS.c.updated_at)
                     .where(and_(TASKS.c.state == state, TASKS.c.cleaned_at.is_(None)))
@@ -168,7 +216,22 @@ class Cleaner:
                 found += [_Candidate(as_utc(r.updated_at), "task", r.id, state) for r in rows]
         return found
 
-    def _settled_series(self, config: Config, limit: int = BATCH) -> list[_Candidate]:
+    def _undelivered_series(self) -> set[int]:
+        """Series with files in a task still to deliver (waiting, running, failed): removing
+        their received files frees nothing while that task's links hold them."""
+        query = (
+            select(INSTANCES.c.series_id)
+            .distinct()
+            .join(TASK_INSTANCES, TASK_INSTANCES.c.instance_id == INSTANCES.c.id)
+            .join(TASKS, TASKS.c.id == TASK_INSTANCES.c.task_id)
+            .where(and_(TASKS.c.state.not_in(DELIVERED), TASKS.c.cleaned_at.is_(None)))
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def _settled_series(
+        self, config: Config, limit: int = BATCH, skip: set[int] | None = None
+    ) -> list[_Candidate]:
         """Series with received files that no grouping can collect any more, oldest first."""
         levels = {rule.trigger for rule in config.rules.values() if not rule.disabled}
         unsettled: list[ColumnElement[bool]] = [SERIES.c.completed_at.is_not(None)]
@@ -215,6 +278,8 @@ class Cleaner:
                 done = row.files_removed_through
                 if done is not None and as_utc(done) >= settled:
                     continue
+                if skip and row.id in skip:
+                    continue
                 found.append(_Candidate(settled, "series", row.id, settled_through=settled))
                 if len(found) >= limit:
                     break
@@ -224,26 +289,43 @@ class Cleaner:
         settings = config.settings
         result.emergency = True
         start = result.disk_used_percent
+        free_before = self.free(self.root.home)
+        # Delivered work only, oldest first: failed tasks wait for their own retention (they
+        # may be restarted), and files an undelivered task still holds would free nothing.
         candidates = sorted(
-            self._finished_tasks(config, limit=10 * BATCH)
-            + self._settled_series(config, limit=10 * BATCH),
+            self._finished_tasks(config, limit=10 * BATCH, states=DELIVERED)
+            + self._settled_series(config, limit=10 * BATCH, skip=self._undelivered_series()),
             key=lambda c: c.since,
         )
         before = Freed()
         before.add(result.freed)
         for candidate in candidates:
-            if self.should_stop() or self.usage(self.root.home) < settings.disk_low_water:
+            if self.should_stop() or self._relieved(config):
                 break
             self._clean(candidate, "disk", result)
         used = self.usage(self.root.home)
+        free_after = self.free(self.root.home)
         freed = result.freed.bytes - before.bytes
-        message = (
-            f"disk {start:.1f}% used, above the high-water mark of {settings.disk_high_water}%: "
-            f"freed {freed} bytes, now {used:.1f}%"
+        reserve_mb = self.reserve_bytes // 2**20
+        cause = (
+            f"above the high-water mark of {settings.disk_high_water}%"
+            if start >= settings.disk_high_water
+            else f"less than {PRESSURE_RESERVES} x the receiver's {reserve_mb} MB reserve free"
         )
-        if used >= settings.disk_low_water:
-            message += f"; still above the low-water mark of {settings.disk_low_water}%"
+        message = (
+            f"disk {start:.1f}% used ({free_before // 2**20} MB free), {cause}: "
+            f"freed {freed} bytes, now {used:.1f}% ({free_after // 2**20} MB free)"
+        )
+        if not self._relieved(config):
+            message += "; still short of the low-water mark"
+            if self.reserve_bytes:
+                message += f" or {RELIEF_RESERVES} x the reserve free"
             message += ": everything left is still in use or waiting"
+        if self._pressed and not freed:
+            # Still under pressure with nothing to remove: said once, not every pass.
+            log.debug("%s", message)
+            result.disk_used_percent = used
+            return
         log.warning("%s", message)
         with self.engine.begin() as conn:
             record_event(
@@ -254,9 +336,12 @@ class Cleaner:
                 details={
                     "used_before": round(start, 1),
                     "used_after": round(used, 1),
+                    "free_before": free_before,
+                    "free_after": free_after,
                     "freed_bytes": freed,
                     "high_water": settings.disk_high_water,
                     "low_water": settings.disk_low_water,
+                    "reserve_bytes": self.reserve_bytes,
                 },
             )
         result.disk_used_percent = used

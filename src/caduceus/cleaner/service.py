@@ -20,7 +20,12 @@ def serve(settings: Settings) -> None:
     engine = open_database(settings)
     root = DataRoot(settings.home)
     root.create()
-    cleaner = Cleaner(engine, root, should_stop=stopping.is_set)
+    cleaner = Cleaner(
+        engine,
+        root,
+        should_stop=stopping.is_set,
+        reserve_bytes=settings.receiver_disk_reserve_mb * 1024 * 1024,
+    )
     log.info("cleaner started")
     while not stopping.is_set():
         try:

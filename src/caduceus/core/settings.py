@@ -20,6 +20,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# The disk reserve cannot go below this: with no room left, SQLite and the router's task.json
+# writes fail, nothing moves, and the cleaner finds nothing finished it may remove.
+DISK_RESERVE_FLOOR_MB = 32
+
 
 def _settings_file() -> Path:
     explicit = os.environ.get("CADUCEUS_SETTINGS_FILE")
@@ -44,7 +48,11 @@ class Settings(BaseSettings):
     )
     receiver_max_pdu: int = Field(default=4 * 1024 * 1024, ge=0)
     receiver_disk_reserve_mb: int = Field(
-        default=1024, ge=0, description="Refuse instances when free space falls below this."
+        default=1024,
+        description="Refuse instances when free space falls below this (MB, at least "
+        f"{DISK_RESERVE_FLOOR_MB}): the space below it is kept for the database and the "
+        "pipeline's own files, so that work already received can still be delivered and "
+        "cleaned. The cleaner frees delivered work when free space falls below twice this.",
     )
     receiver_allowed_calling_aets: list[str] = Field(
         default_factory=list,
@@ -177,6 +185,17 @@ class Settings(BaseSettings):
         if not value.strip() or any(ord(c) < 0x20 or ord(c) > 0x7E or c == "\\" for c in value):
             raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
         return value.strip()
+
+    @field_validator("receiver_disk_reserve_mb")
+    @classmethod
+    def _reserve_floor(cls, value: int) -> int:
+        if value < DISK_RESERVE_FLOOR_MB:
+            raise ValueError(
+                f"receiver_disk_reserve_mb must be at least {DISK_RESERVE_FLOOR_MB} (MB): the "
+                "database and the pipeline need that room to deliver what was received and "
+                "free its space on a full disk"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.net import dimse, pdu
 from caduceus.core.storage import DataRoot, TempFiles
-from caduceus.receiver import negotiation, records, status
+from caduceus.receiver import admission, negotiation, records, status
 from caduceus.receiver.refusals import Refusals
 from caduceus.receiver.store import MAX_INFLATED, Discard, InstanceWriter, Outcome, StoreContext
 
@@ -253,9 +253,7 @@ class AssociationHandler:
                 status.SOP_CLASS_NOT_SUPPORTED,
                 "SOP class differs from the presentation context's abstract syntax",
             )
-        if self.config.disk_reserve_bytes and (
-            self.config.root.free_bytes() < self.config.disk_reserve_bytes
-        ):
+        if not admission.disk_admits(self.config.root, self.config.disk_reserve_bytes):
             return Discard(status.OUT_OF_RESOURCES, "out of resources: disk space below reserve")
         assert self.store_context is not None
         return InstanceWriter(

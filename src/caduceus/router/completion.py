@@ -32,11 +32,13 @@ from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
 from caduceus.router.rules import compiled, match
 from caduceus.router.tags import UnreadableSeries, read_tags
-from caduceus.router.taskmaker import Group, MissingFile, make_task
+from caduceus.router.taskmaker import Group, MissingFile, NoSpace, make_task
 
 log = logging.getLogger("caduceus.router")
 
 BATCH = 200
+# How soon a pass that found the data root full is tried again.
+NO_SPACE_RETRY = timedelta(seconds=5)
 
 
 @dataclass
@@ -51,14 +53,36 @@ class Router:
         self.engine = engine
         self.root = root
         self._trigger_tags: dict[int, dict[str, Any]] = {}
+        self._no_space = False  # the last pass stopped on a full data root
 
     def run_pass(self, config: Config, now: datetime | None = None) -> PassResult:
         now = now or datetime.now(UTC)
         result = PassResult()
-        self._series(config, now, result)
-        self._studies(config, now, result)
-        self._patients(config, now, result)
+        try:
+            self._series(config, now, result)
+            self._studies(config, now, result)
+            self._patients(config, now, result)
+        except NoSpace as exc:
+            self._out_of_space(exc)
+            result.next_due = min(filter(None, (result.next_due, now + NO_SPACE_RETRY)))
+            return result
+        if self._no_space:
+            self._no_space = False
+            log.info("the data root has room again: tasks are made again")
         return result
+
+    def _out_of_space(self, exc: NoSpace) -> None:
+        """The group stays untouched and is tried again; said once, not on every retry."""
+        if self._no_space:
+            log.debug("%s", exc)
+            return
+        self._no_space = True
+        log.warning("%s; the pass stops and is tried again until there is room", exc)
+        try:
+            with self.engine.begin() as conn:
+                record_event(conn, "router.no_space", str(exc), severity="warning")
+        except Exception as db_exc:  # the database may be on the same full disk
+            log.warning("could not record the full data root: %s", db_exc)
 
     def _fail(
         self, table: Any, key: Any, value: Any, kind: str, exc: Exception, **refs: Any

@@ -8,11 +8,13 @@ with the same single task, never a second one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
@@ -110,6 +112,38 @@ class MissingFile(Exception):
     """A received file the group needs is gone: routing it would send the group half."""
 
 
+class NoSpace(Exception):
+    """The data root is full: the task's folder cannot be written now. Nothing of the group is
+    committed, so it stays as it was and a later pass, once there is room, makes the task."""
+
+
+def _write_json(folder: Path, document: dict[str, Any]) -> None:
+    temporary = folder / "task.json.part"
+    try:
+        temporary.write_text(json.dumps(document, indent=2))
+        os.replace(temporary, folder / "task.json")
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a half-written file would hold space for nothing
+        raise
+
+
+def _fill_folder(root: DataRoot, incoming: Path, group: Group) -> None:
+    incoming.mkdir(parents=True, exist_ok=True)
+    for _, relative in group.instances:
+        source = root.absolute(relative)
+        link = incoming / source.name
+        try:
+            os.link(source, link)
+        except FileNotFoundError as exc:
+            raise MissingFile(
+                f"received file {relative} is missing; the group is not routed"
+            ) from exc
+        except FileExistsError:
+            if not os.path.samefile(source, link):  # a leftover from an older generation
+                link.unlink()
+                os.link(source, link)
+
+
 def make_task(
     conn: Connection,
     root: DataRoot,
@@ -127,24 +161,14 @@ def make_task(
     task_id = task_id_for(key)
     folder = root.home / "tasks" / task_id
     incoming = folder / "in"
-    incoming.mkdir(parents=True, exist_ok=True)
-    for _, relative in group.instances:
-        source = root.absolute(relative)
-        link = incoming / source.name
-        try:
-            os.link(source, link)
-        except FileNotFoundError as exc:
-            raise MissingFile(
-                f"received file {relative} is missing; the group is not routed"
-            ) from exc
-        except FileExistsError:
-            if not os.path.samefile(source, link):  # a leftover from an older generation
-                link.unlink()
-                os.link(source, link)
     document = _task_json(task_id, group, rule_name, rule, targets, config, triggered)
-    temporary = incoming / "task.json.part"
-    temporary.write_text(json.dumps(document, indent=2))
-    os.replace(temporary, incoming / "task.json")
+    try:
+        _fill_folder(root, incoming, group)
+        _write_json(incoming, document)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise NoSpace(f"no room for task {task_id}'s files: {exc.strerror}") from exc
 
     priority = PRIORITY[rule.priority]
     not_before = None

@@ -358,6 +358,11 @@ class Settings(Strict):
     disk_high_water: int = Field(default=90, ge=1, le=100)
     disk_low_water: int = Field(default=80, ge=0, le=99)
     clean_offpeak_only: bool = False
+    # Instances the receiver refused, kept in quarantine/ for inspection: removed after the
+    # retention, and oldest first beyond either cap, whatever their age.
+    quarantine_retention: int = Field(default=14 * 86400, ge=0, description="seconds")
+    quarantine_max_mb: int = Field(default=1024, ge=0)
+    quarantine_max_files: int = Field(default=10_000, ge=0)
     # Notifications carry patient names, IDs and accession numbers only when this is on.
     notifications_include_phi: bool = False
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
