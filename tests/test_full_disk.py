@@ -28,6 +28,7 @@ from caduceus.core.settings import DISK_RESERVE_FLOOR_MB, Settings
 from tests.conftest import Launch
 from tests.support.processes import Caduceus, free_port, require, run
 from tests.support.storescp import start_storescp
+from tests.support.web import as_role, web_client
 from tests.test_router import events, router_for, send, tasks
 
 MB = 1024 * 1024
@@ -217,3 +218,27 @@ def test_full_disk_refuses_keeps_delivering_cleans_and_resumes(
         "pass failed",
     ):
         assert failure not in text
+
+
+def test_force_complete_on_a_full_disk_says_so_and_keeps_the_series(
+    launch: Launch, tmp_path: Path, small_disk: Path
+) -> None:
+    receiver = launch(home=small_disk / "home")
+    send(receiver, tmp_path / "ct", count=2, modality="CT")
+    client = web_client(receiver.home, receiver.database_url, receiver.engine())
+    admin = as_role(client, receiver.engine(), "admin")
+    document = {
+        "targets": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": {"ct": {"rule": "True", "targets": ["archive"]}},
+    }
+    assert client.put("/api/config", json=document, headers=admin).status_code == 200
+    [series] = client.get("/api/series", headers=admin).json()
+
+    filler = fill(small_disk)
+    full = client.post(f"/api/series/{series['id']}/force-complete", headers=admin)
+    assert full.status_code == 507 and "full" in full.json()["detail"], full.text
+    assert client.get(f"/api/series/{series['id']}", headers=admin).json()["state"] == "receiving"
+
+    filler.unlink()
+    done = client.post(f"/api/series/{series['id']}/force-complete", headers=admin)
+    assert done.status_code == 200 and len(done.json()["tasks"]) == 1, done.text

@@ -23,6 +23,7 @@ from caduceus.core.events import record_event
 from caduceus.core.ids import RowId
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
+from caduceus.router.taskmaker import NoSpace
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer, visible_events
 
@@ -112,7 +113,13 @@ def _force_complete(
         raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
     router = Router(writer(request), DataRoot(request.app.state.settings.home))
     config = store.current_or_default(engine)
-    result = complete(router, config, key)
+    try:
+        result = complete(router, config, key)
+    except NoSpace as exc:
+        # Nothing of the group was committed: it stays receiving and can be completed later.
+        raise HTTPException(
+            status.HTTP_507_INSUFFICIENT_STORAGE, f"the data root is full; try again later ({exc})"
+        ) from exc
     with writer(request).begin() as conn:
         refs: dict[str, Any] = {f"{level}_id": key}  # study_id or series_id
         record_event(conn, f"{level}.force_completed", f"by {who.username}", **refs)
