@@ -20,6 +20,7 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
+from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
 from caduceus.web.api.engines import reader, writer
@@ -109,7 +110,8 @@ def _force_complete(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {level}")
     if state != "receiving":
         raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
-    router = Router(writer(request), DataRoot(request.app.state.settings.home))
+    settings = request.app.state.settings
+    router = Router(writer(request), DataRoot(settings.home), Budget.of(settings))
     config = store.current_or_default(engine)
     result = complete(router, config, key)
     with writer(request).begin() as conn:
