@@ -7,14 +7,19 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
-from sqlalchemy import select
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import insert, select
 
-from caduceus.core.db.models import EVENTS, SERIES
+from caduceus.core.config import store
+from caduceus.core.config.models import Config
+from caduceus.core.db.models import CONFIG_VERSIONS, EVENTS, SERIES
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
@@ -23,7 +28,7 @@ from caduceus.web import auth
 from tests.conftest import Launch
 from tests.support.processes import Caduceus, storescu, wait_for_port
 from tests.support.web import PASSWORD
-from tests.test_router import config, later, tasks
+from tests.test_router import TARGETS, config, later, tasks
 
 # The issue's pattern: Python's re took 14 s of CPU on these 512 characters, per search.
 SLOW_FOR_RE = "a*.?a*.?.?.?.?.?z"
@@ -160,3 +165,33 @@ def test_real_web_answers_other_requests_while_a_rule_test_runs(
         assert problem["type"] == "rule_evaluation" and "1 s of CPU time" in problem["msg"]
     # Each test within its budget of 1 s of CPU (the second after the first), on a busy machine.
     assert max(costly_took) < 30, costly_took
+
+
+def test_a_stored_rule_an_earlier_release_accepted_is_a_rule_error_not_a_crash(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    """Lookahead was accepted before match() ran in linear time: a version holding it still
+    loads, and the router reports the rule instead of failing on every pass."""
+    rules = {
+        "lookahead": {"rule": "match(@Modality@, 'C(?=T)')", "targets": ["pacs"]},
+        "ct": {"rule": "@Modality@ == 'CT'", "targets": ["pacs"]},
+    }
+    content = {"targets": {"pacs": TARGETS["pacs"]}, "rules": rules}
+    with pytest.raises(ValidationError, match="lookahead"):
+        Config.model_validate(content)  # refused when saved now
+    with receiver.engine().begin() as conn:
+        conn.execute(
+            insert(CONFIG_VERSIONS).values(
+                created_at=datetime.now(UTC), author="earlier", comment="", content=content
+            )
+        )
+    stored = store.current_or_default(receiver.engine())
+    assert list(stored.rules) == ["lookahead", "ct"]
+
+    send_hostile_series(receiver, tmp_path / "series", "1.2.826.0.1.3680043.8.498.904")
+    router = Router(receiver.engine(), DataRoot(receiver.home))
+    assert len(router.run_pass(stored, later(61)).tasks) == 1
+    [error] = events_of(receiver, "rule.error")
+    assert error["series_id"] == series_id(receiver, "1.2.826.0.1.3680043.8.498.904")
+    assert "'lookahead' could not be evaluated" in error["message"]
+    assert "no longer valid" in error["message"] and "lookahead (?=...)" in error["message"]

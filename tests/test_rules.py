@@ -442,6 +442,7 @@ def test_the_budget_defaults_are_the_settings_defaults() -> None:
         ("(?i)^(ax|sag|cor)_t[12]_?(fs)?", ["SAG_T1FS", "tra_t1"]),
         (r"x{a}+", ["x{a}}", "xa"]),
         (r"\++", ["+", "a"]),
+        (r"M\üller", ["Müller", "Muller"]),
     ],
 )
 def test_translated_patterns_mean_what_they_mean_in_python(pattern: str, texts: list[str]) -> None:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from caduceus.core.config.models import Config
-from caduceus.core.rules import Budget, EvaluationError, parse_rule
+from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
 from caduceus.core.rules import Rule as Expression
 
 
@@ -56,8 +56,13 @@ def matches_any(
     errors: dict[str, str],
 ) -> bool:
     """Whether the rule matches any of the series' tags; an evaluation error (kept in errors,
-    the first one per rule) counts as no match for that series."""
-    expression = compiled(config.rules[name].rule)
+    the first one per rule) counts as no match for that series, and so does a rule that no
+    longer parses."""
+    try:
+        expression = compiled(config.rules[name].rule)
+    except RuleError as exc:  # stored by an earlier release that accepted it
+        errors.setdefault(name, f"the rule is no longer valid: {exc}")
+        return False
     for tags in tags_per_series:
         try:
             if expression.evaluate(tags, budget):

@@ -202,6 +202,8 @@ def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
         end = pattern.index("}", i)
         code = ord(unicodedata.lookup(pattern[i + 3 : end]))
         return f"\\x{{{code:x}}}", end + 1
+    if char and not char.isascii():
+        return char, i + 2  # Python reads an escaped non-ASCII character as itself; RE2 refuses
     return pattern[i : i + 2], i + 2
 
 
