@@ -26,7 +26,7 @@ from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
 from caduceus.web import auth
 from tests.conftest import Launch
-from tests.support.processes import Caduceus, storescu, wait_for_port
+from tests.support.processes import Caduceus, free_port, storescu, wait_for_port
 from tests.support.web import PASSWORD
 from tests.test_router import TARGETS, config, later, tasks
 
@@ -195,3 +195,20 @@ def test_a_stored_rule_an_earlier_release_accepted_is_a_rule_error_not_a_crash(
     assert error["series_id"] == series_id(receiver, "1.2.826.0.1.3680043.8.498.904")
     assert "'lookahead' could not be evaluated" in error["message"]
     assert "no longer valid" in error["message"] and "lookahead (?=...)" in error["message"]
+
+
+def test_command_line_rule_test_is_bounded(tmp_path: Path, sqlite_url: str) -> None:
+    [path, _] = write_series(tmp_path / "series", SeriesSpec(count=2))
+    ds = pydicom.dcmread(path)
+    ds.ImageComments = "".join(random.Random(1).choice("ab") for _ in range(4_000))
+    ds.AdditionalPatientHistory = ds.PatientComments = ds.StudyComments = "a" * 512
+    ds.save_as(path)
+    cli = Caduceus(tmp_path / "home", sqlite_url, free_port())
+
+    started = time.monotonic()
+    quick = cli.cli("rules", "test", ISSUE_RULE, str(path), check=False, timeout=60)
+    assert quick.returncode == 3, quick.stdout + quick.stderr  # false, at once
+    costly = cli.cli("rules", "test", COSTLY_RULE, str(path), check=False, timeout=60)
+    assert costly.returncode == 4, costly.stdout + costly.stderr
+    assert "could not be evaluated" in costly.stdout and "0.5 s of CPU time" in costly.stdout
+    assert time.monotonic() - started < 60
