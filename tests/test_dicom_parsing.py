@@ -151,3 +151,21 @@ def test_safe_names(value: str, safe: bool) -> None:
     assert (name == value) is safe
     assert "/" not in name and "\x00" not in name and name not in ("", ".", "..")
     assert safe_name(value) == name  # stable: the same UID always lands in the same place
+
+
+def test_max_elements_bounds_the_walk() -> None:
+    """Where bytes are cheap for a sender (deflate), the number of elements walked is bounded."""
+    data = b"\x09\x00\x10\x00LO\x00\x00" * 100
+    assert scan(data, False, True, max_elements=100).end == len(data)
+    with pytest.raises(MalformedDataset, match="more than 99 elements"):
+        scan(data, False, True, max_elements=99)
+    # Items inside sequences count too.
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    nested = (
+        b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff"
+        + item * 50
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    )
+    assert scan(nested, False, True, max_elements=200).end == len(nested)
+    with pytest.raises(MalformedDataset, match="more than 60 elements"):
+        scan(nested, False, True, max_elements=60)

@@ -99,3 +99,33 @@ def test_disk_filling_up_mid_series_fails_cleanly(
     with receiver.engine().connect() as conn:
         refused = conn.execute(select(EVENTS).where(EVENTS.c.kind == "instance.refused")).all()
     assert refused and all("No space left" in e.message for e in refused)
+
+
+def test_refusals_are_one_event_per_association_with_a_count(
+    launch: Launch, tmp_path: Path
+) -> None:
+    """A sender meeting a full disk gets A700 for each instance; the history gets one event
+    with the count and the first UIDs, and the log a line or two, not one per instance."""
+    receiver = launch(CADUCEUS_RECEIVER_DISK_RESERVE_MB="1000000000")
+    series = write_series(tmp_path / "series", SeriesSpec(count=40, rows=8, columns=8))
+    # --no-halt: the sender goes on after a refusal, as a modality working through a queue does.
+    result = run(
+        [require("storescu"), "-v", "-nh", "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)]
+        + [str(path) for path in series]
+    )
+    assert result.stderr.count("Refused: OutOfResources") == 40
+    assert stored_instances(receiver.engine()) == []
+    with receiver.engine().connect() as conn:
+        [association] = conn.execute(select(ASSOCIATIONS)).all()
+        refused = conn.execute(select(EVENTS).where(EVENTS.c.kind == "instance.refused")).all()
+    assert association.instances_failed == 40
+    [event] = refused
+    assert event.association_id == association.id
+    assert event.details["count"] == 40
+    assert event.details["status"] == "0xA700"
+    assert "below reserve" in event.message
+    sent = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series}
+    assert len(event.details["sop_instance_uids"]) == 10
+    assert set(event.details["sop_instance_uids"]) <= sent
+    refusal_lines = [line for line in receiver.log().splitlines() if "refused" in line]
+    assert 1 <= len(refusal_lines) <= 2, refusal_lines

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from tests.conftest import Launch
-from tests.support.dicomfiles import dataset_bytes, stored_instances
+from tests.support.deflate import deflated_bomb, empty_elements_bomb, send_deflated
+from tests.support.dicomfiles import dataset_bytes, stored_instances, transfer_syntax
 from tests.support.processes import Caduceus, require, run
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
 
@@ -140,7 +141,8 @@ def test_truncated_dataset_is_refused_and_quarantined(
     assert "truncated" in str(refusal["message"])
     details = refusal["details"]
     assert isinstance(details, dict) and details["status"] == "0xC210"
-    kept = receiver.home / details["quarantined_as"]
+    assert details["count"] == 1 and details["sop_instance_uids"] == [uid]
+    kept = receiver.home / details["quarantined_as"][0]
     assert kept.read_bytes().endswith(data[:-100])
     [association] = wait_closed(receiver)
     assert association["instances_failed"] == 1 and association["instances_stored"] == 1
@@ -286,3 +288,96 @@ def test_the_same_instance_from_two_senders_at_once(
     assert dataset_bytes(receiver.home / row["path"]) == dataset_bytes(small_series[8])
     assert len(events(receiver, "instance.duplicate")) == 59
     assert list((receiver.home / "incoming").rglob("*.dcm")) == [receiver.home / row["path"]]
+
+
+def test_deflate_bomb_is_refused_and_leaves_nothing(launch: Launch) -> None:
+    """A valid header, then 64 MiB of zeros deflated to 64 kB, against a limit of 8 MiB."""
+    receiver = launch(CADUCEUS_RECEIVER_MAX_INFLATED_MB="8")
+    uid, stream = deflated_bomb(64 * 1024 * 1024)
+    assert len(stream) < 100_000
+    assert send_deflated(receiver.port, uid, stream) == 0xA701
+    wait_closed(receiver)
+    [refusal] = events(receiver, "instance.refused")
+    details = refusal["details"]
+    assert isinstance(details, dict)
+    assert details["status"] == "0xA701" and details["count"] == 1
+    assert details["sop_instance_uids"] == [uid]
+    assert "inflates to more than 8388608 bytes" in str(refusal["message"])
+    assert stored_instances(receiver.engine()) == []
+    assert list((receiver.home / "incoming").iterdir()) == []
+    assert not (receiver.home / "quarantine").exists() or not any(
+        (receiver.home / "quarantine").rglob("*.dcm")
+    )
+    assert temp_files(receiver) == []
+    assert not list((receiver.home / "tmp").glob("*.inflated"))
+    assert echo_works(receiver)
+
+
+def test_deflated_millions_of_empty_elements_are_refused(launch: Launch) -> None:
+    """A header, then 8 million empty elements in 64 kB: walking them all took seconds of CPU
+    (minutes for a gigabyte), and they formed a valid dataset. The walk stops at a million."""
+    receiver = launch()
+    uid, stream = empty_elements_bomb(64 * 1024 * 1024)
+    assert len(stream) < 100_000
+    assert send_deflated(receiver.port, uid, stream) == 0xC210
+    wait_closed(receiver)
+    [refusal] = events(receiver, "instance.refused")
+    assert "more than 1000000 elements" in str(refusal["message"])
+    assert stored_instances(receiver.engine()) == []
+    assert not list((receiver.home / "tmp").glob("*.inflated"))
+
+
+def test_deflated_instance_within_the_limit_is_stored_as_sent(
+    launch: Launch, small_series: list[Path], tmp_path: Path
+) -> None:
+    receiver = launch(CADUCEUS_RECEIVER_MAX_INFLATED_MB="8")
+    deflated = tmp_path / "deflated.dcm"
+    result = run([require("dcmconv"), "+td", str(small_series[9]), str(deflated)])
+    assert result.returncode == 0, result.stderr
+    assert transfer_syntax(deflated) == DeflatedExplicitVRLittleEndian
+    storescu = [require("storescu"), "-xd", "-aec", "CADUCEUS", "127.0.0.1"]
+    result = run([*storescu, str(receiver.port), str(deflated)])
+    assert result.returncode == 0, result.stderr
+    [row] = stored_instances(receiver.engine())
+    stored = receiver.home / row["path"]
+    assert row["transfer_syntax_uid"] == DeflatedExplicitVRLittleEndian
+    # Stored as it came over the network: storescu pads the file's odd-length stream to even.
+    sent = dataset_bytes(deflated)
+    assert dataset_bytes(stored) in (sent, sent + b"\x00")
+    original, received = dcmread(small_series[9]), dcmread(stored)
+    assert received.SOPInstanceUID == original.SOPInstanceUID
+    assert received.PixelData == original.PixelData
+    # Also a deflated dataset larger than the copy kept in memory (checked through the file).
+    uid, stream = deflated_bomb(4 * 1024 * 1024)
+    assert send_deflated(receiver.port, uid, stream) == 0x0000
+    assert temp_files(receiver) == []
+    assert not list((receiver.home / "tmp").glob("*.inflated"))
+
+
+def test_refused_uids_are_recorded_escaped_and_bounded(
+    receiver: Caduceus, small_series: list[Path]
+) -> None:
+    """Five instances refused for one reason in one association: one event, hostile UIDs
+    escaped and cut short, one log line for the first and one summary."""
+    data = dataset_bytes(small_series[0])
+    hostile = "1.2.3\n<script>\x1b[31m" + "9" * 500
+    scu = RawSCU(receiver.port)
+    scu.associate()
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    for message_id in range(1, 6):
+        scu.send(p_data(1, c_store_command(mr, hostile, message_id), command=True, last=True))
+        scu.send(p_data(1, data, command=False, last=True))
+        assert scu.store_response_status()[0] == 0x0122
+    scu.release()
+    scu.close()
+    wait_closed(receiver)
+    [refusal] = events(receiver, "instance.refused")
+    details = refusal["details"]
+    assert isinstance(details, dict)
+    assert details["count"] == 5 and details["status"] == "0x0122"
+    uids = details["sop_instance_uids"]
+    assert len(uids) == 5
+    assert all(len(u) <= 80 and u.startswith("1.2.3\\n<script>\\x1b[31m999") for u in uids)
+    log = receiver.log()
+    assert "\x1b" not in log and "<script>\n" not in log
+    assert len([line for line in log.splitlines() if "refused" in line]) == 2

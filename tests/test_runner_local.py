@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -246,12 +247,17 @@ def test_sandbox_without_bwrap(task: Task, monkeypatch: pytest.MonkeyPatch) -> N
 
 @needs_bwrap
 def test_sandbox_copies_input_to_output(task: Task) -> None:
+    # State left by an earlier run as the processor's user (before modules ran as nobody).
+    (task.persistence / "old").mkdir(parents=True)
+    (task.persistence / "old" / "state").write_text("old\n")
     command = COPY + ' && echo state > "$MODULE_PERSISTENCE_DIR/state"'
+    command += ' && echo more >> "$MODULE_PERSISTENCE_DIR/old/state"'
     outcome = SandboxRunner().run(task.job(["/bin/sh", "-c", command], persistence=True))
     assert outcome.ok, task.log()
     assert (task.out_dir / "image.dcm").read_bytes() == b"DICM-image-bytes"
     assert (task.out_dir / "cwd.txt").read_text().strip() == str(task.out_dir)
     assert (task.persistence / "state").read_text() == "state\n"
+    assert (task.persistence / "old" / "state").read_text() == "old\nmore\n"
 
 
 @needs_bwrap
@@ -377,3 +383,123 @@ def test_sandbox_setup_failure_is_a_runner_error(task: Task) -> None:
     fake = task.script("fake-bwrap", "echo 'bwrap: Creating new namespace failed' >&2\nexit 1\n")
     with pytest.raises(RunnerError, match="sandbox could not be set up: bwrap: Creating new"):
         SandboxRunner(bwrap=fake).run(task.job(["/bin/true"]))
+
+
+# --- escapes (issue 14: a module must not reach the host's kernel settings or processes) -----
+
+ESCAPES = r"""
+import ctypes, errno, json, os, sys, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+config = json.loads(sys.argv[1])
+seen = {"uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split()}
+
+
+def outcome(call):
+    ctypes.set_errno(0)
+    try:
+        result = call()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    if isinstance(result, int) and result == -1:
+        return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    return "succeeded"
+
+
+def write(path, text):
+    with open(path, "w") as file:
+        file.write(text)
+
+
+child = os.fork()
+if child == 0:  # a process of the module's own, which the kernel alone would let it trace
+    time.sleep(30)
+    os._exit(0)
+attempts = {
+    "write lease-break-time": lambda: write("/proc/sys/fs/lease-break-time", config["lease"]),
+    "open core_pattern": lambda: open("/proc/sys/kernel/core_pattern", "w").close(),
+    "mount tmpfs": lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None),
+    "ptrace the processor": lambda: libc.ptrace(16, config["processor"], None, None),
+    "ptrace own child": lambda: libc.ptrace(16, child, None, None),
+    "processor's environ": lambda: open(f"/proc/{config['processor']}/environ").read(),
+    "read another task": lambda: open(config["sibling"]).read(),
+    "list the data root": lambda: os.listdir(config["processing"]) == ["task-1"] or 1 / 0,
+    "unshare a user namespace": lambda: libc.unshare(0x10000000),
+    "keyctl": lambda: libc.syscall(config["keyctl"], 0, -3, 0),
+    "bpf": lambda: libc.syscall(config["bpf"], 0, None, 0),
+    "write /sys": lambda: write("/sys/kernel/uevent_helper", "x"),
+}
+for name, call in attempts.items():
+    seen[name] = outcome(call)
+os.kill(child, 9)
+with open(os.path.join(os.environ["MERCURE_OUT_DIR"], "seen.json"), "w") as out:
+    json.dump(seen, out)
+print(json.dumps(seen, indent=1))
+"""
+
+
+@needs_bwrap
+def test_sandbox_escapes_fail(task: Task) -> None:
+    """A module tries to write the host's kernel settings, mount, trace the processor and its
+    own child, read another task, make a user namespace, use keyctl and bpf: each is refused,
+    and the host's lease-break-time is unchanged."""
+    import pyseccomp  # the test's own source of the system call numbers
+
+    lease = Path("/proc/sys/fs/lease-break-time")
+    before = lease.read_text()
+    config = {
+        "lease": str(int(before) + 1),
+        "processor": os.getpid(),
+        "sibling": str(task.sibling / "other.dcm"),
+        "processing": str(task.root / "processing"),
+        "keyctl": pyseccomp.resolve_syscall(pyseccomp.system_arch(), "keyctl"),
+        "bpf": pyseccomp.resolve_syscall(pyseccomp.system_arch(), "bpf"),
+    }
+    code = task.bin / "escape.py"
+    code.write_text(ESCAPES)
+    runner = SandboxRunner(readonly_paths=sorted({sys.prefix, sys.base_prefix}))
+    try:
+        outcome = runner.run(task.job([sys.executable, str(code), json.dumps(config)]))
+    finally:
+        after = lease.read_text()
+        if after != before and os.geteuid() == 0:  # put the host back before failing
+            lease.write_text(before)
+    assert outcome.ok, task.log()
+    assert after == before
+    seen = json.loads((task.out_dir / "seen.json").read_text())
+    assert seen["write lease-break-time"] in ("EROFS", "EACCES")
+    assert seen["open core_pattern"] in ("EROFS", "EACCES")
+    assert seen["write /sys"] == "ENOENT"  # no /sys at all
+    for refused in ("mount tmpfs", "ptrace own child", "unshare a user namespace", "keyctl", "bpf"):
+        assert seen[refused] == "EPERM", (refused, seen)
+    assert seen["ptrace the processor"] in ("EPERM", "ESRCH")
+    assert seen["processor's environ"] == "ENOENT"  # not in the module's pid namespace
+    assert seen["read another task"] == "ENOENT"
+    assert seen["list the data root"] == "succeeded"  # only the way to its own task
+    if os.geteuid() == 0:
+        # nobody, in a user namespace that maps nobody alone (to nobody on the host)
+        assert seen["uid"] == 65534 and seen["uid_map"] == ["65534", "65534", "1"]
+        made = task.out_dir / "seen.json"
+        assert made.stat().st_uid == 65534
+        moved = task.task_dir / "seen-moved.json"  # the processor still moves what it made
+        made.rename(moved)
+        assert json.loads(moved.read_text()) == seen
+    else:
+        assert seen["uid"] == os.getuid()
+
+
+@needs_bwrap
+def test_sandbox_never_runs_without_its_filter(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where libseccomp cannot be loaded the step fails with the reason; the module never
+    starts without the filter."""
+    from caduceus.processor.runners import seccomp
+
+    seccomp.filter_program.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # as if the binding failed to load
+    try:
+        with pytest.raises(RunnerError, match="needs libseccomp"):
+            SandboxRunner().run(task.job(["/bin/sh", "-c", "touch ran"]))
+    finally:
+        seccomp.filter_program.cache_clear()
+    assert not (task.out_dir / "ran").exists()

@@ -27,6 +27,7 @@ import pytest
 IMAGE = "localhost/caduceus-test-module:latest"
 APPLETS = ("sh", "cp", "cat", "ls", "id", "sleep", "wget", "nc", "echo", "touch", "mkdir")
 APPLETS += ("env", "ip", "grep", "timeout", "head", "cut", "rm", "true", "false")
+APPLETS += ("mount", "unshare")  # for the escapes a module must not manage
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n"
 CMD = '["/bin/sh", "-c", "eval \\"$TEST_SCRIPT\\""]'
 CONTAINERS_CONF = """\

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     receiver_check_called_aet: bool = True
     receiver_accept_private_sop_classes: bool = True
     receiver_network_timeout: float = Field(default=60.0, gt=0)
+    receiver_max_inflated_mb: int = Field(
+        default=4096,
+        ge=1,
+        description="Refuse (A701) a deflated dataset that inflates to more than this; it is "
+        "inflated into a temporary file for the check, never into memory.",
+    )
     dispatcher_lease_seconds: int = Field(
         default=600,
         ge=2,

@@ -15,7 +15,8 @@ from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.net import dimse, pdu
 from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver import negotiation, records, status
-from caduceus.receiver.store import Discard, InstanceWriter, Outcome, StoreContext
+from caduceus.receiver.refusals import Refusals
+from caduceus.receiver.store import MAX_INFLATED, Discard, InstanceWriter, Outcome, StoreContext
 
 log = logging.getLogger("caduceus.receiver")
 
@@ -41,6 +42,7 @@ class ReceiverConfig:
     fsync: bool
     disk_reserve_bytes: int
     network_timeout: float
+    max_inflated_bytes: int = MAX_INFLATED
 
 
 class AssociationHandler:
@@ -60,6 +62,7 @@ class AssociationHandler:
         self.current_request: dimse.Command | None = None
         self.current_context = 0
         self.store_context: StoreContext | None = None
+        self.refusals: Refusals | None = None
 
     def run(self) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -85,6 +88,8 @@ class AssociationHandler:
             end_status, reason = "aborted", f"internal error: {type(exc).__name__}"
             self._send(pdu.a_abort(2, 0))
         finally:
+            if self.refusals is not None:
+                self.refusals.flush()
             if self.current is not None:
                 self.current.abandon()
                 self.failed += 1
@@ -258,6 +263,7 @@ class AssociationHandler:
             command.affected_sop_class,
             command.affected_sop_instance,
             context.transfer_syntax,
+            max_inflated=self.config.max_inflated_bytes,
         )
 
     def _on_dataset_end(self) -> None:
@@ -271,6 +277,7 @@ class AssociationHandler:
                 self.bytes_stored += sink.size
         else:
             self.failed += 1
+            self._record_refusal(request, outcome)
         self._respond(
             self.current_context,
             request,
@@ -282,6 +289,26 @@ class AssociationHandler:
         if isinstance(sink, InstanceWriter):
             # While the sender prepares its next request, make the file it will go into.
             self.config.temp_files.prepare()
+
+    def _record_refusal(self, request: dimse.Command, outcome: Outcome) -> None:
+        """Every failure status a C-STORE gets is counted in its association's events."""
+        if self.refusals is None:
+            assert self.store_context is not None
+            self.refusals = Refusals(
+                self.config.engine,
+                self.store_context.association_id,
+                self.store_context.calling_aet,
+                self.peer_host,
+            )
+        context = self.negotiated.contexts.get(self.current_context) if self.negotiated else None
+        self.refusals.add(
+            outcome.status,
+            outcome.comment,
+            request.affected_sop_class,
+            request.affected_sop_instance,
+            str(context.transfer_syntax) if context else "",
+            outcome.quarantined_as,
+        )
 
     def _respond(
         self,

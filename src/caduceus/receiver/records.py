@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, literal, select, update
 
-from caduceus.core.db.models import ASSOCIATIONS, INSTANCES, SERIES, STUDIES
+from caduceus.core.db.models import ASSOCIATIONS, EVENTS, INSTANCES, SERIES, STUDIES
 from caduceus.core.db.upsert import insert_or_ignore, insert_or_update
 from caduceus.core.dicom.header import Header
 from caduceus.core.events import record_event
@@ -224,15 +224,28 @@ def record_instance(
     return int(old.id), previous
 
 
-def record_refusal(
-    engine: Engine, association_id: int, reason: str, details: dict[str, object]
-) -> None:
+def record_refusals(
+    engine: Engine, association_id: int, reason: str, details: dict[str, Any]
+) -> int:
+    """The event that stands for one association's refusals of one kind; returns its id."""
     with engine.begin() as conn:
-        record_event(
-            conn,
-            "instance.refused",
-            reason,
-            severity="error",
-            association_id=association_id,
-            details=details,
+        return int(
+            conn.execute(
+                insert(EVENTS)
+                .values(
+                    at=now(),
+                    kind="instance.refused",
+                    severity="error",
+                    message=reason,
+                    details=details,
+                    association_id=association_id,
+                )
+                .returning(EVENTS.c.id)
+            ).scalar_one()
         )
+
+
+def update_refusals(engine: Engine, event_id: int, details: dict[str, Any]) -> None:
+    """More refusals of the same kind in the same association: the count and the UIDs grow."""
+    with engine.begin() as conn:
+        conn.execute(update(EVENTS).where(EVENTS.c.id == event_id).values(details=details))

@@ -49,6 +49,7 @@ def make_config(settings: Settings) -> ReceiverConfig:
         fsync=settings.fsync,
         disk_reserve_bytes=settings.receiver_disk_reserve_mb * 1024 * 1024,
         network_timeout=settings.receiver_network_timeout,
+        max_inflated_bytes=settings.receiver_max_inflated_mb * 1024 * 1024,
     )
 
 

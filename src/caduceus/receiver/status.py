@@ -2,6 +2,7 @@
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+TOO_LARGE = 0xA701  # a deflated dataset inflates past receiver_max_inflated_mb
 SOP_CLASS_MISMATCH = 0xA900  # the dataset is not of the SOP class the command announced
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 CANNOT_DECODE = 0xC210  # truncated or malformed dataset

@@ -7,13 +7,16 @@ is committed: that is the promise a C-STORE success makes to the sender.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import mmap
 import os
 import struct
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.uid import UID
 from sqlalchemy import Engine
@@ -21,6 +24,7 @@ from sqlalchemy import Engine
 from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.dicom.header import WANTED_TAGS, Header, decode_header
 from caduceus.core.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from caduceus.core.dicom.inflate import InflatedTooLarge, inflate_to
 from caduceus.core.dicom.names import safe_name
 from caduceus.core.dicom.structure import MalformedDataset, scan
 from caduceus.core.storage import DataRoot, TempFiles, fsync_dir
@@ -28,11 +32,19 @@ from caduceus.receiver import records, status
 
 log = logging.getLogger("caduceus.receiver")
 
+# Settings.receiver_max_inflated_mb's default, for callers that pass no limit.
+MAX_INFLATED = 4096 * 1024 * 1024
+# A deflated dataset may hold as many elements as it has deflated bytes, and a million in any
+# case. Real data does not compress its element headers that far, but a bomb packs millions of
+# empty elements into a few kilobytes, and walking each one costs the check CPU time.
+DEFLATED_MIN_ELEMENTS = 1_000_000
+
 PREAMBLE = bytes(128) + b"DICM"
 # Datasets up to this size are also kept in memory while they stream to disk, so checking them
 # needs no second read; larger ones are checked through a memory map of the file.
 IN_MEMORY = 1024 * 1024
 _LONG_META_VRS = {b"OB"}
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
@@ -66,13 +78,15 @@ class Outcome:
     status: int
     comment: str = ""
     instance_id: int | None = None
+    quarantined_as: str | None = None  # where a refused dataset was kept, relative to the root
 
 
 class Refused(Exception):
-    def __init__(self, code: int, comment: str):
+    def __init__(self, code: int, comment: str, keep: bool = True):
         super().__init__(comment)
         self.code = code
         self.comment = comment
+        self.keep = keep  # worth keeping in quarantine for a look (not a bomb, not nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +105,16 @@ class StoreContext:
 class InstanceWriter:
     """Receives one dataset's bytes as they arrive from the network."""
 
-    def __init__(self, ctx: StoreContext, sop_class: str, sop_instance: str, syntax: UID):
+    def __init__(
+        self,
+        ctx: StoreContext,
+        sop_class: str,
+        sop_instance: str,
+        syntax: UID,
+        max_inflated: int = MAX_INFLATED,
+    ):
         self.ctx = ctx
+        self.max_inflated = max_inflated
         self.sop_class = sop_class
         self.sop_instance = sop_instance
         self.syntax = syntax
@@ -119,12 +141,7 @@ class InstanceWriter:
                 data = data[written:]
                 self.size += written
         except OSError as exc:
-            code = (
-                status.OUT_OF_RESOURCES
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else (status.PROCESSING_FAILURE)
-            )
-            self.failure = Refused(code, f"cannot write: {os.strerror(exc.errno or 0)}")
+            self.failure = _os_refusal(exc, "cannot write")
             self._discard()
 
     write = _write
@@ -140,8 +157,8 @@ class InstanceWriter:
         self._discard()
 
     def finish(self) -> Outcome:
+        """Check and publish; a refusal is answered, and recorded by the association."""
         if self.failure is not None:
-            self._refusal_event(self.failure, kept=None)
             return Outcome(self.failure.code, self.failure.comment)
         assert self.fd is not None
         try:
@@ -151,9 +168,10 @@ class InstanceWriter:
             self.fd = None
             header = self._check()
         except Refused as refused:
-            kept = self._quarantine()
-            self._refusal_event(refused, kept=kept)
-            return Outcome(refused.code, refused.comment)
+            kept = self._quarantine() if refused.keep else None
+            if not refused.keep:
+                self._discard()
+            return Outcome(refused.code, refused.comment, quarantined_as=kept)
         except OSError as exc:
             self._discard()
             return Outcome(status.PROCESSING_FAILURE, f"cannot store: {exc.strerror}")
@@ -162,24 +180,67 @@ class InstanceWriter:
     def _check(self) -> Header:
         if self.size - len(self.meta) < 8:
             raise Refused(status.CANNOT_DECODE, "dataset is empty")
+        if self.syntax.is_deflated:
+            return self._check_deflated()
         if self.copy is not None:
             return self._check_bytes(self.copy, 0)
-        with open(self.temp, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with open(self.temp, "rb") as fh:
+            return self._check_mapped(fh.fileno(), len(self.meta))
+
+    def _check_mapped(self, fd: int, start: int, max_elements: int | None = None) -> Header:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             try:
-                return self._check_bytes(view, len(self.meta))
+                return self._check_bytes(view, start, max_elements)
             finally:
                 view.release()
 
-    def _check_bytes(self, data: bytes | bytearray | memoryview, start: int) -> Header:
+    def _check_deflated(self) -> Header:
+        """Inflate into a second temporary file (never into memory: a bomb inflates a
+        thousandfold), check that, and remove it; the file kept is the deflated one as received."""
+        inflated = self.ctx.root.temp_path(".inflated")
+        fd = os.open(inflated, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if self.syntax.is_deflated:
-                data, start = _inflate(bytes(data[start:])), 0
+            with ExitStack() as stack:
+                if self.copy is not None:
+                    source: BinaryIO = io.BytesIO(self.copy)
+                else:
+                    source = stack.enter_context(open(self.temp, "rb"))
+                    source.seek(len(self.meta))
+                try:
+                    size = inflate_to(source, fd, self.max_inflated)
+                except InflatedTooLarge as exc:
+                    raise Refused(
+                        status.TOO_LARGE,
+                        f"deflated dataset inflates to more than {exc.limit} bytes",
+                        keep=False,
+                    ) from exc
+                except zlib.error as exc:
+                    raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
+                except OSError as exc:
+                    raise _os_refusal(exc, "cannot inflate", keep=False) from exc
+            elements = max(DEFLATED_MIN_ELEMENTS, self.size - len(self.meta))
+            if size <= IN_MEMORY:
+                return self._check_bytes(os.pread(fd, size, 0), 0, elements)
+            return self._check_mapped(fd, 0, elements)
+        finally:
+            os.close(fd)
+            inflated.unlink(missing_ok=True)
+
+    def _check_bytes(
+        self, data: bytes | bytearray | memoryview, start: int, max_elements: int | None = None
+    ) -> Header:
+        try:
             layout = scan(
-                data, self.syntax.is_implicit_VR, self.syntax.is_little_endian, start, WANTED_TAGS
+                data,
+                self.syntax.is_implicit_VR,
+                self.syntax.is_little_endian,
+                start,
+                WANTED_TAGS,
+                max_elements,
             )
             header = decode_header(layout.values)
-        except (MalformedDataset, zlib.error) as exc:
+        except MalformedDataset as exc:
             raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
         except (ValueError, LookupError) as exc:
             raise Refused(status.CANNOT_DECODE, f"header cannot be decoded: {exc}") from exc
@@ -254,36 +315,10 @@ class InstanceWriter:
             self._discard()
             return None
 
-    def _refusal_event(self, refused: Refused, kept: str | None) -> None:
-        log.warning(
-            "refused instance from %s@%s: %s",
-            self.ctx.calling_aet,
-            self.ctx.peer_host,
-            refused.comment,
-        )
-        try:
-            records.record_refusal(
-                self.ctx.engine,
-                self.ctx.association_id,
-                refused.comment,
-                {
-                    "status": f"0x{refused.code:04X}",
-                    "sop_class_uid": self.sop_class,
-                    "sop_instance_uid": self.sop_instance,
-                    "transfer_syntax": str(self.syntax),
-                    "calling_aet": self.ctx.calling_aet,
-                    "peer": self.ctx.peer_host,
-                    "size_bytes": self.size,
-                    "quarantined_as": kept,
-                },
-            )
-        except Exception:
-            log.exception("could not record a refused instance")
 
-
-def _inflate(data: bytes) -> bytes:
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    return inflater.decompress(data) + inflater.flush()
+def _os_refusal(exc: OSError, doing: str, keep: bool = True) -> Refused:
+    code = status.OUT_OF_RESOURCES if exc.errno in _FULL else status.PROCESSING_FAILURE
+    return Refused(code, f"{doing}: {os.strerror(exc.errno or 0)}", keep)
 
 
 class Discard:

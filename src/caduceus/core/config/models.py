@@ -169,6 +169,31 @@ TargetSettings = (
 Target = Annotated[TargetSettings, Field(discriminator="type")]
 
 
+# Capabilities an administrator may grant a module's container: the engines' usual defaults
+# and two that GPU and real-time workloads ask for. Never the ones that reach the host
+# (SYS_ADMIN, SYS_PTRACE, SYS_MODULE, DAC_READ_SEARCH, NET_ADMIN, BPF, ...).
+GRANTABLE_CAPABILITIES = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "NET_RAW",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+        "SYS_NICE",
+    }
+)
+
+
 class Module(Strict):
     """A processing module: a container image or, without a container engine, a command."""
 
@@ -189,12 +214,36 @@ class Module(Strict):
     pull: Literal["missing", "always"] = "missing"
     # A local command runs in a bubblewrap sandbox where bwrap is installed, unless this is off.
     sandbox: bool = True
+    # Linux capabilities the administrator grants this module's container (none by default),
+    # from GRANTABLE_CAPABILITIES only; e.g. ["NET_BIND_SERVICE"].
+    capabilities: list[str] = Field(default_factory=list)
     comment: str = ""
 
     @model_validator(mode="after")
     def _image_or_command(self) -> Module:
         if bool(self.image) == bool(self.command):
             raise ValueError("a module has either an image or a command, not both or neither")
+        return self
+
+    @field_validator("capabilities")
+    @classmethod
+    def _grantable(cls, names: list[str]) -> list[str]:
+        granted: list[str] = []
+        for name in names:
+            plain = name.strip().upper().removeprefix("CAP_")
+            if plain not in GRANTABLE_CAPABILITIES:
+                raise ValueError(
+                    f"capability {name!r} cannot be granted to a module; one of "
+                    + ", ".join(sorted(GRANTABLE_CAPABILITIES))
+                )
+            if plain not in granted:
+                granted.append(plain)
+        return granted
+
+    @model_validator(mode="after")
+    def _capabilities_for_containers(self) -> Module:
+        if self.capabilities and not self.image:
+            raise ValueError("capabilities apply to a module's container; a command has none")
         return self
 
 

@@ -37,18 +37,39 @@ class Layout:
 
 
 class _Walker:
-    __slots__ = ("buf", "explicit_head", "implicit_head", "item_head", "u32", "wanted")
+    __slots__ = (
+        "buf",
+        "explicit_head",
+        "implicit_head",
+        "item_head",
+        "left",
+        "limit",
+        "u32",
+        "wanted",
+    )
 
     def __init__(
-        self, buf: bytes | bytearray | memoryview, little_endian: bool, wanted: Collection[int]
+        self,
+        buf: bytes | bytearray | memoryview,
+        little_endian: bool,
+        wanted: Collection[int],
+        max_elements: int | None = None,
     ):
         order = "<" if little_endian else ">"
         self.buf = buf
+        # Element headers, items and fragments the walk may still read: each costs a little
+        # CPU, and a few bytes of deflated zeros inflate into millions of empty elements.
+        self.left = self.limit = max_elements if max_elements is not None else -1
         self.explicit_head = struct.Struct(order + "HH2sH").unpack_from
         self.implicit_head = struct.Struct(order + "HHI").unpack_from
         self.item_head = self.implicit_head
         self.u32 = struct.Struct(order + "I").unpack_from
         self.wanted = wanted
+
+    def spend(self, pos: int) -> None:
+        if self.left == 0:
+            raise MalformedDataset(f"more than {self.limit} elements at byte {pos}")
+        self.left -= 1
 
     def elements(
         self, pos: int, end: int, implicit: bool, depth: int, in_item: bool, out: Layout | None
@@ -58,7 +79,10 @@ class _Walker:
         buf = self.buf
         wanted = self.wanted if out is not None else ()
         explicit_head, implicit_head = self.explicit_head, self.implicit_head
+        spend = self.spend if self.left >= 0 else None
         while pos < end:
+            if spend is not None:
+                spend(pos)
             if pos + 8 > end:
                 raise MalformedDataset(f"dataset truncated in an element header at byte {pos}")
             element_start = pos
@@ -106,6 +130,8 @@ class _Walker:
 
     def sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
         while True:
+            if self.left >= 0:
+                self.spend(pos)
             if pos + 8 > end:
                 raise MalformedDataset(f"dataset truncated in a sequence at byte {pos}")
             group, elem, length = self.item_head(self.buf, pos)
@@ -124,6 +150,8 @@ class _Walker:
 
     def fragments(self, pos: int, end: int) -> int:
         while True:
+            if self.left >= 0:
+                self.spend(pos)
             if pos + 8 > end:
                 raise MalformedDataset(f"dataset truncated in pixel data at byte {pos}")
             group, elem, length = self.item_head(self.buf, pos)
@@ -144,8 +172,12 @@ def scan(
     little_endian: bool,
     start: int = 0,
     wanted: Collection[int] = frozenset(),
+    max_elements: int | None = None,
 ) -> Layout:
     """Check that buf[start:] is one complete dataset; return its layout and wanted values.
+
+    With max_elements, a dataset of more elements, items and fragments (nested ones included)
+    than that is malformed: the bound on the walk's CPU time where bytes cost the sender little.
 
     A dataset labelled explicit VR whose first element has no valid VR is read as implicit VR,
     as DICOM toolkits do, because some senders mislabel their encoding.
@@ -153,13 +185,12 @@ def scan(
     end = len(buf)
     if end - start < 8:
         raise MalformedDataset("dataset is empty or shorter than one element")
-    walker = _Walker(buf, little_endian, wanted)
     try:
-        return _scan(walker, start, end, implicit)
+        return _scan(_Walker(buf, little_endian, wanted, max_elements), start, end, implicit)
     except MalformedDataset as first:
         if implicit or "invalid VR" not in str(first) or f"at byte {start}" not in str(first):
             raise
-        return _scan(walker, start, end, True)
+        return _scan(_Walker(buf, little_endian, wanted, max_elements), start, end, True)
 
 
 def _scan(walker: _Walker, start: int, end: int, implicit: bool) -> Layout:

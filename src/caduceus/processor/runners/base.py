@@ -20,6 +20,8 @@ class RunnerError(Exception):
 
 # How often a runner checks ModuleRun.cancelled while its module runs.
 CANCEL_POLL_SECONDS = 1.0
+# The uid and gid a module runs as when the processor itself runs as root: nobody, never root.
+UNPRIVILEGED = (65534, 65534)
 
 
 @dataclass(frozen=True)

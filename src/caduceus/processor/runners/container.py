@@ -3,7 +3,9 @@
 Safe by default: the module sees its input folder read-only at /tmp/data, its output folder
 writable at /tmp/output (mercure's paths) and its persistence folder at /tmp/persistence; it runs
 as the processor's own user (an unprivileged uid when the processor runs as root), without any
-capability, without new privileges, without network unless it asks for it, within its memory,
+capability (unless the administrator grants the module some), without new privileges, under
+the engine's default seccomp profile, in private namespaces (never the host's pid, ipc or
+network namespace), without network unless it asks for it, within its memory,
 CPU and process limits, and with its labels so that the containers of a processor that died
 can be found and removed. Containers are always removed after the run; their output goes to the
 run's log.
@@ -31,6 +33,7 @@ from docker.utils import parse_repository_tag
 from caduceus.core.config.models import Module
 from caduceus.processor.runners.base import (
     CANCEL_POLL_SECONDS,
+    UNPRIVILEGED,
     ModuleRun,
     RunnerError,
     RunOutcome,
@@ -48,8 +51,6 @@ RESERVED_PATHS = (IN_PATH, OUT_PATH, PERSISTENT_PATH)
 TASK_LABEL = "caduceus.task"
 MODULE_LABEL = "caduceus.module"
 PIDS_LIMIT = 512
-# The user a module runs as when the processor itself runs as root: nobody, never root.
-UNPRIVILEGED = (65534, 65534)
 # What a module that needs root (and may have it) gets back of root's powers: owning and
 # writing files whatever their owner, and switching users (images that drop to a user of
 # their own). Everything else stays dropped.
@@ -68,6 +69,12 @@ def module_user(module_name: str, module: Module, allow_root: bool) -> tuple[int
         return None
     uid, gid = os.getuid(), os.getgid()
     return UNPRIVILEGED if uid == 0 else (uid, gid)
+
+
+def module_capabilities(module: Module, *, root: bool) -> list[str]:
+    """The capabilities added to the module's container after dropping them all."""
+    added = list(ROOT_CAPABILITIES) if root else []
+    return added + [name for name in module.capabilities if name not in added]
 
 
 def extra_volume(spec: str, volume_root: Path | None) -> tuple[str, dict[str, str]]:
@@ -148,9 +155,12 @@ def container_options(
         "nano_cpus": int(module.cpus * 1_000_000_000),
         "pids_limit": PIDS_LIMIT,
     }
-    if user is None:
-        options["cap_add"] = list(ROOT_CAPABILITIES)
-    else:
+    # No capability comes back unless the administrator granted it to this module (root's
+    # few with requires_root and CADUCEUS_PROCESSOR_ALLOW_ROOT, others in `capabilities`).
+    added = module_capabilities(module, root=user is None)
+    if added:
+        options["cap_add"] = added
+    if user is not None:
         options["user"] = f"{user[0]}:{user[1]}"
         if user == UNPRIVILEGED and os.getuid() == 0:
             # Received files are readable by their owner and group only; a module running as

@@ -33,18 +33,17 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from caduceus.processor.runners.base import ModuleRun, RunnerError, RunOutcome
+from caduceus.processor.runners.base import UNPRIVILEGED, ModuleRun, RunnerError, RunOutcome
 from caduceus.processor.runners.container import (
     IN_PATH,
     MODULE_LABEL,
     OUT_PATH,
     PERSISTENT_PATH,
-    ROOT_CAPABILITIES,
     TASK_LABEL,
-    UNPRIVILEGED,
     _hand_over_folders,
     container_environment,
     extra_volume,
+    module_capabilities,
     module_user,
 )
 
@@ -153,9 +152,11 @@ def _security(job: ModuleRun, options: JobOptions) -> tuple[dict[str, Any], dict
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
     }
+    added = module_capabilities(job.module, root=user is None)
+    if added:
+        container["capabilities"]["add"] = added
     if user is None:
         pod["runAsNonRoot"] = False
-        container["capabilities"]["add"] = list(ROOT_CAPABILITIES)
     else:
         pod.update(runAsNonRoot=True, runAsUser=user[0], runAsGroup=user[1])
         if user == UNPRIVILEGED and os.getuid() == 0:

@@ -16,6 +16,16 @@ private /dev, /proc and /tmp, its input folder read-only, its output folder (and
 folder) writable, files named by absolute path in its command and the administrator's extra
 read-only paths; nothing else of the host, in particular not the data root with the other tasks
 and the database. No network unless the module asks for it, no capabilities, new namespaces.
+
+The module never runs as the host's root. bwrap started by root would map the sandbox's uid to
+root, and root writes /proc/sys whatever the capabilities say. So a processor running as root
+builds the sandbox in two stages: bwrap, as root, mounts the module's view (it alone can reach
+the task folders in a data root that only root may enter), then setpriv becomes nobody and a
+second, unprivileged bwrap puts the module in a user namespace of its own where only nobody's
+uid is mapped. A processor running as an ordinary user needs one stage: its bwrap makes the
+user namespace itself, and the module runs as that user. Either way /proc/sys is read-only,
+/sys is not there, and the module runs under a seccomp filter (seccomp.py) that refuses mount,
+ptrace, keyctl, bpf, new user namespaces and the like.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -37,12 +48,14 @@ from pathlib import Path
 from caduceus.core.config.models import Module
 from caduceus.processor.runners.base import (
     CANCEL_POLL_SECONDS,
+    UNPRIVILEGED,
     ModuleRun,
     Runner,
     RunnerError,
     RunOutcome,
     folder_environment,
 )
+from caduceus.processor.runners.seccomp import filter_fd
 
 log = logging.getLogger("caduceus.processor")
 
@@ -139,22 +152,38 @@ class SandboxRunner:
         )
         program = _find_program(job, env["PATH"])
         command = [program, *job.module.command[1:]]
+        as_root = os.geteuid() == 0
+        setpriv = shutil.which("setpriv") if as_root else None
+        if as_root and setpriv is None:
+            raise RunnerError(
+                "setpriv (util-linux) is not installed: a processor running as root needs it "
+                "to run sandboxed modules as nobody"
+            )
+        tools = [bwrap, setpriv] if setpriv else []
+        visible = self._visible_paths(job, [*command, *tools])
+        seccomp = filter_fd()
         status_read, status_write = os.pipe()
         try:
-            argv = [
-                bwrap,
-                *_sandbox_options(job, self._visible_paths(job, command)),
-                "--json-status-fd",
-                str(status_write),
+            fds = [str(seccomp), str(status_write)]
+            if setpriv:
+                _hand_over(job)
+                inner = _module_stage(bwrap, setpriv, job, *fds)
+                argv = [bwrap, *_sandbox_options(job, visible, as_root=True), *inner]
+            else:
+                argv = [bwrap, *_sandbox_options(job, visible, as_root=False)]
+                argv += ["--seccomp", fds[0], "--json-status-fd", fds[1]]
+            argv += [
                 "--clearenv",
                 *[arg for name, value in env.items() for arg in ("--setenv", name, value)],
                 "--",
                 *command,
             ]
-            done = _run_process(argv, None, job, grace=self._grace, pass_fds=(status_write,))
+            done = _run_process(
+                argv, None, job, grace=self._grace, pass_fds=(seccomp, status_write)
+            )
             status = _read_status(status_read)
         finally:
-            for fd in (status_read, status_write):
+            for fd in (seccomp, status_read, status_write):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         stopped = done.timed_out or done.cancelled
@@ -271,11 +300,75 @@ def _under_system(path: Path) -> bool:
     return any(path.is_relative_to(root) for root in ("/usr", "/etc", "/proc", "/dev"))
 
 
-def _sandbox_options(job: ModuleRun, readonly: Sequence[Path]) -> list[str]:
-    options = ["--unshare-all"]
-    if job.module.network:
-        options.append("--share-net")
-    options += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+def _module_stage(bwrap: str, setpriv: str, job: ModuleRun, seccomp: str, status: str) -> list[str]:
+    """The second stage under a root processor: inside the sandbox root built, become nobody
+    (keeping the processor's group, which may read the received files), then enter a user
+    namespace of nobody's own under the seccomp filter. The environment options that follow
+    go to this inner bwrap."""
+    uid, gid = UNPRIVILEGED
+    return [
+        "--",
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        f"--groups={os.getgid()}",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        "--",
+        bwrap,
+        "--unshare-user",
+        "--uid",
+        str(uid),
+        "--gid",
+        str(gid),
+        "--bind",
+        "/",
+        "/",
+        "--die-with-parent",
+        "--seccomp",
+        seccomp,
+        "--json-status-fd",
+        status,
+        "--chdir",
+        str(job.out_dir),
+    ]
+
+
+def _hand_over(job: ModuleRun) -> None:
+    """A root processor gives the writable folders to nobody, and lets its group (which the
+    module keeps) read the input, whatever the umask was when the pipeline made it."""
+    uid, gid = UNPRIVILEGED
+    own = os.getuid()
+    os.chown(job.out_dir, uid, gid)
+    if job.module.persistence and job.persistence_dir is not None:
+        # State kept by runs from before modules ran as nobody belongs to root: hand it over.
+        for dirpath, dirs, names in os.walk(job.persistence_dir):
+            for path in [Path(dirpath), *[Path(dirpath, name) for name in dirs + names]]:
+                if path.lstat().st_uid == own:
+                    os.lchown(path, uid, gid)
+    for dirpath, _dirs, names in os.walk(job.in_dir):
+        entries = [(Path(dirpath), 0o050), *[(Path(dirpath, name), 0o040) for name in names]]
+        for path, wanted in entries:
+            info = path.lstat()
+            mine = info.st_uid == own and not stat.S_ISLNK(info.st_mode)
+            if mine and info.st_mode & wanted != wanted:
+                os.chmod(path, stat.S_IMODE(info.st_mode) | wanted)
+
+
+def _sandbox_options(job: ModuleRun, readonly: Sequence[Path], *, as_root: bool) -> list[str]:
+    if as_root:
+        # No user namespace at this stage: one made by root maps only root, and the second
+        # stage could not become nobody. setpriv gets the two capabilities it needs for that.
+        options = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        if not job.module.network:
+            options.append("--unshare-net")
+        options += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        options = ["--unshare-all", "--unshare-user"]
+        if job.module.network:
+            options.append("--share-net")
+        options += ["--cap-drop", "ALL"]
+    options += ["--die-with-parent", "--new-session"]
     options += ["--ro-bind", "/usr", "/usr"]
     for name in _SYSTEM_LINKS:
         top = Path("/", name)
@@ -288,13 +381,23 @@ def _sandbox_options(job: ModuleRun, readonly: Sequence[Path]) -> list[str]:
         path = Path("/etc", name)
         if path.exists():
             options += ["--ro-bind", str(path), str(path)]
-    options += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
-    for path in readonly:
-        options += ["--ro-bind", str(path), str(path)]
-    options += ["--ro-bind", str(job.in_dir), str(job.in_dir)]
+    # The kernel's settings are read-only (a new procfs would let the host's root write them).
+    options += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+    options += ["--tmpfs", SANDBOX_TMP]
+    binds: list[tuple[str, Path]] = [("--ro-bind", path) for path in readonly]
+    binds.append(("--ro-bind", job.in_dir))
     if job.module.persistence and job.persistence_dir is not None:
-        options += ["--bind", str(job.persistence_dir), str(job.persistence_dir)]
-    options += ["--bind", str(job.out_dir), str(job.out_dir)]
+        binds.append(("--bind", job.persistence_dir))
+    binds.append(("--bind", job.out_dir))
+    made: set[Path] = set()
+    for how, path in binds:
+        # bwrap would make the folders above a mount point with the mode of the host's (0700
+        # for a private data root), which nobody could not pass through.
+        for parent in reversed(path.parents[:-1]):
+            if parent not in made:
+                made.add(parent)
+                options += ["--perms", "0755", "--dir", str(parent)]
+        options += [how, str(path), str(path)]
     # The sandbox's own root (where bwrap made the mount points) is not writable either.
     options += ["--remount-ro", "/", "--chdir", str(job.out_dir)]
     return options

@@ -23,6 +23,8 @@ HELP = {
     "environment": 'environment variables, e.g. {"MODEL": "small"}',
     "network": "let the module reach the network",
     "requires_root": "run as root in the container (only where the processor allows it)",
+    "capabilities": "Linux capabilities granted to the container, e.g. NET_BIND_SERVICE "
+    "(a short list; never SYS_ADMIN or SYS_PTRACE)",
     "persistence": "keep a folder from one run to the next (persistence/<module>)",
     "memory_mb": "memory limit in megabytes",
     "cpus": "CPU limit (1.5: one and a half cores)",
@@ -38,7 +40,16 @@ GROUPS = (
     ("Settings", ("settings", "environment")),
     (
         "Limits",
-        ("memory_mb", "cpus", "timeout_seconds", "network", "gpu", "requires_root", "volumes"),
+        (
+            "memory_mb",
+            "cpus",
+            "timeout_seconds",
+            "network",
+            "gpu",
+            "requires_root",
+            "capabilities",
+            "volumes",
+        ),
     ),
     ("More", ("persistence", "comment")),
 )
