@@ -9,8 +9,9 @@ import pytest
 from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, PersonName
 
-from caduceus.core.rules import Rule, RuleError, parse_rule
+from caduceus.core.rules import Budget, EvaluationError, Rule, RuleError, parse_rule
 from caduceus.core.rules.parser import MAX_DEPTH, MAX_NODES, MAX_RULE_LENGTH
+from caduceus.core.settings import Settings
 
 CT_HEAD = {
     "Modality": "CT",
@@ -202,7 +203,10 @@ def test_parse_error_at_the_end() -> None:
         ("@Modality Foo@", 0, "not a DICOM keyword"),
         ("@Modality@ == 'abc", 14, "unterminated"),
         ("contains(@Modality@, 'x') and x", 30, "unknown name 'x'"),
-        ("match(@SeriesDescription@, '^(T1')", 27, "regular expression"),
+        ("match(@SeriesDescription@, '^(T1')", 29, "regular expression"),  # at the '('
+        ("match(@SeriesDescription@, 'T1(?!x)')", 30, "negative lookahead"),
+        ("match(@SeriesDescription@, r'(a)\\1')", 32, "backreferences"),
+        ("match(@SeriesDescription@, '(a)\\\\1')", 27, "backreferences"),  # escaped: the literal
         ("lower(@Modality@, 'x')", 0, "lower() takes 1 argument"),
         ("@Modality@ is None", 0, "compare"),
         ("@Modality@[1:]", 0, "slices"),
@@ -265,11 +269,15 @@ def test_multi_line_error_reports_line_and_column() -> None:
         "...",
         "import os",
         "@Modality@ == 'CT'; 1",
-        "match(@Modality@, '(a+)+$')",
-        "match(@Modality@, '(a|ab)*c')",
-        "match(@Modality@, '.*a.*b.*c')",
         r"match(@Modality@, '(.*)\\1')",
+        "match(@Modality@, '(?P<x>a)(?P=x)')",
+        "match(@Modality@, '(?<=a)b')",
+        "match(@Modality@, '(?>a+)b')",
+        "match(@Modality@, 'a++b')",
+        "match(@Modality@, '(?(1)a|b)')",
         "match(@Modality@, '" + "a" * 300 + "')",
+        "match(@Modality@, '[a-z]{1,999}')",  # compiles too large: work = text x program
+        "match(@Modality@, 'a{1001}')",
     ],
 )
 def test_escapes_and_unbounded_constructs_are_refused_at_parse_time(text: str) -> None:
@@ -327,3 +335,131 @@ def test_rules_compare_by_text() -> None:
     assert parse_rule("True") == parse_rule("True")
     assert len({parse_rule("True"), parse_rule("True"), parse_rule("False")}) == 2
     assert repr(parse_rule("True")) == "Rule('True')"
+
+
+# -- bounded time: regular expressions in linear time, and a budget for the whole rule ---------
+
+# Patterns that make a backtracking matcher (Python's re) take exponential or high-polynomial
+# time: the issue's own, nested and overlapping repeats, a long alternation, and ones that make
+# RE2's cached automaton thrash (DFA states explode, so it falls back to its slower NFA).
+WORST_PATTERNS = [
+    "a*.?a*.?.?.?.?.?z",
+    "(a+)+$",
+    "(a|aa)*b",
+    "((a*)*)*b",
+    "(x+x+)+y",
+    "(a|a?)+$b",
+    "(?:(?:a|b|c|d|e|f){1,40}){1,20}z",
+    "|".join(f"a{i}" for i in range(35)) + "|(a|ab)*c",
+    "(?i)(?:[ab]{1,100}a[ab]{10}){1,8}z",
+    "(?:[ab]*a[ab]{12}){1,20}c",
+]
+
+
+def _random_ab(length: int) -> str:
+    import random
+
+    generator = random.Random(1)
+    return "".join(generator.choice("ab") for _ in range(length))
+
+
+@pytest.mark.parametrize("pattern", WORST_PATTERNS)
+def test_worst_patterns_answer_within_the_bound(pattern: str) -> None:
+    rule = parse_rule(f"match(@StudyDescription@, {pattern!r})")
+    longest = Budget().match_chars
+    for text in ["a" * longest, "ab" * (longest // 2), _random_ab(longest), "a" * 100_000]:
+        started, cpu = time.monotonic(), time.process_time()
+        answer = rule.evaluate({"StudyDescription": text})
+        # The requirement itself: the answer comes within the bound (margins for a busy CI).
+        assert time.process_time() - cpu < 2, (pattern, len(text))
+        assert time.monotonic() - started < 10, (pattern, len(text))
+        # Texts beyond the longest that match() searches do not match; the others are searched.
+        if len(text) > longest:
+            assert answer is False
+    # Linear time must not change the answers: the same as Python's re where it is quick.
+    for short in ["aaaa", "aab", "xxy", "ababc", "a5", "", "aaaaaz"]:
+        expected = re.search(pattern, short) is not None
+        assert rule.evaluate({"StudyDescription": short}) is expected, (pattern, short)
+
+
+def test_a_rule_of_many_costly_searches_is_stopped_by_its_cpu_budget() -> None:
+    # A thousand searches that each take RE2 tens of milliseconds: far beyond any budget.
+    hostile = "match([@StudyDescription@ * 2] * 1000, '(?i)(?:[ab]{1,100}a[ab]{10}){1,8}z')"
+    rule = parse_rule(hostile)
+    tags = {"StudyDescription": _random_ab(Budget().match_chars // 2)}
+    for budget in [Budget(), Budget(cpu_seconds=0.05)]:
+        cpu = time.process_time()
+        with pytest.raises(EvaluationError, match=r"CPU time.*CADUCEUS_RULES_CPU_SECONDS"):
+            rule.evaluate(tags, budget)
+        assert time.process_time() - cpu < 2  # the budget, plus at most one search
+    with pytest.raises(EvaluationError):
+        rule.explain(tags, Budget(cpu_seconds=0.05))
+
+
+def test_many_values_of_a_tag_are_stopped_by_the_step_budget() -> None:
+    rule = parse_rule("contains(@ImageType@, 'x') or match(@ImageType@, 'y')")
+    assert rule.evaluate({"ImageType": ["a"] * 1_000}) is False
+    cpu = time.process_time()
+    with pytest.raises(EvaluationError, match=r"10000 steps.*CADUCEUS_RULES_MAX_STEPS"):
+        rule.evaluate({"ImageType": ["a"] * 1_000_000})
+    assert time.process_time() - cpu < 2
+    with pytest.raises(EvaluationError, match="100 steps"):
+        rule.evaluate({"ImageType": ["a"] * 60}, Budget(steps=100))
+
+
+def test_the_longest_text_match_searches_is_a_setting() -> None:
+    rule = parse_rule("match(@StudyDescription@, 'x$')")
+    assert rule.evaluate({"StudyDescription": "a" * 9_999 + "x"}) is True
+    assert rule.evaluate({"StudyDescription": "a" * 10_000 + "x"}) is False
+    assert rule.evaluate({"StudyDescription": "a" * 100 + "x"}, Budget(match_chars=100)) is False
+
+
+def test_the_budget_defaults_are_the_settings_defaults() -> None:
+    fields = Settings.model_fields
+    assert Budget() == Budget(
+        cpu_seconds=fields["rules_cpu_seconds"].default,
+        steps=fields["rules_max_steps"].default,
+        match_chars=fields["rules_match_max_chars"].default,
+    )
+    assert Budget.of(Settings(rules_cpu_seconds=2, rules_max_steps=500)) == Budget(
+        cpu_seconds=2, steps=500, match_chars=fields["rules_match_max_chars"].default
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "texts"),
+    [
+        # Spellings RE2 reads differently from Python are translated to Python's meaning.
+        ("^a{,2}$", ["", "aa", "aaa", "a{,2}"]),
+        ("^a{,}b", ["b", "aaab", "a{,}b"]),
+        (r"T1\Z", ["T1", "T1x"]),
+        (r"[\1]", ["\x01", "1"]),
+        (r"\101", ["A", "101"]),
+        (r"[\b]", ["\b", "b"]),
+        (r"\u00e9", ["é", "e"]),
+        (r"\N{LATIN SMALL LETTER E WITH ACUTE}", ["é", "e"]),
+        (r"^\d{4}-\d{2}-\d{2}$", ["2026-01-31", "2026-1-31"]),
+        ("(?i)^(ax|sag|cor)_t[12]_?(fs)?", ["SAG_T1FS", "tra_t1"]),
+        (r"x{a}+", ["x{a}}", "xa"]),
+        (r"\++", ["+", "a"]),
+        (r"M\üller", ["Müller", "Muller"]),
+    ],
+)
+def test_translated_patterns_mean_what_they_mean_in_python(pattern: str, texts: list[str]) -> None:
+    rule = parse_rule(f"match(@StudyDescription@, {pattern!r})")
+    for text in texts:
+        expected = re.search(pattern, text) is not None
+        assert rule.evaluate({"StudyDescription": text}) is expected, (pattern, text)
+
+
+def test_the_issues_rule_is_quick() -> None:
+    """The rule that took 45 s of CPU in the web (three such searches of 512 characters)."""
+    pattern = "a*.?a*.?.?.?.?.?z"
+    rule = parse_rule(
+        " or ".join(f"match(@{k}@, {pattern!r})" for k in ("StudyDescription", "PatientName"))
+        + f" or match(@SeriesDescription@, {pattern!r})"
+    )
+    tags = {k: "a" * 512 for k in ("StudyDescription", "PatientName", "SeriesDescription")}
+    cpu = time.process_time()
+    assert rule.evaluate(tags) is False
+    assert time.process_time() - cpu < 2

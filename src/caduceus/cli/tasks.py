@@ -81,8 +81,11 @@ def rules_test_command(
     expression: Annotated[str, typer.Argument(help="A rule, e.g. \"@Modality@ == 'CT'\".")],
     source: Annotated[str, typer.Argument(help="A DICOM file, or a SeriesInstanceUID received.")],
 ) -> None:
-    """Evaluate a rule on a file's or a received series' tags; show the values it used."""
-    from caduceus.core.rules import RuleError, parse_rule
+    """Evaluate a rule on a file's or a received series' tags; show the values it used.
+
+    Exit status: 0 true, 3 false, 2 invalid rule, 4 stopped by the rules' budget, 1 no tags."""
+    from caduceus.cli.main import _settings
+    from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
     from caduceus.router.tags import UnreadableSeries, read_tags
 
     try:
@@ -101,7 +104,11 @@ def rules_test_command(
     except UnreadableSeries as exc:
         console.print(f"[red]cannot read tags:[/red] {exc}")
         raise typer.Exit(1) from exc
-    result, used = rule.explain(tags)
+    try:
+        result, used = rule.explain(tags, Budget.of(_settings()))
+    except EvaluationError as exc:
+        console.print(f"[red]the rule could not be evaluated:[/red] {exc}", highlight=False)
+        raise typer.Exit(4) from exc
     for keyword, value in sorted(used.items()):
         console.print(f"  {keyword} = {value!r}", highlight=False, markup=False)
     console.print(f"result: {result}", highlight=False)

@@ -74,6 +74,34 @@ class Settings(BaseSettings):
         description="A dispatcher holds a task this long unless it renews; when it dies, "
         "another one takes the task over after this time.",
     )
+    rules_cpu_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="CPU time one evaluation of a rule may take (router, web test, command "
+        "line); a rule that needs more is an evaluation error, not a match.",
+    )
+    rules_max_steps: int = Field(
+        default=10_000,
+        ge=100,
+        le=10_000_000,
+        description="Steps one evaluation of a rule may take: each part of the rule, each "
+        "value of a multi-valued tag gone through; beyond it, an evaluation error.",
+    )
+    rules_match_max_chars: int = Field(
+        default=10_000,
+        ge=64,
+        le=100_000,
+        description="Longest text match() searches (the router reads texts up to 4,096 "
+        "characters); a longer one does not match.",
+    )
+    web_rule_tests_parallel: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Rule tests (POST /api/rules/test) the web evaluates at once, off its "
+        "event loop; as many more may wait, further ones get 429.",
+    )
     processor_docker_url: str = Field(
         default="",
         description="Docker Engine API of the container engine (Docker or Podman), e.g. "

@@ -28,9 +28,10 @@ from caduceus.core.db.models import (
 from caduceus.core.db.upsert import insert_or_update
 from caduceus.core.events import record_event
 from caduceus.core.logs import log_context, phi
+from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
-from caduceus.router.rules import compiled, match
+from caduceus.router.rules import match, matches_any
 from caduceus.router.tags import UnreadableSeries, read_tags
 from caduceus.router.taskmaker import Group, MissingFile, NoSpace, make_task
 
@@ -49,9 +50,10 @@ class PassResult:
 
 
 class Router:
-    def __init__(self, engine: Engine, root: DataRoot):
+    def __init__(self, engine: Engine, root: DataRoot, budget: Budget | None = None):
         self.engine = engine
         self.root = root
+        self.budget = budget or Budget()  # per evaluation of a rule
         self._trigger_tags: dict[int, dict[str, Any]] = {}
         self._no_space = False  # the last pass stopped on a full data root
 
@@ -157,7 +159,8 @@ class Router:
             self._trigger_tags[series_id] = tags
         overrides = [
             trigger
-            for names in match(config, tags).by_level.values()
+            # A rule without an answer here is reported when the series completes.
+            for names in match(config, tags, self.budget).by_level.values()
             for name in names
             if (trigger := config.rules[name].series_complete_trigger) is not None
         ]
@@ -317,12 +320,14 @@ class Router:
         series_id: int,
         now: datetime,
     ) -> list[str]:
-        matches = match(config, tags)
+        matches = match(config, tags, self.budget)
+        rule_errors(conn, matches.errors, "series", series_id=series_id)
         if not matches.any:
+            unanswered = f" ({', '.join(map(repr, matches.errors))} could not be evaluated)"
             record_event(
                 conn,
                 "series.discarded",
-                "no rule matched",
+                "no rule matched" + (unanswered if matches.errors else ""),
                 series_id=series_id,
                 details={"generation": group.generation, "instances": len(group.instances)},
             )
@@ -451,9 +456,10 @@ class Router:
             )
             descriptions = [s.series_description for s in series_rows]
             matched = []
+            errors: dict[str, str] = {}
             for name in self._study_rules(config):
                 rule = config.rules[name]
-                if not any(compiled(rule.rule).evaluate(t) for t in tags_per_series):
+                if not matches_any(config, name, tags_per_series, self.budget, errors):
                     continue
                 if rule.study_trigger_condition == "received_series" and not series_condition_met(
                     parse_series_condition(rule.required_series), descriptions
@@ -486,6 +492,7 @@ class Router:
                     "complete_force": forced,
                 }
                 result.tasks += self._tasks(conn, config, group, matched, matched, now)
+            rule_errors(conn, errors, "study", study_id=study_id)
             record_event(
                 conn,
                 "study.complete",
@@ -578,10 +585,9 @@ class Router:
                     STUDIES.c.patient_id == patient_id
                 )
             ).scalar()
+            errors: dict[str, str] = {}
             matched = [
-                n
-                for n in rules
-                if any(compiled(config.rules[n].rule).evaluate(t) for t in tags_per_series)
+                n for n in rules if matches_any(config, n, tags_per_series, self.budget, errors)
             ]
             # Claimed first, and the task folders made only then: if a study of the patient
             # completed meanwhile (another router), this generation's key must not get a task
@@ -598,6 +604,7 @@ class Router:
             ).rowcount
             if not changed:
                 return
+            rule_errors(conn, errors, "patient")  # the patient ID is PHI: not in the event
             if instances and matched:
                 group = Group(
                     level="patient",
@@ -608,6 +615,20 @@ class Router:
                 )
                 result.tasks += self._tasks(conn, config, group, matched, matched, now)
         result.completed.append(f"patient:{patient_id}")
+
+
+def rule_errors(conn: Connection, errors: dict[str, str], level: str, **refs: int) -> None:
+    """An event for each rule that had no answer: it counted as not matching this group."""
+    for name, error in errors.items():
+        log.warning("rule %r could not be evaluated for a %s: %s", name, level, error)
+        record_event(
+            conn,
+            "rule.error",
+            f"rule {name!r} could not be evaluated and counted as not matching: {error}",
+            severity="error",
+            details={"rule": name, "level": level},
+            **refs,
+        )
 
 
 __all__ = ["PassResult", "Router"]

@@ -1,15 +1,21 @@
-"""Which configured rules match a set of tags, with rule parsing done once per rule text."""
+"""Which configured rules match a set of tags, with rule parsing done once per rule text.
+
+A rule that goes beyond its budget (core/rules/budget.py) has no answer. It counts as not
+matching, as a rule whose data cannot be used does, and is reported in Matches.errors so the
+router records it as an event on the group: the series is handled by the other rules (a
+fallback rule included) or discarded with the reason, never dropped unseen.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from caduceus.core.config.models import Config
+from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
 from caduceus.core.rules import Rule as Expression
-from caduceus.core.rules import parse_rule
 
 
 @lru_cache(maxsize=1024)
@@ -21,20 +27,46 @@ def compiled(text: str) -> Expression:
 class Matches:
     by_level: dict[str, list[str]]  # level -> names of matching rules, config order
     fallback: bool  # the matches are fallback rules (no other rule matched)
+    errors: dict[str, str] = field(default_factory=dict)  # rule name -> why it has no answer
 
     @property
     def any(self) -> bool:
         return any(self.by_level.values())
 
 
-def match(config: Config, tags: Mapping[str, Any]) -> Matches:
+def match(config: Config, tags: Mapping[str, Any], budget: Budget) -> Matches:
     """Enabled rules that match; fallback rules only when no other rule does."""
     regular: dict[str, list[str]] = {"series": [], "study": [], "patient": []}
     fallback: dict[str, list[str]] = {"series": [], "study": [], "patient": []}
+    errors: dict[str, str] = {}
     for name, rule in config.rules.items():
-        if rule.disabled or not compiled(rule.rule).evaluate(tags):
+        if rule.disabled or not matches_any(config, name, [tags], budget, errors):
             continue
         (fallback if rule.fallback else regular)[rule.trigger].append(name)
     if any(regular.values()):
-        return Matches(regular, False)
-    return Matches(fallback, True)
+        return Matches(regular, False, errors)
+    return Matches(fallback, True, errors)
+
+
+def matches_any(
+    config: Config,
+    name: str,
+    tags_per_series: Iterable[Mapping[str, Any]],
+    budget: Budget,
+    errors: dict[str, str],
+) -> bool:
+    """Whether the rule matches any of the series' tags; an evaluation error (kept in errors,
+    the first one per rule) counts as no match for that series, and so does a rule that no
+    longer parses."""
+    try:
+        expression = compiled(config.rules[name].rule)
+    except RuleError as exc:  # stored by an earlier release that accepted it
+        errors.setdefault(name, f"the rule is no longer valid: {exc}")
+        return False
+    for tags in tags_per_series:
+        try:
+            if expression.evaluate(tags, budget):
+                return True
+        except EvaluationError as exc:
+            errors.setdefault(name, str(exc))
+    return False

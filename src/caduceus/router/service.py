@@ -14,6 +14,7 @@ from caduceus.core.config import store
 from caduceus.core.database import open_database
 from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.logs import log_context, phi
+from caduceus.core.rules import Budget
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
@@ -29,7 +30,7 @@ def serve(settings: Settings) -> None:
     engine = open_database(settings)
     root = DataRoot(settings.home)
     root.create()
-    router = Router(engine, root)
+    router = Router(engine, root, Budget.of(settings))
     log.info("router started")
     while not stopping.is_set():
         config = store.current_or_default(engine)

@@ -21,6 +21,7 @@ from caduceus.core.config import store
 from caduceus.core.db.models import TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.events import record_event
+from caduceus.core.rules import Budget
 from caduceus.core.settings import Settings
 from caduceus.router.rules import match
 from caduceus.router.tags import read_tags
@@ -118,9 +119,10 @@ class SelfTest:
         self.configured = True
         message = f"rule and folder target {self.temporary.name} added (version {version})"
         config = store.current_or_default(self.reader)
+        matches = match(config, read_tags(paths[0]), Budget.of(self.settings))
         others = [
             name
-            for names in match(config, read_tags(paths[0])).by_level.values()
+            for names in matches.by_level.values()
             for name in names
             if name != self.temporary.name
         ]

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import Engine, insert, select
 
-from caduceus.core.config.models import MASK, Config
+from caduceus.core.config.models import MASK, STORED, Config
 from caduceus.core.db.models import CONFIG_VERSIONS
 from caduceus.core.events import record_event
 
@@ -26,7 +26,7 @@ def current(engine: Engine) -> tuple[int, Config] | None:
             .order_by(CONFIG_VERSIONS.c.id.desc())
             .limit(1)
         ).first()
-    return (int(row.id), Config.model_validate(row.content)) if row else None
+    return (int(row.id), Config.model_validate(row.content, context=STORED)) if row else None
 
 
 def current_or_default(engine: Engine) -> Config:
@@ -41,7 +41,7 @@ def get(engine: Engine, version: int) -> Config:
         ).scalar()
     if content is None:
         raise LookupError(f"there is no configuration version {version}")
-    return Config.model_validate(content)
+    return Config.model_validate(content, context=STORED)
 
 
 # Where a target sends to, and how it makes sure it is talking to that place: a masked secret
@@ -139,7 +139,7 @@ def edit(
             .order_by(CONFIG_VERSIONS.c.id.desc())
             .limit(1)
         ).first()
-        previous = Config.model_validate(row.content) if row is not None else None
+        previous = Config.model_validate(row.content, context=STORED) if row is not None else None
         content = content_of(keep_secrets(change(previous), previous))
         if row is not None and row.content == content:
             return int(row.id), False

@@ -3,27 +3,27 @@
 The evaluator walks the tree that the parser checked; it never compiles or executes code. Tag
 values are first turned into plain str, int, float and list objects, so that no user-defined
 method (a pydicom value's __eq__, say) can run while a rule is evaluated, and every operation
-that can make values larger is bounded before it allocates anything.
+that can make values larger is bounded before it allocates anything. A Budget bounds the whole
+evaluation: its steps (each part of the rule, each value of a tag gone through) and its CPU
+time; beyond it, evaluate() raises EvaluationError instead of answering.
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from caduceus.core.rules.parser import FUNCTIONS, METHODS, parse, pattern_problem
+from caduceus.core.rules.budget import Budget, Meter
+from caduceus.core.rules.parser import FUNCTIONS, METHODS, parse
+from caduceus.core.rules.patterns import PatternError, compile_pattern
 
 MAX_TEXT = 100_000  # characters in a string built by + * or replace()
 MAX_ITEMS = 10_000  # items in a list built by + or *
 MAX_INT_BITS = 4_096  # about 1,200 digits: far beyond any DICOM number
 MAX_NUMBER_TEXT = 100  # characters given to int() or float()
-# Longer than any value of DICOM's name, code and short-text types (LO and PN hold 64
-# characters, CS 16). The regular expressions pattern_problem() allows search 512 characters
-# in under half a second at worst; longer texts (LT, UT) make match() False.
-MAX_MATCH_VALUE = 512
+DEFAULT_BUDGET = Budget()
 
 
 class _MissingTag(Exception):
@@ -42,7 +42,7 @@ _DATA_ERRORS = (
     TypeError,
     ArithmeticError,
     LookupError,
-    re.error,
+    PatternError,
     RecursionError,
 )
 
@@ -78,16 +78,26 @@ class Rule:
         self._keyword_order = parsed.keywords
         self._tree = parsed.tree
 
-    def evaluate(self, tags: Mapping[str, object]) -> bool:
-        """Whether the series matches; missing tags and unusable values make it False."""
+    def evaluate(self, tags: Mapping[str, object], budget: Budget = DEFAULT_BUDGET) -> bool:
+        """Whether the series matches; missing tags and unusable values make it False.
+
+        Raises EvaluationError when the rule goes beyond its budget: it has no answer then.
+        """
+        return self._evaluate(_Run(tags, budget))
+
+    def explain(
+        self, tags: Mapping[str, object], budget: Budget = DEFAULT_BUDGET
+    ) -> tuple[bool, dict[str, object]]:
+        """The result and the value of every tag the rule reads (None when missing)."""
+        run = _Run(tags, budget)
+        result = self._evaluate(run)
+        return result, {kw: run.tag(kw, missing_ok=True) for kw in self._keyword_order}
+
+    def _evaluate(self, run: _Run) -> bool:
         try:
-            return bool(_value(self._tree, tags))
+            return bool(_value(self._tree, run))
         except _DATA_ERRORS:
             return False
-
-    def explain(self, tags: Mapping[str, object]) -> tuple[bool, dict[str, object]]:
-        """The result and the value of every tag the rule reads (None when missing)."""
-        return self.evaluate(tags), {kw: _plain(tags.get(kw)) for kw in self._keyword_order}
 
     def __repr__(self) -> str:
         return f"Rule({self.text!r})"
@@ -102,6 +112,26 @@ class Rule:
 def parse_rule(text: str) -> Rule:
     """A checked rule, or RuleError with the position of the problem in text."""
     return Rule(text)
+
+
+class _Run:
+    """One evaluation: the tags it reads and what it has cost so far."""
+
+    __slots__ = ("budget", "meter", "tags")
+
+    def __init__(self, tags: Mapping[str, object], budget: Budget) -> None:
+        self.tags = tags
+        self.budget = budget
+        self.meter = Meter(budget)
+
+    def tag(self, keyword: str, *, missing_ok: bool = False) -> object:
+        value = self.tags.get(keyword)
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
+            self.meter.step(len(value))  # each value of a multi-valued tag is converted
+        plain = _plain(value)
+        if plain is None and not missing_ok:
+            raise _MissingTag(keyword)
+        return plain
 
 
 def _plain(value: object, *, item: bool = False) -> object:
@@ -123,55 +153,55 @@ def _plain(value: object, *, item: bool = False) -> object:
     return str(value)
 
 
-def _value(node: ast.expr, tags: Mapping[str, object]) -> object:
+def _value(node: ast.expr, run: _Run) -> object:
+    run.meter.step()
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Attribute):  # the checker allows only tags.Keyword here
-        value = _plain(tags.get(node.attr))
-        if value is None:
-            raise _MissingTag(node.attr)
-        return value
+        return run.tag(node.attr)
     if isinstance(node, ast.BoolOp):
         # Python's semantics: the first operand that decides, so unread tags do not matter.
         stop_when = isinstance(node.op, ast.Or)
         result: object = None
         for operand in node.values:
-            result = _value(operand, tags)
+            result = _value(operand, run)
             if bool(result) is stop_when:
                 break
         return result
     if isinstance(node, ast.UnaryOp):
-        return _UNARY[type(node.op)](_value(node.operand, tags))
+        return _UNARY[type(node.op)](_value(node.operand, run))
     if isinstance(node, ast.BinOp):
-        return _arithmetic(node.op, _value(node.left, tags), _value(node.right, tags))
+        return _arithmetic(node.op, _value(node.left, run), _value(node.right, run))
     if isinstance(node, ast.Compare):
-        left = _value(node.left, tags)
+        left = _value(node.left, run)
         for op, comparator in zip(node.ops, node.comparators, strict=True):
-            right = _value(comparator, tags)
+            right = _value(comparator, run)
             if not _COMPARE[type(op)](left, right):
                 return False
             left = right
         return True
     if isinstance(node, ast.Call):
-        return _call(node, tags)
+        return _call(node, run)
     if isinstance(node, ast.List):
-        return [_value(item, tags) for item in node.elts]
+        return [_value(item, run) for item in node.elts]
     if isinstance(node, ast.Tuple):
-        return tuple(_value(item, tags) for item in node.elts)
+        return tuple(_value(item, run) for item in node.elts)
     if isinstance(node, ast.Subscript):
-        container, index = _value(node.value, tags), _value(node.slice, tags)
+        container, index = _value(node.value, run), _value(node.slice, run)
         if not isinstance(container, str | list | tuple) or type(index) is not int:
             raise _DataError("only a text or list can be indexed, and only by an integer")
         return container[index]
     raise AssertionError(f"the checker let through {type(node).__name__}")
 
 
-def _call(node: ast.Call, tags: Mapping[str, object]) -> object:
-    args = [_value(arg, tags) for arg in node.args]
+def _call(node: ast.Call, run: _Run) -> object:
+    args = [_value(arg, run) for arg in node.args]
     if isinstance(node.func, ast.Name):
+        if node.func.id in _SEARCHES:
+            return _SEARCHES[node.func.id](run, *args)
         return _FUNCTIONS[node.func.id](*args)
     assert isinstance(node.func, ast.Attribute)
-    receiver = _value(node.func.value, tags)
+    receiver = _value(node.func.value, run)
     if not isinstance(receiver, str):
         raise _DataError(f".{node.func.attr}() needs a text")
     return _METHODS[node.func.attr](receiver, *args)
@@ -272,28 +302,47 @@ def _str(value: object) -> str:
     return str(value)
 
 
-def _contains(haystack: object, needle: object) -> bool:
+def _contains(run: _Run, haystack: object, needle: object) -> bool:
     wanted = _text(needle, "contains()").lower()
-    return any(wanted in text.lower() for text in _texts(haystack))
+    for text in _texts(haystack):
+        run.meter.step()
+        if wanted in text.lower():
+            return True
+    return False
 
 
-def _match(value: object, pattern: object) -> bool:
-    regex = _text(pattern, "match()")
-    problem = pattern_problem(regex)
-    if problem:
-        raise _DataError(problem)
+def _match(run: _Run, value: object, pattern: object) -> bool:
+    regex = compile_pattern(_text(pattern, "match()"))
     texts = _texts(value)
-    if any(len(text) > MAX_MATCH_VALUE for text in texts):
-        raise _DataError(f"match() needs texts of at most {MAX_MATCH_VALUE} characters")
-    return any(re.search(regex, text) for text in texts)
+    most = run.budget.match_chars
+    if any(len(text) > most for text in texts):
+        raise _DataError(f"match() searches texts of at most {most} characters")
+    for text in texts:
+        run.meter.step()
+        # One search is not interrupted, but bounded: RE2's time grows with the text's length
+        # times the pattern's compiled size, and both are limited.
+        run.meter.check_clock()
+        if regex.search(text):
+            return True
+    return False
 
 
-def _startswith(value: object, prefix: object) -> bool:
-    return any(text.startswith(_text(prefix, "startswith()")) for text in _texts(value))
+def _startswith(run: _Run, value: object, prefix: object) -> bool:
+    wanted = _text(prefix, "startswith()")
+    for text in _texts(value):
+        run.meter.step()
+        if text.startswith(wanted):
+            return True
+    return False
 
 
-def _endswith(value: object, suffix: object) -> bool:
-    return any(text.endswith(_text(suffix, "endswith()")) for text in _texts(value))
+def _endswith(run: _Run, value: object, suffix: object) -> bool:
+    wanted = _text(suffix, "endswith()")
+    for text in _texts(value):
+        run.meter.step()
+        if text.endswith(wanted):
+            return True
+    return False
 
 
 def _replace(text: str, old: object, new: object) -> str:
@@ -312,6 +361,9 @@ _FUNCTIONS: dict[str, Callable[..., object]] = {
     "str": _str,
     "lower": lambda value: _text(value, "lower()").lower(),
     "upper": lambda value: _text(value, "upper()").upper(),
+}
+# The functions that go through every value of a multi-valued tag, one step each.
+_SEARCHES: dict[str, Callable[..., bool]] = {
     "contains": _contains,
     "match": _match,
     "startswith": _startswith,
@@ -328,4 +380,5 @@ _METHODS: dict[str, Callable[..., object]] = {
     "find": str.find,
     "count": str.count,
 }
-assert _FUNCTIONS.keys() == FUNCTIONS.keys() and _METHODS.keys() == METHODS.keys()
+assert _FUNCTIONS.keys() | _SEARCHES.keys() == FUNCTIONS.keys()
+assert _METHODS.keys() == METHODS.keys()

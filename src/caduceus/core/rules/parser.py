@@ -12,18 +12,15 @@ import ast
 import re
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import NamedTuple, NoReturn
 
 from pydicom.datadict import tag_for_keyword
 
+from caduceus.core.rules.patterns import PatternError, compile_pattern
+
 MAX_RULE_LENGTH = 4_000
 MAX_NODES = 500
 MAX_DEPTH = 40
-MAX_PATTERN_LENGTH = 200
-# See pattern_problem(): repeats in a regular expression multiply the work of a failed search.
-MAX_UNBOUNDED_REPEATS = 2
-MAX_REPEATS = 8
 
 # Allowed functions and string methods with their (fewest, most) positional arguments.
 FUNCTIONS: dict[str, tuple[int, int]] = {
@@ -111,11 +108,14 @@ class _Source:
         start = sum(len(previous) + 1 for previous in lines[: line - 1])
         return min(start + column, len(self.code))
 
-    def error(self, message: str, line: int, byte_column: int) -> RuleError:
-        # ast columns count UTF-8 bytes; the origin map counts characters.
+    def position(self, line: int, byte_column: int) -> int:
+        """Where in the original text an ast position (line, UTF-8 byte column) is."""
         line_text = self.code.split("\n")[line - 1]
         column = len(line_text.encode()[:byte_column].decode(errors="ignore"))
-        return RuleError(message, self.origin[self.offset(line, column)], self.text)
+        return self.origin[self.offset(line, column)]
+
+    def error(self, message: str, line: int, byte_column: int) -> RuleError:
+        return RuleError(message, self.position(line, byte_column), self.text)
 
 
 def parse(text: str) -> ParsedRule:
@@ -139,80 +139,6 @@ def parse(text: str) -> ParsedRule:
     checker = _Checker(source)
     checker.check(tree.body, 0)
     return ParsedRule(tree.body, tuple(checker.keywords))
-
-
-def pattern_problem(pattern: str) -> str | None:
-    """Why a regular expression is refused, or None when match() may use it.
-
-    Python's re has no time limit, and a backtracking matcher can take exponential time, so
-    the shapes that cause it are refused: a group repeated by *, + or {} that itself contains
-    a repeat or an alternative, as in (a+)+ or (a|ab)*; backreferences; more than
-    MAX_UNBOUNDED_REPEATS repeats by *, + or {m,n}, each of which can multiply the work by the
-    length of the value; and more than MAX_REPEATS repeats in all, since each ? can double it.
-    This guards against the usual shapes, not every slow pattern: match() also bounds the
-    length of the values it searches.
-    """
-    return _pattern_problem(pattern)
-
-
-@lru_cache(maxsize=256)
-def _pattern_problem(pattern: str) -> str | None:
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        return f"regular expression is longer than {MAX_PATTERN_LENGTH} characters"
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        return f"invalid regular expression: {exc}"
-    repeats = unbounded = 0
-    risky = [False]  # for each open group: does it contain a repeat or an alternative?
-    i = 0
-    while i < len(pattern):
-        char, before = pattern[i], pattern[i - 1 : i]
-        if char == "\\":
-            if pattern[i + 1 : i + 2] in tuple("123456789"):
-                return "regular expression backreferences are not allowed"
-            i += 2
-            continue
-        if char == "[":
-            i = _class_end(pattern, i)
-            continue
-        if char == "(":
-            if pattern.startswith("(?P=", i):
-                return "regular expression backreferences are not allowed"
-            risky.append(False)
-        elif char == ")" and len(risky) > 1:
-            inner = risky.pop()
-            if inner and pattern[i + 1 : i + 2] in ("*", "+", "{"):
-                return "regular expression repeats a group that itself repeats or alternates"
-            risky[-1] = risky[-1] or inner
-        elif char == "|":
-            risky[-1] = True
-        # After ( * + ? } a '?' is group syntax or a lazy marker, not a repeat.
-        elif char in "*+{" or (char == "?" and before not in "(*+?}"):
-            risky[-1] = True
-            repeats += 1
-            # An exact count such as \d{8} gives the matcher no choices to backtrack over.
-            exact = char == "{" and re.match(r"\{\d+\}", pattern[i:])
-            unbounded += char != "?" and not exact
-        i += 1
-    if unbounded > MAX_UNBOUNDED_REPEATS or repeats > MAX_REPEATS:
-        return (
-            f"regular expression has too many repeats (at most {MAX_UNBOUNDED_REPEATS} by *, +"
-            f" or {{m,n}} and {MAX_REPEATS} in all; match() searches anywhere in the value,"
-            " so a leading or trailing .* is not needed)"
-        )
-    return None
-
-
-def _class_end(pattern: str, start: int) -> int:
-    i = start + 1
-    if pattern[i : i + 1] == "^":
-        i += 1
-    if pattern[i : i + 1] == "]":  # a ']' first in a class is a literal
-        i += 1
-    while i < len(pattern) and pattern[i] != "]":
-        i += 2 if pattern[i] == "\\" else 1
-    return i + 1
 
 
 def _rewrite(text: str) -> _Source:
@@ -274,6 +200,20 @@ def _string_end(text: str, start: int) -> int:
         else:
             i += 1
     return len(text)
+
+
+def _in_literal(literal: str, value: str, index: int | None) -> int:
+    """Where character index of a string literal's value is in the literal's source.
+
+    Exact when the source spells the value as is (a raw string, or one without escapes);
+    otherwise the start of the literal, and the message gives the index in the pattern.
+    """
+    if index is None:
+        return 0
+    prefix = len(literal) - len(literal.lstrip("rRuU"))
+    quote = 3 if literal[prefix : prefix + 3] in ('"""', "'''") else 1
+    body = literal[prefix + quote : len(literal) - quote]
+    return prefix + quote + index if body == value else 0
 
 
 def _syntax_error(source: _Source, exc: SyntaxError) -> RuleError:
@@ -373,10 +313,15 @@ class _Checker:
 
     def check_pattern(self, node: ast.expr) -> None:
         # Literal patterns are checked now so a mistake shows when the rule is saved.
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            problem = pattern_problem(node.value)
-            if problem:
-                self.fail(problem, node)
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            return
+        try:
+            compile_pattern(node.value)
+        except PatternError as exc:
+            start = self.source.position(node.lineno, node.col_offset)
+            end = self.source.position(node.end_lineno or node.lineno, node.end_col_offset or 0)
+            at = _in_literal(self.source.text[start:end], node.value, exc.index)
+            raise RuleError(str(exc), start + at, self.source.text) from None
 
     @staticmethod
     def misused_name(name: str) -> str:

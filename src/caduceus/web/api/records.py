@@ -21,6 +21,7 @@ from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
 from caduceus.core.ids import RowId
+from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
 from caduceus.router.taskmaker import NoSpace
@@ -111,7 +112,8 @@ def _force_complete(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {level}")
     if state != "receiving":
         raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
-    router = Router(writer(request), DataRoot(request.app.state.settings.home))
+    settings = request.app.state.settings
+    router = Router(writer(request), DataRoot(settings.home), Budget.of(settings))
     config = store.current_or_default(engine)
     try:
         result = complete(router, config, key)

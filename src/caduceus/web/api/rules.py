@@ -3,7 +3,9 @@ expression while it is typed; try it on the tags of a series that was received.
 
 Every change is one new configuration version (web/api/config_edit.py) with its author and a
 comment naming the rule. A rule whose expression does not parse is refused with the position
-of the problem, so the editor can point at it.
+of the problem, so the editor can point at it. A test of a rule runs in a worker thread, never
+on the event loop, within the rules' budget, and only a few at once: other requests are
+answered while one runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Body, HTTPException, Request, status
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
@@ -19,8 +22,8 @@ from sqlalchemy import select
 from caduceus.core.config import store
 from caduceus.core.config.models import NAME, Rule
 from caduceus.core.db.models import INSTANCES, SERIES
+from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
 from caduceus.core.rules import Rule as Expression
-from caduceus.core.rules import RuleError, parse_rule
 from caduceus.core.storage import DataRoot
 from caduceus.router.tags import UnreadableSeries, read_tags
 from caduceus.web.api.config_edit import Refused, edit_config
@@ -220,9 +223,31 @@ def _where(exc: RuleError) -> dict[str, int | None]:
 
 
 @router.post("/rules/test")
-def test_expression(request: Request, attempt: ExpressionTry, _: Viewer) -> dict[str, Any]:
+async def test_expression(request: Request, attempt: ExpressionTry, _: Viewer) -> dict[str, Any]:
     """Evaluate an expression on the tags the router would see for a received series: the
     header of its newest stored instance."""
+    limiter = _rule_tests(request)
+    busy = limiter.statistics()
+    if busy.borrowed_tokens >= busy.total_tokens and busy.tasks_waiting >= busy.total_tokens:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many rule tests are running; try again in a moment",
+            headers={"Retry-After": "1"},
+        )
+    return await anyio.to_thread.run_sync(_test, request, attempt, limiter=limiter)
+
+
+def _rule_tests(request: Request) -> anyio.CapacityLimiter:
+    """The worker threads rule tests share (made on first use, on the event loop)."""
+    state = request.app.state
+    limiter: anyio.CapacityLimiter | None = getattr(state, "rule_tests", None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(state.settings.web_rule_tests_parallel)
+        state.rule_tests = limiter
+    return limiter
+
+
+def _test(request: Request, attempt: ExpressionTry) -> dict[str, Any]:
     expression = _expression(attempt.rule)
     with reader(request).connect() as conn:
         series = conn.execute(
@@ -237,7 +262,15 @@ def test_expression(request: Request, attempt: ExpressionTry, _: Viewer) -> dict
             .limit(1)
         ).scalar()
     tags = _series_tags(request, relative)
-    result, used = expression.explain(tags)
+    try:
+        result, used = expression.explain(tags, Budget.of(request.app.state.settings))
+    except EvaluationError as exc:
+        problem = {
+            "loc": ["body", "rule"],
+            "msg": f"the rule could not be evaluated: {exc}",
+            "type": "rule_evaluation",
+        }
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem]) from exc
     return {"result": result, "tags": used, "series_uid": series.series_uid}
 
 
