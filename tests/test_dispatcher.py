@@ -15,6 +15,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import DELIVERIES, TASK_TARGETS, TASKS
 from caduceus.core.storage import DataRoot
@@ -436,3 +437,64 @@ def test_a_dispatcher_that_lost_its_lease_mid_send_leaves_the_new_owners_targets
     with engine.connect() as conn:
         assert len(conn.execute(select(DELIVERIES)).all()) == len(files)
     assert len(storescp.files()) == len(files)
+
+
+def test_a_killed_dispatchers_task_is_taken_over_at_once_by_its_successor_on_this_host(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    """SIGKILL a real `caduceus dispatcher` with the default 10-minute lease while it sends to
+    the second of two targets; a new dispatcher started on the same host sees that the lease's
+    holder is gone and takes the task over at once (before the fix: 600 s later). Every
+    instance arrives at the slow target at least once, and the fast target, whose delivery was
+    confirmed before the kill, gets each exactly once."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from tests.support.flaky_scp import start_flaky_scp
+
+    fast, slow = start_flaky_scp(), start_flaky_scp(delay=0.1)
+    try:
+        files = send(receiver, tmp_path / "ct", count=40, modality="CT")
+        document = {
+            "targets": {
+                name: {"type": "dicom", "host": "127.0.0.1", "port": p, "called_aet": "FLAKY"}
+                for name, p in (("fast", fast.port), ("slow", slow.port))
+            },
+            "rules": {"ct": {"rule": "True", "targets": ["fast", "slow"]}},
+        }
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+        receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+        router_for(receiver).run_pass(
+            Config.model_validate(document), datetime.now(UTC) + timedelta(seconds=61)
+        )
+        first = launch("dispatcher", home=receiver.home)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(slow.stores) < 10:
+            time.sleep(0.05)
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        assert 10 <= len(slow.stores) < 40, "the kill must land in the middle of the send"
+        with receiver.engine().connect() as conn:
+            confirmed = conn.execute(
+                select(DELIVERIES.c.file_name).where(DELIVERIES.c.target == "fast")
+            ).all()
+        assert len(confirmed) == 40  # the fast target was done and recorded before the kill
+        [task] = tasks(receiver)
+        assert task["state"] != "done" and task["lease_owner"]
+        lease_left = as_utc(task["lease_expires"]) - datetime.now(UTC)
+        assert lease_left > timedelta(minutes=9)
+
+        second = launch("dispatcher", home=receiver.home)
+        # Within a minute, not after the ten minutes the dead dispatcher's lease still runs.
+        sent = received_uids_once_done(receiver, seconds=60)
+        assert len(sent) == len(files)
+        assert slow.uids() == sent  # every instance at least once
+        assert sorted(uid for _, uid in fast.stores) == sorted(sent)  # exactly once each
+        assert "which no longer runs" in second.log()
+    finally:
+        fast.stop()
+        slow.stop()

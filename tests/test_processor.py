@@ -614,3 +614,43 @@ def test_a_sandboxed_module_in_the_pipeline(receiver: Caduceus, tmp_path: Path) 
     assert len(list((folder / "out").glob("*.dcm"))) == 3
     log = (folder / "logs" / "0-copy.log").read_text()
     assert "database unreadable" in log
+
+
+def test_a_killed_processors_task_is_taken_over_at_once_by_its_successor_on_this_host(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    """SIGKILL a real `caduceus processor` mid-module with the default 10-minute lease: a new
+    processor on the same host sees that the holder is gone and runs the step again at once
+    (before the fix: 600 s later)."""
+    counter = tmp_path / "long.count"
+    modules = {
+        "long": module(
+            tmp_path, "long", COUNTED, environment={"COUNTER": str(counter), "SLEEP": "3"}
+        )
+    }
+    cfg, _ = setup(receiver, tmp_path, modules)
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
+    )
+    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
+    first = launch("processor", home=receiver.home)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (counter.exists() and starts(counter) == 1):
+        time.sleep(0.05)
+    assert first.process is not None
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+    [task] = tasks(receiver)
+    assert task["state"] == "processing" and task["lease_owner"]
+
+    second = launch("processor", home=receiver.home)
+    deadline = time.monotonic() + 60  # not the ten minutes the dead one's lease still runs
+    while time.monotonic() < deadline and tasks(receiver)[0]["state"] != "done":
+        time.sleep(0.2)
+    assert tasks(receiver)[0]["state"] == "done"
+    assert [line.split()[0] for line in counter.read_text().splitlines()] == [
+        "start",
+        "start",
+        "end",
+    ]
+    assert "which no longer runs" in second.log()

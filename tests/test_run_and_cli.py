@@ -77,7 +77,75 @@ def test_run_starts_restarts_and_stops_the_services(
         not Path(f"/proc/{second}").exists()
         or b"zombie" in Path(f"/proc/{second}/status").read_bytes()
     )
-    assert "exited with code -9; restarting" in instance.log()
+    assert "receiver exited with code -9" in instance.log()
+
+
+def service_pid(supervisor_pid: int, name: str) -> int | None:
+    for child in children(supervisor_pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if argv[1:4] == [b"-m", b"caduceus", name.encode()]:
+            return child
+    return None
+
+
+def test_run_restarts_a_service_that_ran_well_at_once(
+    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
+) -> None:
+    """The router of a real `caduceus run` is killed four times, each time after it ran well:
+    it is back at once each time (before the fix: after 1, 2, 4, then 8 s)."""
+    grace = 2.0
+    instance = Caduceus(
+        tmp_path / "home",
+        sqlite_url,
+        free_port(),
+        extra_env={"CADUCEUS_SUPERVISOR_START_GRACE_SECONDS": str(grace)},
+    )
+    caduceus_factory.append(instance)
+    instance.start("run")
+    assert instance.process is not None
+    supervisor = instance.process.pid
+    for kill in range(4):
+        deadline = time.monotonic() + 60
+        while (router := service_pid(supervisor, "router")) is None:
+            assert time.monotonic() < deadline, "no router runs"
+            time.sleep(0.05)
+        time.sleep(grace + 0.5)  # it runs well past its start
+        os.kill(router, signal.SIGKILL)
+        killed = time.monotonic()
+        while service_pid(supervisor, "router") in (None, router):
+            assert time.monotonic() - killed < 3, f"kill {kill + 1}: not restarted at once"
+            time.sleep(0.05)
+    log = instance.log()
+    assert log.count("router exited with code -9 after running") == 4
+    assert log.count("; restarting at once") >= 4
+
+
+def test_a_service_failing_at_start_is_restarted_ever_more_slowly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real child that dies right at its start (here `caduceus` given a service it does not
+    know) is backed off: 0.5, 1, 2, 4 s, and the supervisor says why."""
+    import re
+    import threading
+
+    from caduceus.supervisor.supervisor import Supervisor
+
+    supervisor = Supervisor(("no-such-service",), start_grace=10)
+    stop = threading.Timer(12, lambda: setattr(supervisor, "stopping", True))
+    stop.start()
+    caplog.set_level("INFO", logger="caduceus.supervisor")
+    try:
+        assert supervisor.run() == 0
+    finally:
+        stop.cancel()
+    lines = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
+    assert lines and all("after its start (failing at start" in line for line in lines)
+    delays = [float(re.findall(r"restarting in ([\d.]+) s", line)[0]) for line in lines]
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0][: len(delays[:4])]
+    assert len(delays) >= 3, lines
 
 
 def test_settings_from_file_and_environment(tmp_path: Path) -> None:

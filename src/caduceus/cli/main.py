@@ -89,7 +89,9 @@ def run(
 
         import_file(config, "caduceus run --config")
     try:
-        code = Supervisor(SERVICES, engine=engine).run()
+        code = Supervisor(
+            SERVICES, engine=engine, start_grace=settings.supervisor_start_grace_seconds
+        ).run()
     finally:
         engine.dispose()
     raise typer.Exit(code)

@@ -12,7 +12,10 @@ from caduceus.core.settings import Settings
 def open_database(settings: Settings, *, migrate: bool = False, pool_size: int = 5) -> Engine:
     """The engine for writers (SQLite transactions take the write lock at BEGIN)."""
     engine = make_engine(
-        settings.resolved_database_url, pool_size=pool_size, durable=settings.fsync
+        settings.resolved_database_url,
+        pool_size=pool_size,
+        durable=settings.fsync,
+        busy_timeout=settings.database_busy_timeout_seconds,
     )
     if migrate:
         upgrade(engine)

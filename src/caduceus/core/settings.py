@@ -206,6 +206,26 @@ class Settings(BaseSettings):
         description="Flush each received file, its folder and each database commit to disk "
         "before acknowledging. Turn off only where losing recent data on power loss is fine.",
     )
+    database_busy_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long a statement waits for SQLite's lock before it fails (and the "
+        "service retries its pass); PostgreSQL ignores it.",
+    )
+    lease_owner_silent_seconds: int = Field(
+        default=60,
+        ge=15,
+        description="A task leased by a dispatcher or processor on another host whose heartbeat "
+        "has been silent this long is taken over at once, not after its lease. One on this "
+        "host is taken over as soon as its process is gone.",
+    )
+    supervisor_start_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="`caduceus run` restarts a service that ran at least this long at once; "
+        "one that dies sooner is failing at start and restarted ever more slowly (to 30 s).",
+    )
 
     @field_validator("ae_title")
     @classmethod

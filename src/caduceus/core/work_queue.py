@@ -2,8 +2,8 @@
 
 A claim is one guarded UPDATE: it succeeds only if nobody holds a live lease on the task. A
 worker renews its lease while it works; one that dies stops renewing, its lease expires, and
-the task is claimed again. Dispatchers and processors share this; each says which tasks are
-its own with a condition.
+the task is claimed again, at once when its holder is known to be dead (core/lease_owners).
+Dispatchers and processors share this; each says which tasks are its own with a condition.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, not_, or_, select, update
 
 from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
+from caduceus.core.lease_owners import dead_owners
 
 log = logging.getLogger("caduceus.queue")
 
 LEASE = timedelta(minutes=10)
+# A holder on another host whose heartbeat is this quiet is taken for dead.
+OWNER_SILENT_AFTER = timedelta(seconds=60)
 
 
 def set_suspended(engine: Engine, name: str, value: bool, author: str) -> None:
@@ -63,31 +66,44 @@ def claim(
     mine: ColumnElement[bool],
     now: datetime | None = None,
     lease: timedelta = LEASE,
+    silent_after: timedelta = OWNER_SILENT_AFTER,
 ) -> str | None:
-    """Lease the most urgent due task that matches `mine`; None when there is none."""
+    """Lease the most urgent due task that matches `mine`; None when there is none.
+
+    A task is free when nobody holds a live lease on it, or when its holder is known to be
+    dead (lease_owners.dead_owners): a killed worker's task is taken over at once, not after
+    its lease."""
     now = now or datetime.now(UTC)
     free = or_(TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now)
     due = or_(TASKS.c.not_before.is_(None), TASKS.c.not_before <= now)
     with engine.begin() as conn:
-        candidates = (
-            conn.execute(
-                select(TASKS.c.id)
-                .where(and_(mine, due, free))
-                .order_by(TASKS.c.priority, TASKS.c.created_at)
-                .limit(5)
-            )
+        held = (
+            conn.execute(select(TASKS.c.lease_owner).where(and_(mine, due, not_(free))).distinct())
             .scalars()
             .all()
         )
-        for task_id in candidates:
+        dead = dead_owners(conn, [h for h in held if h], now, silent_after) if held else []
+        if dead:
+            free = or_(free, TASKS.c.lease_owner.in_(dead))
+        candidates = conn.execute(
+            select(TASKS.c.id, TASKS.c.lease_owner)
+            .where(and_(mine, due, free))
+            .order_by(TASKS.c.priority, TASKS.c.created_at)
+            .limit(5)
+        ).all()
+        for task_id, previous in candidates:
             # Guarded by the same conditions: another worker may have moved the task on since
-            # it was selected (done, error, handed to the dispatcher).
+            # it was selected (done, error, handed to the dispatcher), or taken it over first.
             taken = conn.execute(
                 update(TASKS)
                 .where(and_(TASKS.c.id == task_id, mine, due, free))
                 .values(lease_owner=owner, lease_expires=now + lease)
             ).rowcount
             if taken:
+                if previous in dead:
+                    log.warning(
+                        "task %s: taken over from %s, which no longer runs", task_id, previous
+                    )
                 return str(task_id)
     return None
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from datetime import timedelta
 
 from caduceus.core.config import store
 from caduceus.core.database import open_database
+from caduceus.core.lease_owners import this_process
 from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.logs import log_context
 from caduceus.core.settings import Settings
@@ -24,13 +23,19 @@ def serve(settings: Settings) -> None:
     stopping = stop_on_signals()
     engine = open_database(settings)
     root = DataRoot(settings.home)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    # Host, pid and start time: a successor on this host knows at once that this one is gone.
+    owner = this_process()
     lease = timedelta(seconds=settings.dispatcher_lease_seconds)
+    silent = timedelta(seconds=settings.lease_owner_silent_seconds)
     log.info("dispatcher %s started", owner)
     while not stopping.is_set():
         try:
             paused = suspended(engine)
-            task_id = None if "dispatch" in paused else claim(engine, owner, lease=lease)
+            task_id = (
+                None
+                if "dispatch" in paused
+                else claim(engine, owner, lease=lease, silent_after=silent)
+            )
             if task_id is None:
                 stopping.wait(IDLE_WAIT)
                 continue

@@ -8,8 +8,6 @@ the queue.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from datetime import timedelta
 
@@ -18,6 +16,7 @@ from sqlalchemy import and_
 from caduceus.core.config import store
 from caduceus.core.database import open_database
 from caduceus.core.db.models import TASKS
+from caduceus.core.lease_owners import this_process
 from caduceus.core.lifecycle import stop_on_signals
 from caduceus.core.logs import log_context
 from caduceus.core.settings import Settings
@@ -46,7 +45,9 @@ def serve(settings: Settings) -> None:
         raise SystemExit(2) from exc
     pipeline = Pipeline(engine, root, runners)
     lease = timedelta(seconds=settings.processor_lease_seconds)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    # Host, pid and start time: a successor on this host knows at once that this one is gone.
+    owner = this_process()
+    silent = timedelta(seconds=settings.lease_owner_silent_seconds)
 
     def work(number: int) -> None:
         me = f"{owner}:{number}"
@@ -55,7 +56,7 @@ def serve(settings: Settings) -> None:
                 task_id = (
                     None
                     if "process" in suspended(engine)
-                    else claim(engine, me, PROCESSABLE, lease=lease)
+                    else claim(engine, me, PROCESSABLE, lease=lease, silent_after=silent)
                 )
                 if task_id is None:
                     stopping.wait(IDLE_WAIT)

@@ -33,9 +33,10 @@ def serve(settings: Settings) -> None:
     router = Router(engine, root, Budget.of(settings))
     log.info("router started")
     while not stopping.is_set():
-        config = store.current_or_default(engine)
         try:
-            result = router.run_pass(config)
+            # The configuration is read each pass inside the guard: a dropped or locked
+            # database is a failed pass, retried, never the end of the process.
+            result = router.run_pass(store.current_or_default(engine))
         except Exception:
             log.exception("router pass failed; retrying")
             stopping.wait(MAX_SLEEP)

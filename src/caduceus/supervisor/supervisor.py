@@ -20,6 +20,7 @@ log = logging.getLogger("caduceus.supervisor")
 
 STOP_GRACE = 20.0
 MAX_BACKOFF = 30.0
+START_GRACE = 10.0
 
 
 @dataclass
@@ -38,8 +39,12 @@ class Supervisor:
         services: tuple[str, ...],
         env: dict[str, str] | None = None,
         engine: Engine | None = None,
+        start_grace: float = START_GRACE,
     ):
         self.children = [Child(name) for name in services]
+        # A child that lived this long started well: its death (a kill, the OOM killer, a
+        # crash under load) is no start failure, and it is started again at once.
+        self.start_grace = start_grace
         self.env = env or dict(os.environ)
         self.stopping = False
         # Where the web interface reads which service is restarting (heartbeats).
@@ -69,16 +74,25 @@ class Supervisor:
             for child in self.children:
                 process = child.process
                 if process is not None and process.poll() is not None:
-                    # A service that keeps dying is restarted ever more slowly, up to a limit.
                     lived = now - child.started_at
-                    child.failures = 0 if lived > 60 else child.failures + 1
-                    delay = min(MAX_BACKOFF, 0.5 * 2 ** min(child.failures, 6))
-                    log.error(
-                        "%s exited with code %s; restarting in %.1fs",
-                        child.name,
-                        process.returncode,
-                        delay,
-                    )
+                    delay = self._restart_delay(child, lived)
+                    if delay:
+                        log.error(
+                            "%s exited with code %s %.1f s after its start (failing at start, "
+                            "%d time(s) in a row); restarting in %.1f s",
+                            child.name,
+                            process.returncode,
+                            lived,
+                            child.failures,
+                            delay,
+                        )
+                    else:
+                        log.error(
+                            "%s exited with code %s after running %.1f s; restarting at once",
+                            child.name,
+                            process.returncode,
+                            lived,
+                        )
                     child.process = None
                     child.next_start = now + delay
                     child.restarts += 1
@@ -86,6 +100,16 @@ class Supervisor:
                 if child.process is None and now >= child.next_start and not self.stopping:
                     self._start(child)
         return self._stop_all()
+
+    def _restart_delay(self, child: Child, lived: float) -> float:
+        """Nothing for a child that had started well; one that dies right at its start (a
+        bad setting, a port in use, the database away) is restarted ever more slowly, up to
+        a limit, so that it does not spin."""
+        if lived >= self.start_grace:
+            child.failures = 0
+            return 0.0
+        child.failures += 1
+        return float(min(MAX_BACKOFF, 0.5 * 2 ** min(child.failures - 1, 6)))
 
     def _record_restarting(
         self, child: Child, process: subprocess.Popen[bytes], lived: float, delay: float
@@ -98,7 +122,8 @@ class Supervisor:
                 child.name,
                 process.pid,
                 child.restarts,
-                f"exited with code {process.returncode}; restarting in {delay:.1f} s",
+                f"exited with code {process.returncode} after {lived:.1f} s; "
+                + (f"restarting in {delay:.1f} s" if delay else "restarting at once"),
                 datetime.now(UTC) - timedelta(seconds=lived),
             )
         except Exception as exc:  # the database being away must not stop the restarts

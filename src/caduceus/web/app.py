@@ -7,14 +7,16 @@ and the static files (style sheet, scripts), which hold no data.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from caduceus import __version__
@@ -51,6 +53,8 @@ from caduceus.web.pages import targets as targets_page
 from caduceus.web.pages.rendering import STATIC, PageRedirect, render
 from caduceus.web.password_work import PasswordWork
 from caduceus.web.throttle import LoginThrottle, PasswordCheckThrottle
+
+log = logging.getLogger("caduceus.web")
 
 OPEN_ROUTES = frozenset({("POST", "/api/login"), ("GET", "/login")})
 API_ROUTERS = (accounts, records, tasks, control, rules, targets, modules, services, selftest)
@@ -188,6 +192,22 @@ def _add_page_handling(app: FastAPI) -> None:
             status_code=exc.status_code,
             detail=str(exc.detail),
         )
+
+    @app.exception_handler(DBAPIError)
+    async def database_unavailable(request: Request, exc: DBAPIError) -> Response:
+        # A dropped, locked or restarting database is a passing state: answer 503 so a client
+        # (or a load balancer) tries again, never 500, and never the statement or its values.
+        log.warning(
+            "%s %s: the database did not answer (%s)",
+            request.method,
+            request.url.path,
+            type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
+        )
+        message = "The database is not available at the moment; try again shortly."
+        headers = {"Retry-After": "5"}
+        if _is_page(request):
+            return PlainTextResponse(message, status_code=503, headers=headers)
+        return JSONResponse({"detail": message}, status_code=503, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_page_address(request: Request, exc: RequestValidationError) -> Response:
