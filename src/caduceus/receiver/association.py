@@ -114,7 +114,7 @@ class AssociationHandler:
             self.sock.close()
         finally:
             if self.association_id is not None and end_status == "aborted" and not self.messages:
-                self._forget_empty(reason)
+                self._forget_empty()
             elif self.association_id is not None:
                 try:
                     records.close_association(
@@ -138,7 +138,7 @@ class AssociationHandler:
                 self.failed,
             )
 
-    def _forget_empty(self, reason: str) -> None:
+    def _forget_empty(self) -> None:
         """An association that carried no message is counted in the summary, not kept."""
         assert self.association_id is not None
         try:
@@ -146,7 +146,6 @@ class AssociationHandler:
         except Exception as exc:
             log.warning("could not remove empty association %s: %s", self.association_id, exc)
         self.summary.dropped(self.peer_host, "aborted before any message")
-        log.info("association from %s ended before any message: %s", self.peer_host, reason)
 
     def _associate(self) -> bool:
         try:
