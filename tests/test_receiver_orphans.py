@@ -32,7 +32,10 @@ def test_killed_parent_takes_its_workers_along(
     deadline = time.monotonic() + 15
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers), "workers outlived their parent"
+    orphans = [pid for pid in workers if alive(pid)]
+    for pid in orphans:  # do not leave them behind for the next tests
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "workers outlived their parent"
 
     second = Caduceus(tmp_path / "home", sqlite_url, port)
     caduceus_factory.append(second)
