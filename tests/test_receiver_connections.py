@@ -18,7 +18,7 @@ from sqlalchemy import select as sql_select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from tests.conftest import Launch
-from tests.support.processes import Caduceus, require, run
+from tests.support.processes import Caduceus, free_port, require, run
 from tests.support.proctree import children, rss_mb, threads
 from tests.support.rawscu import RawSCU, connect
 
@@ -75,6 +75,18 @@ def worker_rss(receiver: Caduceus) -> float:
 
 
 @pytest.fixture
+def launch_sqlite(tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]) -> Launch:
+    """As `launch`, on SQLite only: the floods test the network side, not the database."""
+
+    def start(**env: str) -> Caduceus:
+        instance = Caduceus(tmp_path / "home", sqlite_url, free_port(), extra_env=env)
+        caduceus_factory.append(instance)
+        return instance.start()
+
+    return start
+
+
+@pytest.fixture
 def sockets() -> Iterator[list[socket.socket]]:
     held: list[socket.socket] = []
     yield held
@@ -83,9 +95,9 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 
 def test_idle_flood_from_one_address_does_not_block_another(
-    launch: Launch, sockets: list[socket.socket]
+    launch_sqlite: Launch, sockets: list[socket.socket]
 ) -> None:
-    receiver = launch(CADUCEUS_RECEIVER_WORKERS="2")
+    receiver = launch_sqlite(CADUCEUS_RECEIVER_WORKERS="2")
     echo_seconds(receiver)
     baseline_threads = worker_threads(receiver)
     sockets += open_connections(receiver.port, 400, [FLOODER])
@@ -99,9 +111,9 @@ def test_idle_flood_from_one_address_does_not_block_another(
 
 
 def test_slow_drip_connections_are_closed_after_artim(
-    launch: Launch, sockets: list[socket.socket]
+    launch_sqlite: Launch, sockets: list[socket.socket]
 ) -> None:
-    receiver = launch(CADUCEUS_RECEIVER_ASSOCIATION_REQUEST_TIMEOUT="3")
+    receiver = launch_sqlite(CADUCEUS_RECEIVER_ASSOCIATION_REQUEST_TIMEOUT="3")
     sockets += open_connections(receiver.port, 300, [FLOODER])
     admitted = []
     for sock in sockets:
@@ -120,9 +132,9 @@ def test_slow_drip_connections_are_closed_after_artim(
 
 
 def test_three_thousand_connections_cost_no_threads_and_leave_no_memory(
-    launch: Launch, sockets: list[socket.socket]
+    launch_sqlite: Launch, sockets: list[socket.socket]
 ) -> None:
-    receiver = launch(CADUCEUS_RECEIVER_WORKERS="2")
+    receiver = launch_sqlite(CADUCEUS_RECEIVER_WORKERS="2")
     echo_seconds(receiver)
     base_threads, base_rss = worker_threads(receiver), worker_rss(receiver)
     sources = [f"127.0.1.{n}" for n in range(1, 61)]  # 50 from each: under the per-address cap

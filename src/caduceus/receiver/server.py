@@ -124,7 +124,15 @@ class Worker:
                 target=self._serve, args=(conn, host, request, busy), daemon=True
             )
             self.active.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the process is out of threads: refuse this one only
+            log.warning("no thread for a connection from %s: %s", host, exc)
+            with self.lock:
+                self.active.discard(thread)
+            conn.close()
+            self.counts.release(host)
+            self.summary.dropped(host, "no thread available")
 
     def _serve(self, conn: socket.socket, host: str, request: bytes, busy: bool) -> None:
         assert self.config is not None
