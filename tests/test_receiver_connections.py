@@ -245,3 +245,24 @@ def test_protocol_errors_get_their_abort_and_one_warning_line(receiver: Caduceus
     warnings = [line for line in log.splitlines() if "level=warning" in line]
     assert sum("invalid association request from" in line for line in warnings) == 1
     assert sum("aborting the association from" in line for line in warnings) == 3
+
+
+def test_open_file_limit_is_raised_or_caps_the_connections() -> None:
+    """In a child with a soft limit of 300 and a hard one of 400 open files."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 400))
+
+    code = (
+        "import resource; from caduceus.receiver.admission import raise_fd_limit; "
+        "print(raise_fd_limit(100), raise_fd_limit(512), "
+        "resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=limit, capture_output=True, text=True, check=True
+    )
+    # 100 connections fit once the soft limit is raised to 356; 512 do not fit under 400.
+    assert result.stdout.split(maxsplit=2) == ["100", "144", "(400, 400)\n"]
