@@ -113,30 +113,35 @@ class AssociationHandler:
         try:
             self.sock.close()
         finally:
-            if self.association_id is not None and end_status == "aborted" and not self.messages:
-                self._forget_empty()
-            elif self.association_id is not None:
-                try:
-                    records.close_association(
-                        self.config.engine,
-                        self.association_id,
-                        end_status,
-                        reason,
-                        self.stored,
-                        self.failed,
-                        self.bytes_stored,
-                    )
-                except Exception:
-                    log.exception("could not record the end of association %s", self.association_id)
-            log.info(
-                "association %s from %s ended: %s %s (%d stored, %d failed)",
+            self._record_end(end_status, reason)
+
+    def _record_end(self, end_status: str, reason: str) -> None:
+        if self.association_id is None:
+            return  # rejected or invalid: logged and summarised already
+        if end_status == "aborted" and not self.messages:
+            self._forget_empty()
+            return
+        try:
+            records.close_association(
+                self.config.engine,
                 self.association_id,
-                self.peer_host,
                 end_status,
                 reason,
                 self.stored,
                 self.failed,
+                self.bytes_stored,
             )
+        except Exception:
+            log.exception("could not record the end of association %s", self.association_id)
+        log.info(
+            "association %s from %s ended: %s %s (%d stored, %d failed)",
+            self.association_id,
+            self.peer_host,
+            end_status,
+            reason,
+            self.stored,
+            self.failed,
+        )
 
     def _forget_empty(self) -> None:
         """An association that carried no message is counted in the summary, not kept."""

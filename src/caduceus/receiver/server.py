@@ -29,7 +29,7 @@ from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver.acceptor import Acceptor
 from caduceus.receiver.admission import ConnectionCounts, raise_fd_limit
 from caduceus.receiver.association import AssociationHandler, ReceiverConfig
-from caduceus.receiver.negotiation import Policy
+from caduceus.receiver.negotiation import Policy, quiet_codec_logs
 from caduceus.receiver.summary import ConnectionSummary
 
 log = logging.getLogger("caduceus.receiver")
@@ -91,6 +91,7 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
+        quiet_codec_logs()
         self.config = config = make_config(self.settings)
         acceptor = Acceptor(
             self.listener,
