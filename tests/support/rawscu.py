@@ -41,36 +41,71 @@ def c_store_command(sop_class: str, sop_instance: str, message_id: int = 1) -> b
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
+def c_echo_command(sop_class: bytes = b"1.2.840.10008.1.1\x00", message_id: int = 1) -> bytes:
+    """A C-ECHO-RQ; the SOP class is raw bytes, so a test can put anything there."""
+    body = b"".join(
+        [
+            _element(0x0002, sop_class),
+            _element(0x0100, struct.pack("<H", 0x0030)),
+            _element(0x0110, struct.pack("<H", message_id)),
+            _element(0x0800, struct.pack("<H", 0x0101)),
+        ]
+    )
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
 def p_data(context_id: int, payload: bytes, command: bool, last: bool) -> bytes:
     control = (1 if command else 0) | (2 if last else 0)
     pdv = struct.pack(">IBB", len(payload) + 2, context_id, control) + payload
     return struct.pack(">BxI", 0x04, len(pdv)) + pdv
 
 
+def associate_request(
+    called: str = "CADUCEUS",
+    calling: str = "RAWSCU",
+    sop_class: str = CT_IMAGE_STORAGE,
+    syntax: str = ExplicitVRLittleEndian,
+) -> bytes:
+    """An A-ASSOCIATE-RQ PDU with one presentation context (id 1)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = sop_class
+    context.transfer_syntax = [syntax]
+    primitive.presentation_context_definition_list = [context]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    return bytes(rq.encode())
+
+
+def connect(port: int, source: str = "", timeout: float = 10) -> socket.socket:
+    """A TCP connection to the receiver, from a chosen loopback address (all of 127/8 is ours)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    if source:
+        sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 class RawSCU:
-    def __init__(self, port: int, called: str = "CADUCEUS", calling: str = "RAWSCU"):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(
+        self, port: int, called: str = "CADUCEUS", calling: str = "RAWSCU", source: str = ""
+    ):
+        self.sock = connect(port, source)
         self.called = called
         self.calling = calling
 
     def associate(
         self, sop_class: str = CT_IMAGE_STORAGE, syntax: str = ExplicitVRLittleEndian
     ) -> bytes:
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-        primitive.calling_ae_title = self.calling
-        primitive.called_ae_title = self.called
-        context = PresentationContext()
-        context.context_id = 1
-        context.abstract_syntax = sop_class
-        context.transfer_syntax = [syntax]
-        primitive.presentation_context_definition_list = [context]
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = 16384
-        primitive.user_information = [max_length]
-        rq = A_ASSOCIATE_RQ()
-        rq.from_primitive(primitive)
-        self.sock.sendall(rq.encode())
+        self.sock.sendall(associate_request(self.called, self.calling, sop_class, syntax))
         return self.read_pdu()
 
     def read_pdu(self) -> bytes:

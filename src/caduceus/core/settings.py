@@ -68,6 +68,30 @@ class Settings(BaseSettings):
         description="Refuse (A701) a deflated dataset that inflates to more than this; it is "
         "inflated into a temporary file for the check, never into memory.",
     )
+    receiver_association_request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="ARTIM: seconds a new connection has to send its whole association "
+        "request before it is closed.",
+    )
+    receiver_max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Connections the receiver holds at once, over all its workers; more are "
+        "closed at once.",
+    )
+    receiver_max_connections_per_address: int = Field(
+        default=64,
+        ge=1,
+        description="Connections one peer address may hold at once, over all workers; more "
+        "are closed at once.",
+    )
+    receiver_summary_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds over which connections dropped before associating, and repeated "
+        "rejections, are summarised into one event per peer address.",
+    )
     dispatcher_lease_seconds: int = Field(
         default=600,
         ge=2,

@@ -17,10 +17,10 @@ from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver import admission, negotiation, records, status
 from caduceus.receiver.refusals import Refusals
 from caduceus.receiver.store import MAX_INFLATED, Discard, InstanceWriter, Outcome, StoreContext
+from caduceus.receiver.summary import ConnectionSummary
 
 log = logging.getLogger("caduceus.receiver")
 
-MAX_ASSOCIATE_RQ = 1024 * 1024
 MAX_COMMAND = 64 * 1024
 # Bytes a peer may send beyond our advertised maximum PDU length before we call it an attack.
 PDU_SLACK = 1024
@@ -46,10 +46,22 @@ class ReceiverConfig:
 
 
 class AssociationHandler:
-    def __init__(self, sock: socket.socket, config: ReceiverConfig, busy: bool = False):
+    def __init__(
+        self,
+        sock: socket.socket,
+        config: ReceiverConfig,
+        *,
+        request: bytes,
+        busy: bool = False,
+        summary: ConnectionSummary | None = None,
+    ):
+        """request: the whole A-ASSOCIATE-RQ PDU, already read (see acceptor.py)."""
         self.sock = sock
         self.config = config
+        self.request = request
         self.busy = busy
+        self.summary = summary or ConnectionSummary()
+        self.messages = 0
         self.peer_host, self.peer_port = sock.getpeername()[:2]
         self.reader = pdu.SocketReader(sock)
         self.association_id: int | None = None
@@ -81,8 +93,10 @@ class AssociationHandler:
         except pdu.PeerClosed as exc:
             end_status, reason = "aborted", str(exc)
         except pdu.ProtocolError as exc:
+            # A peer's mistake, not ours: one line, no traceback, and the reason on the wire.
+            log.warning("aborting the association from %s: protocol error: %s", self.peer_host, exc)
             end_status, reason = "aborted", f"protocol error: {exc}"
-            self._send(pdu.a_abort(2, 0))
+            self._send(pdu.a_abort(2, exc.reason))
         except Exception as exc:
             log.exception("association from %s failed", self.peer_host)
             end_status, reason = "aborted", f"internal error: {type(exc).__name__}"
@@ -104,61 +118,69 @@ class AssociationHandler:
         try:
             self.sock.close()
         finally:
-            if self.association_id is not None:
-                try:
-                    records.close_association(
-                        self.config.engine,
-                        self.association_id,
-                        end_status,
-                        reason,
-                        self.stored,
-                        self.failed,
-                        self.bytes_stored,
-                    )
-                except Exception:
-                    log.exception("could not record the end of association %s", self.association_id)
-            log.info(
-                "association %s from %s ended: %s %s (%d stored, %d failed)",
+            self._record_end(end_status, reason)
+
+    def _record_end(self, end_status: str, reason: str) -> None:
+        if self.association_id is None:
+            return  # rejected or invalid: logged and summarised already
+        if end_status == "aborted" and not self.messages:
+            self._forget_empty()
+            return
+        try:
+            records.close_association(
+                self.config.engine,
                 self.association_id,
-                self.peer_host,
                 end_status,
                 reason,
                 self.stored,
                 self.failed,
+                self.bytes_stored,
             )
+        except Exception:
+            log.exception("could not record the end of association %s", self.association_id)
+        log.info(
+            "association %s from %s ended: %s %s (%d stored, %d failed)",
+            self.association_id,
+            self.peer_host,
+            end_status,
+            reason,
+            self.stored,
+            self.failed,
+        )
+
+    def _forget_empty(self) -> None:
+        """An association that carried no message is counted in the summary, not kept."""
+        assert self.association_id is not None
+        try:
+            records.forget_association(self.config.engine, self.association_id)
+        except Exception as exc:
+            log.warning("could not remove empty association %s: %s", self.association_id, exc)
+        self.summary.dropped(self.peer_host, "aborted before any message")
 
     def _associate(self) -> bool:
-        pdu_type, length = pdu.PDU_HEADER.unpack(self.reader.read(6))
-        if pdu_type != pdu.A_ASSOCIATE_RQ or length > MAX_ASSOCIATE_RQ:
-            self._send(pdu.a_abort(2, 0))
-            return False
-        body = self.reader.read(length)
         try:
-            rq = negotiation.decode_request(pdu.PDU_HEADER.pack(pdu_type, length) + body)
-        except Exception:
-            self._send(pdu.a_abort(2, 0))
-            return False
-        calling = rq.calling_ae_title.strip()
-        called = rq.called_ae_title.strip()
-        try:
+            rq = negotiation.decode_request(self.request)
+            calling = rq.calling_ae_title.strip()
+            called = rq.called_ae_title.strip()
             if self.busy:
                 raise negotiation.Rejection(
                     negotiation.reject_pdu(negotiation.REJECT_BUSY), "too many associations"
                 )
             ac, self.negotiated = negotiation.negotiate(rq, self.config.policy, self.peer_host)
         except negotiation.Rejection as rejection:
-            log.warning("rejected association from %s@%s: %s", calling, self.peer_host, rejection)
-            # Recorded before the peer hears of it, so the history is never behind the network.
-            records.open_association(
-                self.config.engine,
-                calling,
-                called,
+            self._reject(rejection, calling, called)
+            return False
+        except Exception as exc:
+            # pynetdicom's decoder and its presentation-context checks raise ValueError,
+            # UnicodeError, struct.error...: all mean an invalid request, A-P-ABORT reason 6.
+            log.warning(
+                "invalid association request from %s: %s: %s",
                 self.peer_host,
-                self.peer_port,
-                "rejected",
-                rejection.reason,
+                type(exc).__name__,
+                exc,
             )
-            self._send(rejection.pdu)
+            self._send(pdu.a_abort(2, pdu.ABORT_INVALID_PARAMETER))
+            self.summary.dropped(self.peer_host, "invalid association request")
             return False
         self.association_id = records.open_association(
             self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
@@ -177,6 +199,27 @@ class AssociationHandler:
         self.sock.sendall(ac)
         return True
 
+    def _reject(self, rejection: negotiation.Rejection, calling: str, called: str) -> None:
+        # The first of a kind from an address in an interval is recorded in full; the repeats
+        # are counted into one summary event (summary.py), so a flood cannot grow the history.
+        kind = f"{rejection.pdu.hex()} {calling!r} {called!r}"
+        if self.summary.first_rejection(self.peer_host, kind):
+            log.warning("rejected association from %s@%s: %s", calling, self.peer_host, rejection)
+            # Recorded before the peer hears of it, so the history is never behind the network.
+            association_id = records.open_association(
+                self.config.engine,
+                calling,
+                called,
+                self.peer_host,
+                self.peer_port,
+                "rejected",
+                rejection.reason,
+            )
+            self.summary.rejection_recorded(
+                self.peer_host, kind, association_id, calling, called, rejection.reason
+            )
+        self._send(rejection.pdu)
+
     def _serve(self) -> tuple[str, str]:
         read = self.reader.read
         max_pdu = self.config.policy.max_pdu or (1 << 32)
@@ -187,17 +230,23 @@ class AssociationHandler:
                     raise pdu.ProtocolError(f"PDU of {length} bytes exceeds our maximum")
                 self._p_data(length)
             elif pdu_type == pdu.A_RELEASE_RQ:
+                if length > PDU_SLACK:
+                    raise pdu.ProtocolError(f"A-RELEASE-RQ of {length} bytes")
                 read(length)
                 if self.current is not None or self.command:
-                    raise pdu.ProtocolError("release requested in the middle of a message")
+                    raise pdu.ProtocolError(
+                        "release requested in the middle of a message", pdu.ABORT_UNEXPECTED_PDU
+                    )
                 self.sock.sendall(pdu.a_release_rp())
                 return "released", ""
             elif pdu_type == pdu.A_ABORT:
+                if length > PDU_SLACK:
+                    raise pdu.ProtocolError(f"A-ABORT of {length} bytes")
                 body = read(length)
                 source = body[2] if len(body) >= 4 else -1
                 return "aborted", f"the peer aborted the association (source {source})"
             else:
-                raise pdu.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
+                raise pdu.unexpected_pdu(pdu_type)
 
     def _p_data(self, length: int) -> None:
         reader = self.reader
@@ -229,6 +278,7 @@ class AssociationHandler:
 
     def _on_command(self, context_id: int, command: dimse.Command) -> None:
         assert self.negotiated is not None
+        self.messages += 1
         context = self.negotiated.contexts.get(context_id)
         if context is None:
             raise pdu.ProtocolError(f"message on presentation context {context_id} not accepted")

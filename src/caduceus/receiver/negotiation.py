@@ -7,6 +7,7 @@ first transfer syntax the *sender* proposed that we can store, so what we keep i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,11 @@ class Rejection(Exception):
         super().__init__(reason)
         self.pdu = pdu
         self.reason = reason
+
+
+def quiet_codec_logs() -> None:
+    """pynetdicom logs a traceback for every undecodable request; we log one line of our own."""
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 def decode_request(body: bytes) -> A_ASSOCIATE_RQ:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, literal, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, literal, select, update
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS, INSTANCES, SERIES, STUDIES
 from caduceus.core.db.upsert import insert_or_ignore, insert_or_update
@@ -83,6 +83,12 @@ def close_association(
                 severity="warning",
                 association_id=association_id,
             )
+
+
+def forget_association(engine: Engine, association_id: int) -> None:
+    """Remove an association that carried no message (it is counted in a summary instead)."""
+    with engine.begin() as conn:
+        conn.execute(delete(ASSOCIATIONS).where(ASSOCIATIONS.c.id == association_id))
 
 
 @dataclass(frozen=True, slots=True)

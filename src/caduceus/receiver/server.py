@@ -1,12 +1,16 @@
 """The receiver service: a listening socket shared by several worker processes.
 
 The parent binds the port, then forks workers that all accept on the same socket, so a busy
-association in one process does not hold up others and receiving scales across cores. Each
-worker serves every association in its own thread. The parent restarts a worker that dies.
+association in one process does not hold up others and receiving scales across cores. In each
+worker a selector holds the connections that have not yet sent their association request (see
+acceptor.py); each association then runs in its own thread. The parent restarts a worker that
+dies, and a worker dies with its parent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -22,13 +26,17 @@ from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.heartbeat import Heartbeat, beating
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot, TempFiles
+from caduceus.receiver.acceptor import Acceptor
 from caduceus.receiver.association import AssociationHandler, ReceiverConfig
-from caduceus.receiver.negotiation import Policy
+from caduceus.receiver.connection_limits import ConnectionCounts, raise_fd_limit
+from caduceus.receiver.negotiation import Policy, quiet_codec_logs
+from caduceus.receiver.summary import ConnectionSummary
 
 log = logging.getLogger("caduceus.receiver")
 
 MAX_ASSOCIATIONS_PER_WORKER = 64
 SHUTDOWN_GRACE = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 def make_config(settings: Settings) -> ReceiverConfig:
@@ -61,61 +69,129 @@ def bind(settings: Settings) -> socket.socket:
 
 
 class Worker:
-    """Accepts associations on the shared socket until told to stop."""
+    """Accepts connections on the shared socket and serves associations until told to stop."""
 
-    def __init__(self, listener: socket.socket, settings: Settings):
+    def __init__(
+        self,
+        listener: socket.socket,
+        settings: Settings,
+        counts: ConnectionCounts,
+        parent_pid: int | None = None,
+    ):
         self.listener = listener
         self.settings = settings
+        self.counts = counts
+        self.parent_pid = parent_pid
         self.stopping = threading.Event()
         self.active: set[threading.Thread] = set()
         self.lock = threading.Lock()
+        self.summary = ConnectionSummary()
+        self.config: ReceiverConfig | None = None
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
 
     def run(self) -> None:
-        config = make_config(self.settings)
-        self.listener.settimeout(0.5)
+        quiet_codec_logs()
+        self.config = config = make_config(self.settings)
+        acceptor = Acceptor(
+            self.listener,
+            self.counts,
+            self.summary,
+            self.settings.receiver_association_request_timeout,
+            self._hand_off,
+        )
+        flusher = threading.Thread(target=self._flush_periodically, daemon=True)
+        flusher.start()
         while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if self.stopping.is_set():
-                    break
-                log.warning("accept failed: %s", exc)
-                time.sleep(0.1)
-                continue
-            conn.setblocking(True)
-            with self.lock:
-                busy = len(self.active) >= MAX_ASSOCIATIONS_PER_WORKER
-            thread = threading.Thread(target=self._serve, args=(conn, config, busy), daemon=True)
-            with self.lock:
-                self.active.add(thread)
-            thread.start()
+            acceptor.poll(0.5)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                # A backstop for PR_SET_PDEATHSIG: an orphan must not keep the port.
+                log.error("receiver parent %d is gone; this worker stops", self.parent_pid)
+                self.stopping.set()
+        # Closed first, so that a new receiver can take the port while associations finish.
+        acceptor.close()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for thread in list(self.active):
             thread.join(max(0.0, deadline - time.monotonic()))
+        flusher.join(5)
+        self._flush()
         config.temp_files.close()
         config.engine.dispose()
 
-    def _serve(self, conn: socket.socket, config: ReceiverConfig, busy: bool) -> None:
+    def _hand_off(self, conn: socket.socket, host: str, request: bytes) -> None:
+        with self.lock:
+            busy = len(self.active) >= MAX_ASSOCIATIONS_PER_WORKER
+            thread = threading.Thread(
+                target=self._serve, args=(conn, host, request, busy), daemon=True
+            )
+            self.active.add(thread)
         try:
-            AssociationHandler(conn, config, busy=busy).run()
+            thread.start()
+        except RuntimeError as exc:  # the process is out of threads: refuse this one only
+            log.warning("no thread for a connection from %s: %s", host, exc)
+            with self.lock:
+                self.active.discard(thread)
+            conn.close()
+            self.counts.release(host)
+            self.summary.dropped(host, "no thread available")
+
+    def _serve(self, conn: socket.socket, host: str, request: bytes, busy: bool) -> None:
+        assert self.config is not None
+        try:
+            AssociationHandler(
+                conn, self.config, busy=busy, request=request, summary=self.summary
+            ).run()
         finally:
+            self.counts.release(host)
             with self.lock:
                 self.active.discard(threading.current_thread())
 
+    def _flush(self) -> None:
+        assert self.config is not None
+        try:
+            self.summary.flush(self.config.engine)
+        except Exception as exc:
+            log.warning("could not record the connection summary: %s", exc)
 
-def _worker_main(listener: socket.socket, settings: Settings) -> None:
+    def _flush_periodically(self) -> None:
+        while not self.stopping.wait(self.settings.receiver_summary_interval):
+            self._flush()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies, so that no orphan keeps the port."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os._exit(0)
+
+
+def _worker_main(
+    listener: socket.socket, settings: Settings, counts: ConnectionCounts, row: int, parent: int
+) -> None:
     from caduceus.core.logs import setup_logging
 
+    _die_with_parent(parent)
     setup_logging("receiver", home=settings.home)
-    worker = Worker(listener, settings)
+    counts.use_row(row)
+    worker = Worker(listener, settings, counts, parent_pid=parent)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run()
+
+
+def connection_counts(settings: Settings, workers: int) -> ConnectionCounts:
+    total = settings.receiver_max_connections
+    room = raise_fd_limit(total)
+    if room < total:
+        log.warning(
+            "the open-file limit leaves room for %d connections, not %d: that is the cap",
+            room,
+            total,
+        )
+    return ConnectionCounts(workers, settings.receiver_max_connections_per_address, room)
 
 
 def serve(settings: Settings) -> None:
@@ -135,8 +211,9 @@ def serve(settings: Settings) -> None:
         count,
     )
     detail = f"{settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
+    counts = connection_counts(settings, count)
     if count == 1:
-        worker = Worker(listener, settings)
+        worker = Worker(listener, settings, counts)
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
         heart_engine = open_database(settings, pool_size=1)
@@ -157,14 +234,19 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    def start() -> BaseProcess:
+    parent = os.getpid()
+
+    def start(row: int) -> BaseProcess:
+        counts.clear_row(row)  # the connections of a dead worker died with it
         process = context.Process(
-            target=_worker_main, args=(listener, settings), name="caduceus-receiver-worker"
+            target=_worker_main,
+            args=(listener, settings, counts, row, parent),
+            name="caduceus-receiver-worker",
         )
         process.start()
         return process
 
-    workers = [start() for _ in range(count)]
+    workers = [start(row) for row in range(count)]
     # No heartbeat thread here: a fork (a worker's restart) beside a running thread could
     # copy a lock that thread holds. The loop beats instead, between forks.
     heart_engine = open_database(settings, pool_size=1)
@@ -180,7 +262,7 @@ def serve(settings: Settings) -> None:
                 )
                 # The child must not share the parent's database connection.
                 heart_engine.dispose()
-                workers[index] = start()
+                workers[index] = start(index)
     for process in workers:
         if process.pid is not None and process.is_alive():
             os.kill(process.pid, signal.SIGTERM)

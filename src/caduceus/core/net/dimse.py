@@ -71,12 +71,19 @@ def parse_command(data: bytes) -> Command:
     def text(elem: int) -> str:
         return fields.get(elem, b"").decode("ascii", "replace").strip(" \x00")
 
+    def uid(elem: int) -> str:
+        raw = fields.get(elem, b"")
+        if not raw.isascii():
+            # A UID is digits and dots; non-ASCII bytes can be nothing but an attack or a bug.
+            raise ProtocolError(f"non-ASCII UID in (0000,{elem:04X}) of the DIMSE command set")
+        return raw.decode("ascii").strip(" \x00")
+
     return Command(
         command_field=us(COMMAND_FIELD),
         message_id=us(MESSAGE_ID, 0),
         has_dataset=us(DATASET_TYPE) != NO_DATASET,
-        affected_sop_class=text(AFFECTED_SOP_CLASS),
-        affected_sop_instance=text(AFFECTED_SOP_INSTANCE),
+        affected_sop_class=uid(AFFECTED_SOP_CLASS),
+        affected_sop_instance=uid(AFFECTED_SOP_INSTANCE),
         priority=us(PRIORITY, 0),
         move_originator_aet=text(MOVE_ORIGINATOR_AET),
         status=us(STATUS, -1) if STATUS in fields else -1,

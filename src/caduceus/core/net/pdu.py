@@ -29,8 +29,26 @@ class PeerClosed(Exception):
     """The peer closed the connection (or it timed out) outside an orderly release."""
 
 
+# A-P-ABORT reasons (PS3.8 9.3.8) for an abort by the service provider (source 2).
+ABORT_NOT_SPECIFIED = 0
+ABORT_UNRECOGNIZED_PDU = 1
+ABORT_UNEXPECTED_PDU = 2
+ABORT_INVALID_PARAMETER = 6
+
+
 class ProtocolError(Exception):
-    """The peer broke the protocol; the association must be aborted."""
+    """The peer broke the protocol; the association must be aborted (with this reason)."""
+
+    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER):
+        super().__init__(message)
+        self.reason = reason
+
+
+def unexpected_pdu(pdu_type: int) -> ProtocolError:
+    """The error for a PDU that has no place here: a known type, or none at all."""
+    if A_ASSOCIATE_RQ <= pdu_type <= A_ABORT:
+        return ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+    return ProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
 
 
 class SocketReader:
