@@ -110,7 +110,7 @@ class Worker:
 def _worker_main(listener: socket.socket, settings: Settings) -> None:
     from caduceus.core.logs import setup_logging
 
-    setup_logging("receiver", home=settings.home)
+    setup_logging("receiver", home=settings.home, file_mode=settings.file_mode)
     worker = Worker(listener, settings)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
@@ -120,7 +120,7 @@ def _worker_main(listener: socket.socket, settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Run the receiver until SIGTERM or SIGINT."""
     root = DataRoot(settings.home)
-    root.create()
+    root.create(settings.folder_mode)
     purged = root.purge_stale_temp()
     if purged:
         log.info("removed %d stale temporary files", purged)
