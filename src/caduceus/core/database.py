@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -100,7 +101,11 @@ def _private_sqlite_file(settings: Settings) -> None:
         return
     path = Path(url.database)
     path.parent.mkdir(parents=True, exist_ok=True, mode=settings.folder_mode)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, settings.file_mode))
+    # Only a file that is not there: closing any descriptor of an open SQLite file would drop
+    # this process's locks on it (POSIX), and another process could then take the WAL away.
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, settings.file_mode))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             if name.stat().st_mode & 0o777 & ~settings.file_mode:
