@@ -29,7 +29,11 @@ def rotate_key() -> None:
         path = settings.secrets_key_path
         old = keys_in(path)
         new = Fernet.generate_key()
-        write_key_file(path, [new, *old])
+        try:
+            write_key_file(path, [new, *old])
+        except OSError as exc:  # a read-only mount (a Kubernetes Secret): rotate where it lives
+            err.print(f"error: cannot write the key file {path}: {exc.strerror}", markup=False)
+            raise typer.Exit(1) from exc
         count = store.reencrypt_all(engine, Keyring(path))
         write_key_file(path, [new])
     finally:

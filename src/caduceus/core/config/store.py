@@ -14,7 +14,13 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import Connection, Engine, insert, select, text, update
 
-from caduceus.core.config.models import MASK, Config, DicomWebTarget, masked_url
+from caduceus.core.config.models import (
+    MASK,
+    SECRET_NAME,
+    Config,
+    DicomWebTarget,
+    masked_url,
+)
 from caduceus.core.db.models import CONFIG_VERSIONS
 from caduceus.core.events import record_event
 from caduceus.core.secret_keys import (
@@ -318,6 +324,8 @@ def encrypt_clear_secrets(engine: Engine) -> int:
     with engine.begin() as conn:
         rows = conn.execute(select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)).all()
         for row in rows:
+            if not _may_hold_clear_secrets(row.content):
+                continue  # written encrypted (or without secrets): no validation at each start
             config = _loaded(engine, row.content)
             content = stored_content(config, keyring)
             if holds_clear_secrets(row.content, content):
@@ -328,6 +336,39 @@ def encrypt_clear_secrets(engine: Engine) -> int:
                 )
                 rewritten += 1
     return rewritten
+
+
+# Names that contain "key" and the like but hold no secret (a file's path, a public key).
+_NOT_SECRET = frozenset(
+    ("tls_key", "private_key_file", "host_key", "accept_unknown_host_key", "tls_certificate")
+)
+
+
+def _may_hold_clear_secrets(document: Any) -> bool:
+    """A quick look at a stored document: False when no value that a dump would encrypt is
+    there in clear. (True may be wrong; the caller then compares the full dump.)"""
+    found = False
+    modules = document.get("modules") if isinstance(document, dict) else None
+    marked = {
+        str(name)
+        for module in (modules.values() if isinstance(modules, dict) else ())
+        if isinstance(module, dict) and isinstance(module.get("secret_settings"), list)
+        for name in module["secret_settings"]
+    }
+
+    def look(value: dict[str, Any]) -> dict[str, Any]:
+        nonlocal found
+        for key, item in value.items():
+            if key in _NOT_SECRET or is_encrypted(item) or item in ("", None, [], {}):
+                continue
+            if key == "url":
+                found = found or (isinstance(item, str) and masked_url(item) != item)
+            elif key != "secret_settings" and (key in marked or SECRET_NAME.search(key)):
+                found = True
+        return value
+
+    transform(document, look)
+    return found
 
 
 def reencrypt_all(engine: Engine, keyring: Keyring) -> int:
