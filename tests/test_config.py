@@ -48,8 +48,10 @@ def write(tmp_path: Path, data: object, name: str = "config.yaml") -> Path:
 
 
 @pytest.fixture
-def engine(database_url: str):  # type: ignore[no-untyped-def]
-    engine = open_database(Settings(database_url=database_url), migrate=True)
+def engine(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    # A home of its own: the key of the stored secrets is made there.
+    settings = Settings(home=tmp_path / "home", database_url=database_url)
+    engine = open_database(settings, migrate=True)
     yield engine
     engine.dispose()
 

@@ -100,7 +100,14 @@ def test_two_step_pipeline_through_caduceus_run(launch: Any, tmp_path: Path) -> 
             "settings": {"series_complete_trigger": 1},
             "targets": {"scp": scp.target(), "archive": {"type": "folder", "path": str(archive)}},
             "modules": {
-                "tagger": module(tmp_path, "tagger", TAGGER, settings={"description": "X"}),
+                # Secret settings are stored encrypted: the module still gets them in clear.
+                "tagger": module(
+                    tmp_path,
+                    "tagger",
+                    TAGGER,
+                    settings={"description": "X"},
+                    secret_settings=["description"],
+                ),
                 "router": module(tmp_path, "router", ROUTER),
             },
             "rules": {

@@ -185,7 +185,7 @@ def test_every_change_checks_the_role_and_the_csrf_token(
     tmp_path: Path, database_url: str, web_engine: Engine
 ) -> None:
     # The self-test's own receiver is a closed port: an allowed start ends at its first stage.
-    (tmp_path / "home").mkdir()
+    (tmp_path / "home").mkdir(exist_ok=True)  # opening the database made it, for its key
     settings = Settings(home=tmp_path / "home", database_url=database_url, dicom_port=free_port())
     app = create_app(settings, web_engine)
     routes = unsafe_routes(app)

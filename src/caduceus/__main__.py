@@ -1,3 +1,3 @@
-from caduceus.cli.main import app
+from caduceus.cli.main import main
 
-app()
+main()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
+from caduceus.core.database import attach_keyring, open_keyring
 from caduceus.core.db.engine import make_engine, writer
 from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
 
@@ -162,8 +163,12 @@ class Caduceus:
         # A writer engine, as the services use: the tests write beside the receiver, and a
         # deferred SQLite transaction that reads, then writes, fails when the receiver wrote in
         # between (the lock is not waited for in that case).
+        # With the key of the configuration's secrets in this instance's home (created here
+        # when the test writes before the service starts), as the services have it.
         url = self.database_url.replace("postgresql://", "postgresql+psycopg://")
-        return writer(make_engine(url))
+        engine = make_engine(url)
+        attach_keyring(engine, open_keyring(self.home / "secret.key", engine))
+        return writer(engine)
 
 
 def run(cmd: list[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ def serve(settings: Settings) -> None:
     stopping = stop_on_signals()
     engine = open_database(settings)
     root = DataRoot(settings.home)
-    root.create()
+    root.create(settings.folder_mode)
     cleaner = Cleaner(
         engine,
         root,

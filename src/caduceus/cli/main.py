@@ -32,9 +32,10 @@ def _settings() -> Settings:
 
 
 def _add_subcommands() -> None:
-    from caduceus.cli import config, health, targets, tasks
+    from caduceus.cli import config, health, secrets, targets, tasks
 
     app.add_typer(config.app, name="config")
+    app.add_typer(secrets.app, name="secrets")
     app.add_typer(targets.app, name="targets")
     app.add_typer(tasks.task_actions, name="tasks")
     app.add_typer(tasks.queue_actions, name="queue")
@@ -47,6 +48,20 @@ def _add_subcommands() -> None:
 _add_subcommands()
 
 
+def main() -> None:
+    """The command line, with a missing or wrong secrets key told in a line, not a traceback."""
+    from caduceus.core.secret_keys import SecretKeyError
+
+    try:
+        app()
+    except SecretKeyError as exc:
+        import logging
+
+        logging.getLogger("caduceus").error("%s", exc)
+        Console(stderr=True, soft_wrap=True).print(f"error: {exc}", markup=False, highlight=False)
+        raise SystemExit(2) from None
+
+
 def _run_service(name: str, serve: Callable[[Settings], None], *, heartbeat: bool = True) -> None:
     """Logging (stderr and the service's log file), the schema, then the service, beating."""
     from caduceus.core.database import open_database
@@ -54,7 +69,7 @@ def _run_service(name: str, serve: Callable[[Settings], None], *, heartbeat: boo
     from caduceus.core.logs import setup_logging
 
     settings = _settings()
-    setup_logging(name, home=settings.home)
+    setup_logging(name, home=settings.home, file_mode=settings.file_mode)
     engine = open_database(settings, migrate=True, pool_size=1)
     try:
         if not heartbeat:
@@ -81,8 +96,8 @@ def run(
     from caduceus.supervisor.supervisor import Supervisor
 
     settings = _settings()
-    DataRoot(settings.home).create()
-    setup_logging("supervisor", home=settings.home)
+    DataRoot(settings.home).create(settings.folder_mode)
+    setup_logging("supervisor", home=settings.home, file_mode=settings.file_mode)
     engine = open_database(settings, migrate=True, pool_size=1)
     if config is not None:
         from caduceus.cli.config import import_file

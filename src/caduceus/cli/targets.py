@@ -14,6 +14,7 @@ from caduceus.core.config.models import (
     FolderTarget,
     S3Target,
     TargetSettings,
+    masked_url,
 )
 
 app = typer.Typer(help="Targets: where results are sent.", no_args_is_help=True)
@@ -47,7 +48,7 @@ def where_of(target: TargetSettings) -> str:
     if isinstance(target, FolderTarget):
         return target.path
     if isinstance(target, DicomWebTarget):
-        return target.url
+        return masked_url(target.url)
     if isinstance(target, S3Target):
         return f"s3://{target.bucket}/{target.prefix}"
     return f"sftp://{target.user}@{target.host}:{target.port}/{target.folder}"

@@ -45,10 +45,24 @@ def log_path(home: Path, service: str) -> Path:
 class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file that several processes append to."""
 
-    def __init__(self, path: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = MAX_BYTES,
+        backups: int = BACKUPS,
+        file_mode: int = 0o600,
+    ):
+        # Log lines name patients' series and senders: private whatever the umask.
+        self.file_mode = file_mode
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750 if file_mode & 0o040 else 0o700)
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._lock_path = f"{self.baseFilename}.lock"
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.file_mode)
+        if os.fstat(fd).st_mode & 0o777 & ~self.file_mode:
+            os.fchmod(fd, self.file_mode)  # one from before, or rotated from a looser one
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def _renamed(self) -> bool:
         if self.stream is None:

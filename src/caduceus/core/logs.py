@@ -223,24 +223,26 @@ def _masked(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
-def make_file_handler(service: str, home: Path) -> logging.Handler:
+def make_file_handler(service: str, home: Path, file_mode: int = 0o600) -> logging.Handler:
     """$CADUCEUS_HOME/logs/<service>.log: JSON lines (the web interface filters them by task),
     behind the same masking as the lines on stderr. Call after make_handler, which reads
     CADUCEUS_LOG_PHI."""
     from caduceus.core.logfiles import SharedRotatingFileHandler, log_path
 
-    handler = SharedRotatingFileHandler(log_path(home, service))
+    handler = SharedRotatingFileHandler(log_path(home, service), file_mode=file_mode)
     handler.setFormatter(_JsonFormatter(service))
     return _masked(handler)
 
 
-def setup_logging(service: str, level: str | None = None, home: Path | None = None) -> None:
+def setup_logging(
+    service: str, level: str | None = None, home: Path | None = None, file_mode: int = 0o600
+) -> None:
     """Lines on stderr and, given the data root, in the service's own log file too."""
     root = logging.getLogger()
     handlers = [make_handler(service)]
     if home is not None:
         try:
-            handlers.append(make_file_handler(service, home))
+            handlers.append(make_file_handler(service, home, file_mode))
         except OSError as exc:  # a read-only data root must not keep the service from running
             print(f"caduceus: no log file for {service}: {exc}", file=sys.stderr)
     root.handlers[:] = handlers

@@ -225,6 +225,17 @@ class Settings(BaseSettings):
         description="Largest request body read from a sender that is not a known user, and "
         "from every login.",
     )
+    secrets_key_file: Path | None = Field(
+        default=None,
+        description="The key that encrypts the configuration's secrets in the database; "
+        "empty: secret.key in CADUCEUS_HOME, created at first start. Keep it apart from the "
+        "database's backups; every machine sharing the database needs the same file.",
+    )
+    file_group_access: bool = Field(
+        default=False,
+        description="Let caduceus's group read the data root, the database, the logs and "
+        "folder-target outputs (0750/0640 instead of 0700/0600).",
+    )
     fsync: bool = Field(
         default=True,
         description="Flush each received file, its folder and each database commit to disk "
@@ -293,6 +304,18 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{(self.home / 'caduceus.db').resolve()}"
+
+    @property
+    def secrets_key_path(self) -> Path:
+        return self.secrets_key_file or self.home / "secret.key"
+
+    @property
+    def folder_mode(self) -> int:
+        return 0o750 if self.file_group_access else 0o700
+
+    @property
+    def file_mode(self) -> int:
+        return 0o640 if self.file_group_access else 0o600
 
     @property
     def effective_receiver_workers(self) -> int:

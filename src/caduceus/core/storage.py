@@ -28,9 +28,14 @@ class DataRoot:
         # Folders this process has made or seen, so that most writes skip a mkdir.
         self._known: dict[Path, None] = {}
 
-    def create(self) -> None:
+    def create(self, mode: int | None = None) -> None:
+        """The folders, new ones private to caduceus's account whatever the umask. With a
+        mode (700, or 750 with CADUCEUS_FILE_GROUP_ACCESS), a data root made before with
+        more permissions is narrowed to it."""
         for folder in (self.home, self.incoming, self.tmp, self.quarantine):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=mode or 0o700)
+        if mode is not None and self.home.stat().st_mode & 0o777 & ~mode:
+            os.chmod(self.home, self.home.stat().st_mode & mode)
 
     def ensure_folder(self, folder: Path) -> None:
         if folder not in self._known:

@@ -37,7 +37,7 @@ def serve(settings: Settings) -> None:
     stopping = stop_on_signals()
     engine = open_database(settings, pool_size=settings.processor_parallel + 2)
     root = DataRoot(settings.home)
-    root.create()
+    root.create(settings.folder_mode)
     try:
         runners = runner_factory(settings)
     except RunnerError as exc:

@@ -174,7 +174,7 @@ def _worker_main(
     from caduceus.core.logs import setup_logging
 
     _die_with_parent(parent)
-    setup_logging("receiver", home=settings.home)
+    setup_logging("receiver", home=settings.home, file_mode=settings.file_mode)
     counts.use_row(row)
     worker = Worker(listener, settings, counts, parent_pid=parent)
     signal.signal(signal.SIGTERM, worker.stop)
@@ -197,7 +197,7 @@ def connection_counts(settings: Settings, workers: int) -> ConnectionCounts:
 def serve(settings: Settings) -> None:
     """Run the receiver until SIGTERM or SIGINT."""
     root = DataRoot(settings.home)
-    root.create()
+    root.create(settings.folder_mode)
     purged = root.purge_stale_temp()
     if purged:
         log.info("removed %d stale temporary files", purged)

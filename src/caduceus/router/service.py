@@ -29,7 +29,7 @@ def serve(settings: Settings) -> None:
     stopping = stop_on_signals()
     engine = open_database(settings)
     root = DataRoot(settings.home)
-    root.create()
+    root.create(settings.folder_mode)
     router = Router(engine, root, Budget.of(settings))
     log.info("router started")
     while not stopping.is_set():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import time
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -18,8 +19,11 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
+    field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -40,16 +44,57 @@ MASK = "**********"
 STORED_KEY = "stored"
 STORED = {STORED_KEY: True}
 
+SEALED = "$sealed"  # caduceus.core.secret_keys.SEALED: the store encrypts what it marks
 
-def _reveal(value: SecretStr, info: SerializationInfo) -> str:
-    # Secrets are written out only where they must be stored (the configuration database, an
-    # export the administrator asked to include them in); everywhere else they are masked.
-    if info.context and info.context.get("reveal_secrets"):
-        return value.get_secret_value()
-    return MASK if value.get_secret_value() else ""
+# Settings of a module whose names say they hold a secret are treated as one, marked or not.
+SECRET_NAME = re.compile(r"key|token|password|passwd|secret|credential", re.IGNORECASE)
 
 
-Secret = Annotated[SecretStr, PlainSerializer(_reveal, return_type=str)]
+def _context(info: SerializationInfo) -> dict[str, Any]:
+    return info.context if isinstance(info.context, dict) else {}
+
+
+def shown_secret(value: Any, info: SerializationInfo, masked: Any = MASK) -> Any:
+    """How a secret value is written out: in clear only where it must be (an export the
+    administrator asked to include them in), marked for encryption where it is stored (the
+    configuration database), and masked everywhere else."""
+    context = _context(info)
+    if value in ("", None) or masked == value:
+        return value
+    if context.get("reveal_secrets"):
+        return value
+    if context.get("seal"):
+        return {SEALED: value}
+    return masked
+
+
+def _reveal(value: SecretStr, info: SerializationInfo) -> Any:
+    return shown_secret(value.get_secret_value(), info)
+
+
+Secret = Annotated[SecretStr, PlainSerializer(_reveal, return_type=Any)]
+
+
+def masked_url(url: str) -> str:
+    """The URL without what may be a credential: its query string (?apikey=...), fragment
+    and the password of user information."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username}:{MASK}@{host}")
+    if parts.query:
+        parts = parts._replace(query=MASK)
+    if parts.fragment:
+        parts = parts._replace(fragment=MASK)
+    return parts.geturl()
+
+
+def _url_shown(value: str, info: SerializationInfo) -> Any:
+    return shown_secret(value, info, masked_url(value))
+
+
+def _key_id_shown(value: str, info: SerializationInfo) -> Any:
+    return shown_secret(value, info)
 
 
 class DicomTarget(Strict):
@@ -94,6 +139,9 @@ class FolderTarget(Strict):
     type: Literal["folder"] = "folder"
     path: str = Field(min_length=1)
     file_filter: str = ""
+    # Delivered folders are 700 and files 600 (private to caduceus's account); with this on,
+    # 750 and 640, for another account in the folder's group (an importer) to read them.
+    group_access: bool = False
     comment: str = ""
 
 
@@ -101,7 +149,9 @@ class DicomWebTarget(Strict):
     """DICOMweb STOW-RS: instances are POSTed to <url>/studies in batches."""
 
     type: Literal["dicomweb"] = "dicomweb"
-    url: str = Field(min_length=1, pattern=r"^https?://")
+    url: Annotated[str, PlainSerializer(_url_shown, return_type=Any)] = Field(
+        min_length=1, pattern=r"^https?://"
+    )
     username: str = ""
     password: Secret = SecretStr("")
     token: Secret = Field(default=SecretStr(""), description="bearer token")
@@ -132,7 +182,7 @@ class S3Target(Strict):
     prefix: str = ""
     region: str = "us-east-1"
     endpoint_url: str = Field(default="", description="for S3-compatible stores")
-    access_key_id: str = ""
+    access_key_id: Annotated[str, PlainSerializer(_key_id_shown, return_type=Any)] = ""
     secret_access_key: Secret = SecretStr("")
     comment: str = ""
 
@@ -200,6 +250,9 @@ class Module(Strict):
     image: str = ""
     command: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)
+    # Settings shown masked, kept encrypted; names with key, token, password or secret in
+    # them are secret without being listed.
+    secret_settings: list[str] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict)
     network: bool = False
     requires_root: bool = False
@@ -218,6 +271,16 @@ class Module(Strict):
     # from GRANTABLE_CAPABILITIES only; e.g. ["NET_BIND_SERVICE"].
     capabilities: list[str] = Field(default_factory=list)
     comment: str = ""
+
+    def is_secret(self, setting: str) -> bool:
+        return setting in self.secret_settings or bool(SECRET_NAME.search(setting))
+
+    @field_serializer("settings")
+    def _settings_shown(self, settings: dict[str, Any], info: SerializationInfo) -> Any:
+        return {
+            key: shown_secret(value, info) if self.is_secret(key) else value
+            for key, value in settings.items()
+        }
 
     @model_validator(mode="after")
     def _image_or_command(self) -> Module:
@@ -290,6 +353,19 @@ class Rule(Strict):
     dynamic_routing_allowed_targets: list[Name] = Field(default_factory=list)
     alternate_target: Name | None = None
     comment: str = ""
+
+    @field_serializer("module_settings")
+    def _module_settings_shown(
+        self, settings: list[dict[str, Any]], info: SerializationInfo
+    ) -> Any:
+        # Names that say they are secret; those a module marks are the Config's to mask.
+        return [
+            {
+                key: shown_secret(value, info) if SECRET_NAME.search(key) else value
+                for key, value in one.items()
+            }
+            for one in settings
+        ]
 
     @field_validator("rule")
     @classmethod
@@ -389,6 +465,28 @@ class Config(Strict):
     rules: dict[Name, Rule] = Field(default_factory=dict)
     targets: dict[Name, Target] = Field(default_factory=dict)
     modules: dict[Name, Module] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _marked_settings_shown(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        """A rule's settings for a module are secret where the module marks them so."""
+        dumped = handler(self)
+        if not isinstance(dumped, dict) or not isinstance(dumped.get("rules"), dict):
+            return dumped
+        for name, rule in self.rules.items():
+            shown = dumped["rules"].get(name)
+            if not isinstance(shown, dict):
+                continue
+            for index, module_name in enumerate(rule.modules[: len(rule.module_settings)]):
+                module = self.modules.get(module_name)
+                if module is None:
+                    continue
+                one = shown["module_settings"][index]
+                for key in module.secret_settings:
+                    if key in one and not SECRET_NAME.search(key):
+                        one[key] = shown_secret(one[key], info)
+        return dumped
 
     @model_validator(mode="after")
     def _references_exist(self) -> Config:

@@ -1,4 +1,9 @@
-"""The configuration in the database: every change is a new, complete version."""
+"""The configuration in the database: every change is a new, complete version.
+
+Secrets are stored encrypted with the key of the engine (see core.database.open_database and
+core.secret_keys); every read decrypts them, and versions from before, stored in clear, are
+encrypted at the next migration (encrypt_clear_secrets).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,55 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
-from caduceus.core.config.models import MASK, STORED, Config
+from caduceus.core.config.models import (
+    MASK,
+    SECRET_NAME,
+    STORED,
+    Config,
+    DicomWebTarget,
+    masked_url,
+)
 from caduceus.core.db.models import CONFIG_VERSIONS
 from caduceus.core.events import record_event
+from caduceus.core.secret_keys import (
+    ENCRYPTED,
+    SEALED,
+    Keyring,
+    SecretKeyError,
+    decrypted,
+    holds_clear_secrets,
+    is_encrypted,
+    sealed,
+    transform,
+)
 
 
 def content_of(config: Config) -> dict[str, Any]:
-    # The database is where secrets have to be kept; every other dump masks them.
+    """The configuration as a document, secrets in clear (never to be shown or stored)."""
     return config.model_dump(mode="json", context={"reveal_secrets": True})
+
+
+def _keyring(engine: Engine | Connection) -> Keyring | None:
+    from caduceus.core.database import keyring_of
+
+    if isinstance(engine, Connection):
+        engine = engine.engine
+    return keyring_of(engine)
+
+
+def stored_content(config: Config, keyring: Keyring | None) -> dict[str, Any]:
+    """The document as the database keeps it: secrets encrypted."""
+    document = config.model_dump(mode="json", context={"seal": True})
+    result: dict[str, Any] = sealed(document, keyring)
+    return result
+
+
+def _loaded(engine: Engine, content: Any) -> Config:
+    # STORED: a version an earlier release accepted still loads (its refused rules become
+    # rule errors when evaluated, not a configuration that cannot be read).
+    return Config.model_validate(decrypted(content, _keyring(engine)), context=STORED)
 
 
 def current(engine: Engine) -> tuple[int, Config] | None:
@@ -26,7 +70,7 @@ def current(engine: Engine) -> tuple[int, Config] | None:
             .order_by(CONFIG_VERSIONS.c.id.desc())
             .limit(1)
         ).first()
-    return (int(row.id), Config.model_validate(row.content, context=STORED)) if row else None
+    return (int(row.id), _loaded(engine, row.content)) if row else None
 
 
 def current_or_default(engine: Engine) -> Config:
@@ -41,7 +85,18 @@ def get(engine: Engine, version: int) -> Config:
         ).scalar()
     if content is None:
         raise LookupError(f"there is no configuration version {version}")
-    return Config.model_validate(content, context=STORED)
+    return _loaded(engine, content)
+
+
+def _reserved_keys(document: Any) -> list[str]:
+    found: list[str] = []
+
+    def look(value: dict[str, Any]) -> dict[str, Any]:
+        found.extend(key for key in (ENCRYPTED, SEALED) if key in value)
+        return value
+
+    transform(document, look)
+    return found
 
 
 # Where a target sends to, and how it makes sure it is talking to that place: a masked secret
@@ -85,6 +140,9 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
     for name, target in updated.targets.items():
         old = previous.targets.get(name) if previous else None
         moved = old is None or old.type != target.type
+        if not moved:
+            _unmask_partial(old, target)
+        problems += [f"target {name!r}: {problem}" for problem in _still_masked(target)]
         if old is not None and not moved:
             moved = _moved(old, target)
         for field in type(target).model_fields:
@@ -108,9 +166,78 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
             smtp.password = old_smtp.password
         else:
             problems.append("settings.smtp: password is masked; give the real value")
+    problems += _keep_module_settings(updated, previous)
     if problems:
         raise ValueError("; ".join(problems))
     return updated
+
+
+def _unmask_partial(old: object, new: object) -> None:
+    """A URL whose query string (or password) is masked, or a masked access key id, as
+    answers show them: the stored value, when the rest is unchanged."""
+    for field, masked in (("url", masked_url), ("access_key_id", lambda _value: MASK)):
+        stored, given = getattr(old, field, None), getattr(new, field, None)
+        if isinstance(stored, str) and stored and given != stored and given == masked(stored):
+            setattr(new, field, stored)
+
+
+def _still_masked(target: object) -> list[str]:
+    problems = []
+    if isinstance(target, DicomWebTarget) and MASK in target.url:
+        problems.append("the url is masked and cannot be kept; give the whole URL")
+    if getattr(target, "access_key_id", "") == MASK:
+        problems.append("access_key_id is masked and cannot be kept; give the real value")
+    return problems
+
+
+def _keep_module_settings(config: Config, previous: Config | None) -> list[str]:
+    """Masked secret settings of modules (and of rules for their modules) keep the stored
+    value while the module runs the same program; anything else is an error."""
+    problems = []
+    for name, module in config.modules.items():
+        old = previous.modules.get(name) if previous else None
+        same = old is not None and (old.image, old.command) == (module.image, module.command)
+        for key, value in module.settings.items():
+            if value != MASK or not module.is_secret(key):
+                continue
+            if same and old is not None and key in old.settings:
+                module.settings[key] = old.settings[key]
+            else:
+                problems.append(f"module {name!r}: setting {key!r} is masked; give the real value")
+    for name, rule in config.rules.items():
+        old_rule = previous.rules.get(name) if previous else None
+        for index, given in enumerate(rule.module_settings):
+            module_name = rule.modules[index] if index < len(rule.modules) else ""
+            used = config.modules.get(module_name)
+            old_one: dict[str, Any] = {}
+            if (
+                old_rule is not None
+                and index < len(old_rule.module_settings)
+                and old_rule.modules[index] == module_name
+                and previous is not None
+                and _same_program(previous.modules.get(module_name), used)
+            ):
+                old_one = old_rule.module_settings[index]
+            for key, value in given.items():
+                if value != MASK:
+                    continue
+                if key in old_one:
+                    given[key] = old_one[key]
+                elif used is None or used.is_secret(key):
+                    problems.append(
+                        f"rule {name!r}: setting {key!r} for module {module_name!r} is masked; "
+                        "give the real value"
+                    )
+    return problems
+
+
+def _same_program(old: object, new: object) -> bool:
+    return (
+        old is not None
+        and new is not None
+        and (getattr(old, "image", None), getattr(old, "command", None))
+        == (getattr(new, "image", None), getattr(new, "command", None))
+    )
 
 
 def save(engine: Engine, config: Config, author: str, comment: str = "") -> tuple[int, bool]:
@@ -133,16 +260,21 @@ def edit(
     `change` gets the stored configuration (secrets included, None when there is none yet)
     and returns the new one; masked secrets in it keep their stored values.
     """
+    keyring = _keyring(engine)
     with engine.begin() as conn:
         row = conn.execute(
             select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)
             .order_by(CONFIG_VERSIONS.c.id.desc())
             .limit(1)
         ).first()
-        previous = Config.model_validate(row.content, context=STORED) if row is not None else None
-        content = content_of(keep_secrets(change(previous), previous))
-        if row is not None and row.content == content:
+        previous = _loaded(engine, row.content) if row is not None else None
+        config = keep_secrets(change(previous), previous)
+        # Encryption is never the same twice: compare the configurations in clear.
+        if row is not None and previous is not None and content_of(previous) == content_of(config):
             return int(row.id), False
+        if _reserved_keys(content_of(config)):
+            raise ValueError(f"the names {ENCRYPTED} and {SEALED} are reserved")
+        content = stored_content(config, keyring)
         version = conn.execute(
             insert(CONFIG_VERSIONS)
             .values(created_at=datetime.now(UTC), author=author, comment=comment, content=content)
@@ -183,3 +315,83 @@ def history(engine: Engine) -> list[dict[str, Any]]:
             }
             for r in rows
         ]
+
+
+def encrypt_clear_secrets(engine: Engine) -> int:
+    """Encrypt the secrets that versions stored before encryption hold in clear, every
+    version at once. Returns how many versions were rewritten."""
+    keyring = _keyring(engine)
+    if keyring is None:
+        raise SecretKeyError("no secrets key: the stored secrets cannot be encrypted")
+    rewritten = 0
+    with engine.begin() as conn:
+        rows = conn.execute(select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)).all()
+        for row in rows:
+            if not _may_hold_clear_secrets(row.content):
+                continue  # written encrypted (or without secrets): no validation at each start
+            config = _loaded(engine, row.content)
+            content = stored_content(config, keyring)
+            if holds_clear_secrets(row.content, content):
+                conn.execute(
+                    update(CONFIG_VERSIONS)
+                    .where(CONFIG_VERSIONS.c.id == row.id)
+                    .values(content=content)
+                )
+                rewritten += 1
+    return rewritten
+
+
+# Names that contain "key" and the like but hold no secret (a file's path, a public key).
+_NOT_SECRET = frozenset(
+    ("tls_key", "private_key_file", "host_key", "accept_unknown_host_key", "tls_certificate")
+)
+
+
+def _may_hold_clear_secrets(document: Any) -> bool:
+    """A quick look at a stored document: False when no value that a dump would encrypt is
+    there in clear. (True may be wrong; the caller then compares the full dump.)"""
+    found = False
+    modules = document.get("modules") if isinstance(document, dict) else None
+    marked = {
+        str(name)
+        for module in (modules.values() if isinstance(modules, dict) else ())
+        if isinstance(module, dict) and isinstance(module.get("secret_settings"), list)
+        for name in module["secret_settings"]
+    }
+
+    def look(value: dict[str, Any]) -> dict[str, Any]:
+        nonlocal found
+        for key, item in value.items():
+            if key in _NOT_SECRET or is_encrypted(item) or item in ("", None, [], {}):
+                continue
+            if key == "url":
+                found = found or (isinstance(item, str) and masked_url(item) != item)
+            elif key != "secret_settings" and (key in marked or SECRET_NAME.search(key)):
+                found = True
+        return value
+
+    transform(document, look)
+    return found
+
+
+def reencrypt_all(engine: Engine, keyring: Keyring) -> int:
+    """Encrypt every stored secret of every version again with the keyring's first key, in
+    one transaction (rotation). Returns how many versions there are."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # No version may be added, encrypted with the old key, while this runs.
+            conn.execute(text("LOCK TABLE config_versions IN EXCLUSIVE MODE"))
+        rows = conn.execute(select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)).all()
+        for row in rows:
+            content = transform(
+                row.content,
+                lambda value: (
+                    {ENCRYPTED: keyring.rotate(value[ENCRYPTED])} if is_encrypted(value) else value
+                ),
+            )
+            conn.execute(
+                update(CONFIG_VERSIONS)
+                .where(CONFIG_VERSIONS.c.id == row.id)
+                .values(content=content)
+            )
+    return len(rows)

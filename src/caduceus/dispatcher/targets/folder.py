@@ -34,7 +34,12 @@ class FolderWriter:
             report.accepted = list(files)
             return report
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
+        # Images with patient data: readable by caduceus's account only (or its group, when
+        # the target allows it), whatever the umask.
+        group = self.settings.group_access
+        file_mode, folder_mode = (0o640, 0o750) if group else (0o600, 0o700)
+        partial.mkdir(mode=folder_mode)
+        os.chmod(partial, folder_mode)
         pattern = self.settings.file_filter
         for path in files:
             if shipment.interrupted():
@@ -44,7 +49,7 @@ class FolderWriter:
             if pattern and not fnmatch.fnmatch(path.name, pattern):
                 continue
             try:
-                shutil.copyfile(path, partial / path.name)
+                _copy(path, partial / path.name, file_mode)
                 report.accepted.append(path)
             except OSError as exc:
                 report.failed[path] = f"cannot write: {exc.strerror}"
@@ -52,6 +57,13 @@ class FolderWriter:
             shutil.rmtree(partial, ignore_errors=True)
             report.accepted.clear()
             return report
-        (partial / MARKER).touch()
+        (partial / MARKER).touch(mode=file_mode)
         os.rename(partial, final)
         return report
+
+
+def _copy(source: Path, destination: Path, mode: int) -> None:
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as given:
+        shutil.copyfileobj(given, out, 1024 * 1024)
+    os.chmod(destination, mode)  # the umask may have taken group bits away

@@ -80,7 +80,8 @@ def _checked_rule(fields: dict[str, Any]) -> dict[str, Any]:
     if isinstance(fields.get("rule"), str):
         _expression(fields["rule"])
     try:
-        return Rule.model_validate(fields).model_dump(mode="json")
+        # As given: a plain dump would mask the secret module settings it stores.
+        return Rule.model_validate(fields).model_dump(mode="json", context={"reveal_secrets": True})
     except ValidationError as exc:
         problems = [
             {"loc": ["body", *problem["loc"]], "msg": problem["msg"], "type": problem["type"]}

@@ -20,6 +20,8 @@ HELP = {
     "command": "instead of an image, a local command: the program, then each argument",
     "settings": 'given to the module in task.json (process.settings), e.g. {"threshold": 0.5}; '
     "a rule may add its own",
+    "secret_settings": "settings whose values are secret: masked here, encrypted when stored "
+    "(names with key, token, password or secret in them are secret anyway)",
     "environment": 'environment variables, e.g. {"MODEL": "small"}',
     "network": "let the module reach the network",
     "requires_root": "run as root in the container (only where the processor allows it)",
@@ -37,7 +39,7 @@ HELP = {
 }
 GROUPS = (
     ("What runs", ("image", "command", "pull", "sandbox")),
-    ("Settings", ("settings", "environment")),
+    ("Settings", ("settings", "secret_settings", "environment")),
     (
         "Limits",
         (

@@ -36,6 +36,7 @@ HELP = {
     "verify_hostname": "check that the target's certificate names its host",
     "path": "a folder on the dispatcher's machine",
     "file_filter": "only files whose names match this pattern (e.g. *.dcm); empty: all",
+    "group_access": "let the folder's group read the delivered files (750/640 instead of 700/600)",
     "url": "the DICOMweb base URL, http:// or https://; instances go to <url>/studies",
     "username": "for basic authentication",
     "password": "for basic authentication",
