@@ -334,26 +334,38 @@ def test_routing_the_rule_does_not_allow_is_ignored(receiver: Caduceus, tmp_path
     assert ignored["severity"] == "warning"
 
 
-def test_a_processor_killed_mid_module_is_taken_over_and_nothing_runs_twice_at_once(
-    receiver: Caduceus, launch: Any, tmp_path: Path
-) -> None:
+def processor_in_module(
+    receiver: Caduceus,
+    launch: Any,
+    tmp_path: Path,
+    environment: dict[str, str],
+    lease: dict[str, str] | None = None,
+) -> Caduceus:
+    """A real `caduceus processor` whose task's module (COUNTED, counting its starts in
+    tmp_path/long.count) has started once."""
     counter = tmp_path / "long.count"
-    modules = {
-        "long": module(
-            tmp_path, "long", COUNTED, environment={"COUNTER": str(counter), "SLEEP": "4"}
-        )
-    }
+    modules = {"long": module(tmp_path, "long", COUNTED, environment=environment)}
     cfg, _ = setup(receiver, tmp_path, modules)
     (tmp_path / "config.yaml").write_text(
         yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
     )
     receiver.cli("config", "import", str(tmp_path / "config.yaml"))
-    lease = {"CADUCEUS_PROCESSOR_LEASE_SECONDS": "3"}
-    first = launch("processor", home=receiver.home, **lease)
+    processor: Caduceus = launch("processor", home=receiver.home, **(lease or {}))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (counter.exists() and starts(counter) == 1):
         time.sleep(0.05)
-    assert first.process is not None
+    assert processor.process is not None
+    return processor
+
+
+def test_a_processor_killed_mid_module_is_taken_over_and_nothing_runs_twice_at_once(
+    receiver: Caduceus, launch: Any, tmp_path: Path
+) -> None:
+    counter = tmp_path / "long.count"
+    lease = {"CADUCEUS_PROCESSOR_LEASE_SECONDS": "3"}
+    first = processor_in_module(
+        receiver, launch, tmp_path, {"COUNTER": str(counter), "SLEEP": "4"}, lease
+    )
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait(10)
     assert tasks(receiver)[0]["state"] == "processing"
@@ -380,21 +392,9 @@ def test_a_processor_stopped_mid_module_hands_the_step_back_at_once(
     counter = tmp_path / "long.count"
     hold = tmp_path / "hold"  # the module runs until this file is gone
     hold.touch()
-    modules = {
-        "long": module(
-            tmp_path, "long", COUNTED, environment={"COUNTER": str(counter), "HOLD": str(hold)}
-        )
-    }
-    cfg, _ = setup(receiver, tmp_path, modules)
-    (tmp_path / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
+    first = processor_in_module(
+        receiver, launch, tmp_path, {"COUNTER": str(counter), "HOLD": str(hold)}
     )
-    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
-    first = launch("processor", home=receiver.home)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (counter.exists() and starts(counter) == 1):
-        time.sleep(0.05)
-    assert first.process is not None
     os.kill(first.process.pid, signal.SIGTERM)
     assert first.process.wait(60) == 0  # waiting for its module, it would never end
     [task] = tasks(receiver)
@@ -630,21 +630,7 @@ def test_a_killed_processors_task_is_taken_over_at_once_by_its_successor_on_this
     processor on the same host sees that the holder is gone and runs the step again at once
     (before the fix: 600 s later)."""
     counter = tmp_path / "long.count"
-    modules = {
-        "long": module(
-            tmp_path, "long", COUNTED, environment={"COUNTER": str(counter), "SLEEP": "3"}
-        )
-    }
-    cfg, _ = setup(receiver, tmp_path, modules)
-    (tmp_path / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
-    )
-    receiver.cli("config", "import", str(tmp_path / "config.yaml"))
-    first = launch("processor", home=receiver.home)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (counter.exists() and starts(counter) == 1):
-        time.sleep(0.05)
-    assert first.process is not None
+    first = processor_in_module(receiver, launch, tmp_path, {"COUNTER": str(counter), "SLEEP": "3"})
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait(10)
     [task] = tasks(receiver)

@@ -23,6 +23,22 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM in /proc")
 
 
+def answering_receiver(
+    tmp_path: Path,
+    sqlite_url: str,
+    caduceus_factory: list[Caduceus],
+    extra: dict[str, str] | None = None,
+) -> Caduceus:
+    """A receiver that has answered an echo, so its memory is measured from a settled start."""
+    receiver = Caduceus(tmp_path / "home", sqlite_url, free_port(), extra_env=extra or {})
+    caduceus_factory.append(receiver)
+    receiver.start()
+    assert receiver.process is not None
+    echo = run([require("echoscu"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)])
+    assert echo.returncode == 0
+    return receiver
+
+
 def test_large_instances_do_not_grow_the_receiver(
     tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
 ) -> None:
@@ -37,14 +53,7 @@ def test_large_instances_do_not_grow_the_receiver(
         files.append(path)
         del ds
 
-    receiver = Caduceus(tmp_path / "home", sqlite_url, free_port())
-    caduceus_factory.append(receiver)
-    receiver.start()
-    assert receiver.process is not None
-    assert (
-        run([require("echoscu"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)]).returncode
-        == 0
-    )
+    receiver = answering_receiver(tmp_path, sqlite_url, caduceus_factory)
     before = peak_rss_mb(receiver.process.pid)
 
     result = run(
@@ -85,14 +94,7 @@ def test_deflate_bombs_do_not_grow_the_receiver(
     more per bomb when the check inflated in memory). Under the default limit of 4 GiB they are
     valid instances and are stored; under a limit of 512 MiB they are refused."""
     extra = {} if limit_mb is None else {"CADUCEUS_RECEIVER_MAX_INFLATED_MB": str(limit_mb)}
-    receiver = Caduceus(tmp_path / "home", sqlite_url, free_port(), extra_env=extra)
-    caduceus_factory.append(receiver)
-    receiver.start()
-    assert receiver.process is not None
-    assert (
-        run([require("echoscu"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)]).returncode
-        == 0
-    )
+    receiver = answering_receiver(tmp_path, sqlite_url, caduceus_factory, extra)
     bombs = [deflated_bomb(1024 * 1024 * 1024) for _ in range(2)]
     assert all(len(stream) < 1_100_000 for _, stream in bombs)
     before = peak_rss_mb(receiver.process.pid)

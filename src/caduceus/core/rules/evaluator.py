@@ -327,22 +327,18 @@ def _match(run: _Run, value: object, pattern: object) -> bool:
     return False
 
 
-def _startswith(run: _Run, value: object, prefix: object) -> bool:
-    wanted = _text(prefix, "startswith()")
-    for text in _texts(value):
-        run.meter.step()
-        if text.startswith(wanted):
-            return True
-    return False
+def _any_text(name: str) -> Callable[[_Run, object, object], bool]:
+    """startswith() or endswith(): true when any value of the tag has the wanted end."""
 
+    def check(run: _Run, value: object, affix: object) -> bool:
+        wanted = _text(affix, f"{name}()")
+        for text in _texts(value):
+            run.meter.step()
+            if getattr(text, name)(wanted):
+                return True
+        return False
 
-def _endswith(run: _Run, value: object, suffix: object) -> bool:
-    wanted = _text(suffix, "endswith()")
-    for text in _texts(value):
-        run.meter.step()
-        if text.endswith(wanted):
-            return True
-    return False
+    return check
 
 
 def _replace(text: str, old: object, new: object) -> str:
@@ -366,8 +362,8 @@ _FUNCTIONS: dict[str, Callable[..., object]] = {
 _SEARCHES: dict[str, Callable[..., bool]] = {
     "contains": _contains,
     "match": _match,
-    "startswith": _startswith,
-    "endswith": _endswith,
+    "startswith": _any_text("startswith"),
+    "endswith": _any_text("endswith"),
 }
 _METHODS: dict[str, Callable[..., object]] = {
     "lower": str.lower,
