@@ -42,7 +42,8 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 def stow(orthanc: Orthanc, **settings: Any) -> dicomweb.StowSender:
     settings.setdefault("username", "alice")
     settings.setdefault("password", PASSWORD)
-    target = plugin_for(DicomWebTarget(url=orthanc.dicomweb_url, **settings))
+    settings.setdefault("url", orthanc.dicomweb_url)
+    target = plugin_for(DicomWebTarget(**settings))
     assert isinstance(target, dicomweb.StowSender)
     return target
 
@@ -306,3 +307,17 @@ def test_a_token_that_could_break_a_header_is_refused_by_the_configuration() -> 
     with pytest.raises(ValueError, match="printable ASCII") as caught:
         DicomWebTarget(url="http://x/dicom-web", token=SecretStr("abc\nInjected: yes"))
     assert "Injected" not in str(caught.value)
+
+
+def test_a_query_in_the_url_stays_the_query_of_every_request(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """Some gateways want an API key in the query (`.../dicom-web?apikey=...`): the resource's
+    path goes before it, not after (before the fix the request went to `...?apikey=k/studies`)."""
+    files = write_series(tmp_path / "ct", SeriesSpec(count=3, rows=8, columns=8))
+    target = stow(orthanc, url=orthanc.dicomweb_url + "?apikey=k")
+    assert target.studies.endswith("/studies?apikey=k")
+    assert "answers (HTTP 200)" in target.test()
+    report = target.send(files, Shipment("task-q"))
+    assert report.complete and sorted(report.accepted) == sorted(files)
+    assert sorted(stored(orthanc)) == sorted(uid(p) for p in files)

@@ -63,6 +63,9 @@ class StowSender:
         # Where we send, for messages: the netloc leaves out user information, a secret.
         self.origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
         self.where = self.origin + url.path.rstrip("/")
+        # A query in the base URL (an API key some gateways want) stays the query of every
+        # request, after the resource's path, not glued onto it.
+        self.studies = str(url.copy_with(path=url.path.rstrip("/") + "/studies"))
 
     def _client(self) -> httpx.Client:
         s = self.settings
@@ -108,7 +111,7 @@ class StowSender:
         # QIDO for one study: cheap, needs the same credentials, and only DICOMweb answers it.
         with self._client() as client:
             try:
-                response = client.get(f"{self.base}/studies", params={"limit": "1"})
+                response = client.get(self.studies, params={"limit": "1"})
             except httpx.HTTPError as exc:
                 raise TargetError(self._unreachable(exc)) from exc
         refused = self._refused(response)
@@ -171,7 +174,7 @@ class StowSender:
         content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
         try:
             response = client.post(
-                f"{self.base}/studies",
+                self.studies,
                 content=_body(batch, heads, sizes, tail),
                 headers={"Content-Type": content_type, "Content-Length": str(length)},
             )
