@@ -15,6 +15,7 @@ from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
 from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances
 from tests.support.processes import Caduceus, require, run, storescu
+from tests.test_receiver_bad_input import wait_closed
 
 
 def echo(receiver: Caduceus, calling: str = "ECHOSCU", called: str = "CADUCEUS") -> str:
@@ -123,6 +124,7 @@ def test_refusals_are_one_event_per_association_with_a_count(
     )
     assert result.stderr.count("Refused: OutOfResources") == 40
     assert stored_instances(receiver.engine()) == []
+    wait_closed(receiver)  # the row is closed just after storescu has gone
     with receiver.engine().connect() as conn:
         [association] = conn.execute(select(ASSOCIATIONS)).all()
         refused = conn.execute(select(EVENTS).where(EVENTS.c.kind == "instance.refused")).all()

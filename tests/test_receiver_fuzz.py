@@ -82,7 +82,8 @@ def test_fuzzed_conversations_do_no_harm(
     assert children(parent) == workers, "a worker was restarted"
     # No file anywhere but in the data root, and in it only where the receiver puts files.
     home = (tmp_path / "home").resolve()
-    assert files_under(tmp_path.parent) - files_under(tmp_path) == outside_before
+    # (Earlier tests' leftovers may vanish meanwhile: only new files count.)
+    assert files_under(tmp_path.parent) - files_under(tmp_path) - outside_before == set()
     assert {p.name for p in tmp_path.iterdir()} <= {
         "home",
         "caduceus.db",
