@@ -443,6 +443,20 @@ def test_the_budget_defaults_are_the_settings_defaults() -> None:
         (r"x{a}+", ["x{a}}", "xa"]),
         (r"\++", ["+", "a"]),
         (r"M\üller", ["Müller", "Muller"]),
+        # '[' in a class is itself in Python; RE2 would read [:digit:] etc. as POSIX classes.
+        (r"^[[:digit:]]$", ["5", ":]", "d]", "[]", "55"]),
+        (r"x[[:alpha:]]+", ["xa", "x:]", "xt]", "x["]),
+        (r"[[:^alpha:]]", ["5", "a", "^]", ":]"]),
+        (r"[[.a.]]", ["a", ".]", "[]", "a]"]),
+        (r"[[=a=]]", ["a", "=]", "[]", "a]"]),
+        (r"[^[]", ["[", "a", "[["]),
+        (r"[]:[]+$", ["]", ":[", "a"]),
+        # Python's ASCII \s includes the vertical tab, RE2's does not.
+        (r"a\sb", ["a\vb", "a b", "ab"]),
+        (r"^[\s]$", ["\v", " ", "x"]),
+        (r"^\S$", ["\v", "x", " "]),
+        (r"^[\S]$", ["\v", "x", " ", "é"]),
+        (r"^[^\s,]+$", ["a\vb", "ab", "a,b"]),
     ],
 )
 def test_translated_patterns_mean_what_they_mean_in_python(pattern: str, texts: list[str]) -> None:
@@ -450,6 +464,16 @@ def test_translated_patterns_mean_what_they_mean_in_python(pattern: str, texts: 
     for text in texts:
         expected = re.search(pattern, text) is not None
         assert rule.evaluate({"StudyDescription": text}) is expected, (pattern, text)
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"\Qa.b\E", r"[\Q]", r"\C", r"[\C]", r"\pN", r"[\pN]", r"\p{Greek}", r"\PL"]
+)
+def test_patterns_python_refuses_are_refused_though_re2_knows_them(pattern: str) -> None:
+    with pytest.raises(re.error):
+        re.compile(pattern)
+    with pytest.raises(RuleError, match="invalid regular expression: bad escape"):
+        parse_rule(f"match(@StudyDescription@, {pattern!r})")
 
 
 def test_the_issues_rule_is_quick() -> None:

@@ -324,6 +324,23 @@ def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
     assert _fail(throttle, "2001:db8:1:3::1", "someone"), "another /64 is another client"
 
 
+def test_a_right_password_gives_the_attackers_of_a_name_no_more_guesses() -> None:
+    """A success from a clean address used to take back a count from a user name at its
+    limit: each of the owner's logins gave the failing addresses one more guess."""
+    throttle = LoginThrottle(per_address=3, per_name=4)
+    attackers = [f"10.0.1.{n}" for n in range(1, 5)]
+    assert [_fail(throttle, address, "admin") for address in attackers] == [True] * 4
+    for n in range(3):
+        owner = f"10.0.2.{n}"
+        assert not throttle.attempt(owner, "Admin"), "a clean address may still try the name"
+        throttle.finished(owner, "Admin", failed=False)
+        for address in attackers:
+            assert throttle.attempt(address, "admin"), f"{address} guessed after success {n}"
+    assert not throttle.attempt("10.0.3.1", "admin"), "another clean address may still try"
+    throttle.finished("10.0.3.1", "admin", failed=False)
+    assert throttle.running == {} and throttle.pending == {}
+
+
 def test_logins_from_one_address_are_checked_two_at_a_time() -> None:
     """A burst from one address gets two password checks at once; the rest 429 at once."""
     throttle = LoginThrottle(per_address=10, in_flight=2)

@@ -54,10 +54,14 @@ class Failures:
             return 0
         return len(times)
 
-    def blocked_for(self, key: str, now: float) -> float:
-        """Seconds until `key` may try again; 0 when it may now."""
-        if self.recent(key, now) < self.limit:
+    def blocked_for(self, key: str, now: float, pending: int = 0) -> float:
+        """Seconds until `key` may try again; 0 when it may now. `pending` attempts still
+        being checked count as failures until they are known."""
+        recent = self.recent(key, now)
+        if recent + pending < self.limit:
             return 0.0
+        if recent < self.limit:
+            return 1.0  # the checks in progress decide
         return max(self.keys[key][0] + self.window - now, 0.001)
 
     def add(self, key: str, now: float) -> None:
@@ -87,9 +91,11 @@ class LoginThrottle:
     user name from anywhere within `window` seconds; beyond `per_name`, a name stays open to
     addresses with no recent failure. An attempt is checked and counted as failed under one
     lock, before the password is checked, so a burst of parallel tries gets no more than a
-    sequence; a success takes its count back. At most `in_flight` logins per address are
-    checked at once: a burst from one address never fills the password workers' queue ahead
-    of everyone else."""
+    sequence; a success takes the address's count back. Against the name, an attempt is only
+    pending until it has failed: the name's counter keeps only its last `per_name` failures,
+    and a success taking one back from a name at its limit would give the failing addresses
+    another guess. At most `in_flight` logins per address are checked at once: a burst from
+    one address never fills the password workers' queue ahead of everyone else."""
 
     def __init__(
         self,
@@ -103,6 +109,7 @@ class LoginThrottle:
         self.names = Failures(per_name, window, max_keys)
         self.in_flight = in_flight
         self.running: dict[str, int] = {}  # never more keys than logins being checked
+        self.pending: dict[str, int] = {}  # per name, likewise
         self.lock = threading.Lock()
 
     def attempt(self, address: str, username: str) -> float:
@@ -114,29 +121,35 @@ class LoginThrottle:
             wait = self.addresses.blocked_for(where, now)
             if not wait and self.addresses.recent(where, now):
                 # Only an address that is failing itself is kept out of a name under attack.
-                wait = self.names.blocked_for(name, now)
+                wait = self.names.blocked_for(name, now, self.pending.get(name, 0))
             if not wait and self.running.get(where, 0) >= self.in_flight:
                 wait = 1.0
             if wait:
                 return wait
             self.addresses.add(where, now)
-            self.names.add(name, now)
+            self.pending[name] = self.pending.get(name, 0) + 1
             self.running[where] = self.running.get(where, 0) + 1
             return 0.0
 
     def finished(self, address: str, username: str, failed: bool) -> None:
-        """The attempt is over; unless it failed (a success, or a try that never ran), the
-        failure counted up front is taken back."""
-        where = address_key(address)
+        """The attempt is over. A failure counts against the name; otherwise (a success, or a
+        try that never ran) the failure counted up front against the address is taken back."""
+        where, name = address_key(address), username.lower()
         with self.lock:
-            left = self.running.get(where, 1) - 1
-            if left > 0:
-                self.running[where] = left
+            _release(self.running, where)
+            _release(self.pending, name)
+            if failed:
+                self.names.add(name, time.monotonic())
             else:
-                self.running.pop(where, None)
-            if not failed:
                 self.addresses.forget_one(where)
-                self.names.forget_one(username.lower())
+
+
+def _release(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class PasswordCheckThrottle:

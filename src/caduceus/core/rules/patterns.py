@@ -7,7 +7,7 @@ bounded (the text by the match_chars budget, the pattern by MAX_PATTERN_LENGTH a
 MAX_PROGRAM_SIZE). A pattern must be valid for Python's re and mean the same there; the few
 Python constructs that need backtracking (lookaround, backreferences, atomic groups, possessive
 repeats, conditionals) are refused with their position, and spellings RE2 reads differently
-(``\\Z``, ``{,n}``, octal and ``\\u`` escapes, ``[\\b]``) are translated.
+(``\\Z``, ``{,n}``, octal and ``\\u`` escapes, ``\\s``, ``[\\b]``, ``[`` in a class) are translated.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ _REFUSED_GROUPS = (
     ("(?(", "the conditional group (?(...)...)"),
     ("(?#", "the comment (?#...)"),
 )
+# Python's ASCII \s is \t \n \v \f \r and space; RE2's leaves out the vertical tab \v.
+_SPACE = "\\t-\\r "
+_NOT_SPACE = "\\x00-\\x08\\x0e-\\x1f\\x{21}-\\x{10ffff}"  # \S inside a class
 _FLAGS = "ims"  # inline flags that RE2 reads as Python does
 _LINEAR = "match() runs in time proportional to the text, which rules out backtracking"
 
@@ -128,7 +131,9 @@ def _translate(pattern: str) -> str:
             # ']' right after '[' or '[^' is a literal, as in Python.
             if char == "]" and i > class_start:
                 in_class = False
-            out.append(char)
+            # Python's '[' in a class is itself; RE2 would start a POSIX class such as
+            # [:digit:] with it.
+            out.append("\\[" if char == "[" else char)
             i += 1
             continue
         if char == "[":
@@ -192,6 +197,10 @@ def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
         raise PatternError(f"backreferences such as \\{char} are not supported; {_LINEAR}", i)
     if char == "Z":
         return "\\z", i + 2  # Python's end of text
+    if char == "s":
+        return (_SPACE if in_class else f"[{_SPACE}]"), i + 2
+    if char == "S":
+        return (_NOT_SPACE if in_class else f"[^{_SPACE}]"), i + 2
     if char == "b" and in_class:
         return "\\x08", i + 2  # backspace, in Python's classes
     if char in ("u", "U"):
