@@ -6,7 +6,9 @@ its beat_at forward from a daemon thread, and sets its state to stopped when it 
 beat is older than SILENT_AFTER is shown as silent: the process hangs, or died unseen.
 
 A beat is one UPDATE by primary key in its own short transaction: SQLite's write lock is held
-for that statement only, never while the service works.
+for that statement only, never while the service works. Beats are written and judged on the
+database's clock: hosts' clocks may differ. Each beat tells core/db_contact whether the
+database was reached.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, insert, or_, select, update
 
-from caduceus.core.clock import as_utc
+from caduceus.core.clock import as_utc, database_now
 from caduceus.core.db.models import SERVICE_HEARTBEATS
+from caduceus.core.db_contact import DATABASE, Contact
 
 log = logging.getLogger("caduceus.heartbeat")
 
@@ -52,6 +55,7 @@ class Heartbeat:
         detail: str = "",
         restarts: int | None = None,
         interval: float = INTERVAL,
+        contact: Contact = DATABASE,
     ):
         self.engine = engine
         self.service = service
@@ -60,6 +64,7 @@ class Heartbeat:
         self.pid = os.getpid()
         self.restarts = restarts if restarts is not None else _restarts_from_env()
         self.interval = interval
+        self.contact = contact
         self.started_at = _now()
         self.row_id: int | None = None
         self._last = 0.0
@@ -71,28 +76,28 @@ class Heartbeat:
 
     def begin(self) -> None:
         """Register this process; rows its dead predecessors on this host left go."""
-        now = _now()
         with self.engine.begin() as conn:
+            dialect = conn.dialect.name
             conn.execute(
                 delete(_HB).where(
                     or_(
-                        _HB.c.beat_at < now - FORGET_AFTER,
+                        _HB.c.beat_at < database_now(dialect, FORGET_AFTER),
                         and_(
                             _HB.c.service == self.service,
                             _HB.c.host == self.host,
                             or_(
                                 _HB.c.pid == self.pid,
                                 _HB.c.state != "running",
-                                _HB.c.beat_at < now - SILENT_AFTER,
+                                _HB.c.beat_at < database_now(dialect, SILENT_AFTER),
                             ),
                         ),
                     )
                 )
             )
-            self.row_id = self._insert(conn, now)
-        self._last = now.timestamp()
+            self.row_id = self._insert(conn, database_now(dialect))
+        self._last = _now().timestamp()
 
-    def _insert(self, conn: Connection, now: datetime) -> int:
+    def _insert(self, conn: Connection, now: ColumnElement[datetime]) -> int:
         return int(
             conn.execute(
                 insert(_HB)
@@ -112,12 +117,13 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Move the beat forward; a database that does not answer is logged, never raised."""
-        now = _now()
+        started = _now()
         try:
             if self.row_id is None:
                 self.begin()
             else:
                 with self.engine.begin() as conn:
+                    now = database_now(conn.dialect.name)
                     found = conn.execute(
                         update(_HB)
                         .where(_HB.c.id == self.row_id)
@@ -125,11 +131,13 @@ class Heartbeat:
                     ).rowcount
                     if not found:  # pruned as silent while this process hung
                         self.row_id = self._insert(conn, now)
-            self._last = now.timestamp()
+            self.contact.reached()
+            self._last = started.timestamp()
             if self._failing:
                 log.info("heartbeat recorded again")
             self._failing = False
         except Exception as exc:
+            self.contact.lost()
             if not self._failing:  # once per outage, not every few seconds
                 log.warning("cannot record the heartbeat: %s: %s", type(exc).__name__, exc)
             self._failing = True
@@ -145,7 +153,10 @@ class Heartbeat:
             self._thread.join(self.interval + 5)
         if self.row_id is None:
             return
-        values: dict[str, object] = {"state": state, "beat_at": _now()}
+        values: dict[str, object] = {
+            "state": state,
+            "beat_at": database_now(self.engine.dialect.name),
+        }
         if detail is not None:
             values["detail"] = detail
         try:
@@ -231,9 +242,11 @@ class ServiceState:
 
 
 def service_states(engine: Engine, now: datetime | None = None) -> list[ServiceState]:
-    """Every process that beat, by service and host; a running one that fell quiet is silent."""
-    now = now or _now()
+    """Every process that beat, by service and host; a running one that fell quiet is silent.
+    Ages are measured on the database's clock, the one beats are written with."""
     with engine.connect() as conn:
+        if now is None:
+            now = as_utc(conn.execute(select(database_now(conn.dialect.name))).scalar_one())
         rows = conn.execute(
             select(_HB).order_by(_HB.c.service, _HB.c.host, _HB.c.started_at.desc())
         ).all()

@@ -6,8 +6,12 @@ same kernel and in the same pid namespace, /proc says for certain whether that v
 still runs (a pid reused by another process has another start time). Elsewhere (another
 machine, another container's pid namespace, a reboot) a pid says nothing here: the owner is
 judged by its heartbeat, and counts as dead only when no running heartbeat of that host and
-pid was recorded within a bound. A task of a dead owner is taken over at once instead of
-after its lease (ten minutes by default).
+pid was recorded within a bound, on the database's clock (hosts' clocks may differ). A task
+of a dead owner is taken over at once instead of after its lease (ten minutes by default).
+
+Only a certain answer makes an owner dead: a /proc that refuses to say (hidepid, an owner
+running as another user) or a database outage that kept everybody from beating leaves the
+task to its lease.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Connection, and_, select
 
+from caduceus.core.clock import database_now
 from caduceus.core.db.models import SERVICE_HEARTBEATS
 
 _FORMAT = re.compile(
@@ -52,7 +57,11 @@ def this_process() -> str:
     """The owner name of the calling process (one per process; a worker thread appends its
     number)."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_kernel()}-{_start_ticks(pid) or 0}"
+    try:
+        started = _start_ticks(pid) or "0"
+    except OSError:
+        started = "0"
+    return f"{socket.gethostname()}:{pid}:{_kernel()}-{started}"
 
 
 @cache
@@ -66,11 +75,17 @@ def _kernel() -> str:
     return f"{boot[:16]}.{digits or 0}"
 
 
+def _read_stat(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text()
+
+
 def _start_ticks(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat: when the process started, in ticks since boot."""
+    """Field 22 of /proc/<pid>/stat: when the process started, in ticks since boot; None when
+    /proc has no such process. Any other error (hidepid=1 or a security module refusing another
+    user's process) is raised: it says nothing about whether the process runs."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        stat = _read_stat(pid)
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it ended while being read
         return None
     # The command name (field 2) is in parentheses and may hold spaces or parentheses.
     fields = stat[stat.rfind(")") + 2 :].split()
@@ -81,10 +96,35 @@ def _judged_here(owner: Owner) -> bool:
     return owner.kernel == _kernel() and owner.kernel != "0.0"
 
 
+def _gone(owner: Owner) -> bool:
+    """Whether this process on this kernel has certainly ended."""
+    try:
+        started = _start_ticks(owner.pid)
+    except OSError:  # /proc refuses to say: perhaps it runs
+        return False
+    if started is not None:
+        return started != owner.started  # another process has that pid now
+    # hidepid=2 hides another user's process as if it had ended; signal 0 (which sends
+    # nothing) is not hidden: ESRCH when no process has the pid, EPERM for another user's.
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def dead_owners(
-    conn: Connection, owners: Iterable[str], now: datetime, silent_after: timedelta
+    conn: Connection,
+    owners: Iterable[str],
+    silent_after: timedelta,
+    *,
+    judge_remote: bool = True,
 ) -> list[str]:
-    """Which of these lease owners are known to be dead; an owner of unknown form never is."""
+    """Which of these lease owners are known to be dead; an owner of unknown form never is.
+    Without `judge_remote` (this process has not reached the database for long enough, see
+    core/db_contact), owners on other hosts are left to their leases."""
     dead: list[str] = []
     remote: dict[str, Owner] = {}
     for name in set(owners):
@@ -92,9 +132,9 @@ def dead_owners(
         if owner is None:
             continue
         if _judged_here(owner):
-            if _start_ticks(owner.pid) != owner.started:
+            if _gone(owner):
                 dead.append(name)
-        else:
+        elif judge_remote:
             remote[name] = owner
     if remote:
         hb = SERVICE_HEARTBEATS
@@ -105,7 +145,8 @@ def dead_owners(
                     and_(
                         hb.c.host.in_({o.host for o in remote.values()}),
                         hb.c.state == "running",
-                        hb.c.beat_at >= now - silent_after,
+                        # Written and compared on the database's clock, not the hosts'.
+                        hb.c.beat_at >= database_now(conn.dialect.name, silent_after),
                     )
                 )
             )

@@ -252,8 +252,9 @@ class Settings(BaseSettings):
         default=60,
         ge=15,
         description="A task leased by a dispatcher or processor on another host whose heartbeat "
-        "has been silent this long is taken over at once, not after its lease. One on this "
-        "host is taken over as soon as its process is gone.",
+        "has been silent this long (on the database's clock) is taken over at once, not after "
+        "its lease, by a worker that has itself reached the database this long without a "
+        "break. One on this host is taken over as soon as its process is gone.",
     )
     supervisor_start_grace_seconds: float = Field(
         default=10.0,

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Engine, and_, not_, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
+from caduceus.core.db_contact import DATABASE, Contact
 from caduceus.core.lease_owners import dead_owners
 
 log = logging.getLogger("caduceus.queue")
@@ -67,13 +69,30 @@ def claim(
     now: datetime | None = None,
     lease: timedelta = LEASE,
     silent_after: timedelta = OWNER_SILENT_AFTER,
+    contact: Contact = DATABASE,
 ) -> str | None:
     """Lease the most urgent due task that matches `mine`; None when there is none.
 
     A task is free when nobody holds a live lease on it, or when its holder is known to be
     dead (lease_owners.dead_owners): a killed worker's task is taken over at once, not after
-    its lease."""
-    now = now or datetime.now(UTC)
+    its lease. Holders on other hosts are judged only once this process (`contact`) has
+    reached the database without a break for `silent_after`."""
+    try:
+        return _claim(engine, owner, mine, now or datetime.now(UTC), lease, silent_after, contact)
+    except DBAPIError:
+        contact.lost()
+        raise
+
+
+def _claim(
+    engine: Engine,
+    owner: str,
+    mine: ColumnElement[bool],
+    now: datetime,
+    lease: timedelta,
+    silent_after: timedelta,
+    contact: Contact,
+) -> str | None:
     free = or_(TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now)
     due = or_(TASKS.c.not_before.is_(None), TASKS.c.not_before <= now)
     with engine.begin() as conn:
@@ -82,7 +101,14 @@ def claim(
             .scalars()
             .all()
         )
-        dead = dead_owners(conn, [h for h in held if h], now, silent_after) if held else []
+        contact.reached()
+        # After an outage every holder elsewhere looks silent, having been unable to beat.
+        steady = contact.steady_for() >= silent_after.total_seconds()
+        dead = (
+            dead_owners(conn, [h for h in held if h], silent_after, judge_remote=steady)
+            if held
+            else []
+        )
         if dead:
             free = or_(free, TASKS.c.lease_owner.in_(dead))
         candidates = conn.execute(
