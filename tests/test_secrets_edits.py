@@ -269,3 +269,23 @@ def postgres_engine(database_url: str, tmp_path: Path) -> Iterator[tuple[Engine,
     store.save(engine, Config.model_validate(_document()), "test")
     yield engine, settings.secrets_key_path
     engine.dispose()
+
+
+def test_a_second_machine_with_its_own_key_cannot_store_secrets(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two machines started on a fresh database each made a key; the second to save secrets
+    is stopped, not left storing versions the first cannot read."""
+    first, second = (
+        open_database(Settings(home=tmp_path / name, database_url=database_url), migrate=True)
+        for name in ("first", "second")
+    )
+    try:
+        store.save(first, Config.model_validate(_document()), "first")
+        store.save(first, Config(), "first")  # the newest version holds no secret
+        with pytest.raises(secret_keys.SecretKeyError, match="not the key"):
+            store.save(second, Config.model_validate(_document()), "second")
+        assert len(store.history(first)) == 2
+    finally:
+        first.dispose()
+        second.dispose()

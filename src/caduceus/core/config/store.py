@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, Text, cast, insert, select, text, update
 
 from caduceus.core.config.models import (
     MASK,
@@ -344,6 +344,7 @@ def edit(
             .limit(1)
         ).first()
         previous = _loaded(engine, row.content) if row is not None else None
+        _same_key(conn, keyring)
         config = keep_secrets(change(previous), previous)
         # Encryption is never the same twice: compare the configurations in clear.
         if row is not None and previous is not None and content_of(previous) == content_of(config):
@@ -363,6 +364,22 @@ def edit(
             details={"version": int(version), "author": author},
         )
         return int(version), True
+
+
+def _same_key(conn: Connection, keyring: Keyring | None) -> None:
+    """Raises SecretKeyError unless the key file holds the key of the newest stored secret.
+
+    Two machines started on a fresh database each make a key of their own (nothing is
+    encrypted yet to tell them otherwise): the second to save secrets stops here, under the
+    lock, instead of storing versions that only its own key file can read."""
+    stored = conn.execute(
+        select(CONFIG_VERSIONS.c.content)
+        .where(cast(CONFIG_VERSIONS.c.content, Text).like(f"%{ENCRYPTED}%"))
+        .order_by(CONFIG_VERSIONS.c.id.desc())
+        .limit(1)
+    ).scalar()
+    if stored is not None:
+        decrypted(stored, keyring)
 
 
 def restore(engine: Engine, version: int, author: str) -> int:
