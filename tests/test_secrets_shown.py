@@ -22,7 +22,10 @@ APIKEY = "QueryApiKey-44120"
 KEY_ID = "AKIAKEYID00112233"
 LICENCE = "module-Licence-60606"
 TOKEN = "rule-Token-88123"
-SHOWN_NOWHERE = (APIKEY, KEY_ID, LICENCE, TOKEN)
+ENV_TOKEN = "env-Token-30307"
+HOOK_TOKEN = "HookPathToken5521"
+HOOK = f"https://hooks.example/services/{HOOK_TOKEN}"
+SHOWN_NOWHERE = (APIKEY, KEY_ID, LICENCE, TOKEN, ENV_TOKEN, HOOK_TOKEN)
 
 CONFIG = {
     "targets": {
@@ -42,6 +45,7 @@ CONFIG = {
             "image": "example/ai:1",
             "settings": {"licence": LICENCE, "threshold": 0.5},
             "secret_settings": ["licence"],
+            "environment": {"API_TOKEN": ENV_TOKEN},
         },
     },
     "rules": {
@@ -51,6 +55,7 @@ CONFIG = {
             "modules": ["ai"],
             "module_settings": [{"api_token": TOKEN, "threshold": 0.7}],
             "targets": ["web"],
+            "notification": {"webhook_url": HOOK, "on_error": True},
         }
     },
 }
@@ -144,6 +149,8 @@ def test_an_admin_edit_with_the_masked_values_keeps_the_stored_ones(web: Caduceu
         assert changed.status_code == 200, changed.text
 
         document = client.get("/api/config").json()
+        # Admins too: a secret-named environment variable, a webhook's path and query.
+        assert [secret for secret in SHOWN_NOWHERE if secret in str(document)] == []
         document["rules"]["r"]["comment"] = "edited"
         changed = client.put("/api/config", json=document)
         assert changed.status_code == 200, changed.text
@@ -164,6 +171,8 @@ def test_an_admin_edit_with_the_masked_values_keeps_the_stored_ones(web: Caduceu
     assert config.modules["ai"].comment == "edited"
     assert config.rules["r"].module_settings == [{"api_token": TOKEN, "threshold": 0.7}]
     assert config.rules["r"].comment == "edited"
+    assert config.modules["ai"].environment == {"API_TOKEN": ENV_TOKEN}
+    assert config.rules["r"].notification.webhook_url == HOOK
 
 
 def test_web_log_holds_no_partial_secret(web: Caduceus, tmp_path: Path) -> None:

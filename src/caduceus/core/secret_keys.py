@@ -69,6 +69,17 @@ def write_key_file(path: Path, keys: list[bytes]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """A rename or a new name is durable only once its folder is written out: without this
+    a power cut after a rotation could bring back the old key file."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_key_file(path: Path) -> bool:
@@ -83,6 +94,7 @@ def create_key_file(path: Path) -> bool:
         fh.write(Fernet.generate_key().decode() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    _sync_folder(path.parent)
     log.info("created the secrets key file %s: back it up apart from the database", path)
     return True
 

@@ -75,9 +75,43 @@ def _reveal(value: SecretStr, info: SerializationInfo) -> Any:
 Secret = Annotated[SecretStr, PlainSerializer(_reveal, return_type=Any)]
 
 
+def checked_url(url: str, info: ValidationInfo) -> str:
+    """An http(s) URL that can be taken apart (a masked copy of it is shown). A stored version
+    from before this check still loads: masked_url then shows only the mask."""
+    if (info.context or {}).get(STORED_KEY) or not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL with a host")
+    return url
+
+
 def masked_url(url: str) -> str:
     """The URL without what may be a credential: its query string (?apikey=...), fragment
-    and the password of user information."""
+    and the password of user information. Never raises: a URL that cannot be taken apart is
+    all mask."""
+    try:
+        return _masked_url(url)
+    except ValueError:
+        return MASK
+
+
+def masked_webhook(url: str) -> str:
+    """A webhook URL as shown: Slack and Teams put their token in the path, so only the scheme
+    and the host (and port) are left."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return MASK
+    return f"{parts.scheme}://{host}/{MASK}"
+
+
+def _masked_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is not None:
         host = parts.netloc.rpartition("@")[2]
@@ -91,6 +125,10 @@ def masked_url(url: str) -> str:
 
 def _url_shown(value: str, info: SerializationInfo) -> Any:
     return shown_secret(value, info, masked_url(value))
+
+
+def _webhook_shown(value: str, info: SerializationInfo) -> Any:
+    return shown_secret(value, info, masked_webhook(value))
 
 
 def _key_id_shown(value: str, info: SerializationInfo) -> Any:
@@ -152,6 +190,12 @@ class DicomWebTarget(Strict):
     url: Annotated[str, PlainSerializer(_url_shown, return_type=Any)] = Field(
         min_length=1, pattern=r"^https?://"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_checked(cls, url: str, info: ValidationInfo) -> str:
+        return checked_url(url, info)
+
     username: str = ""
     password: Secret = SecretStr("")
     token: Secret = Field(default=SecretStr(""), description="bearer token")
@@ -282,6 +326,14 @@ class Module(Strict):
             for key, value in settings.items()
         }
 
+    @field_serializer("environment")
+    def _environment_shown(self, environment: dict[str, str], info: SerializationInfo) -> Any:
+        # The same rule as settings: API_TOKEN and the like are masked and kept encrypted.
+        return {
+            key: shown_secret(value, info) if SECRET_NAME.search(key) else value
+            for key, value in environment.items()
+        }
+
     @model_validator(mode="after")
     def _image_or_command(self) -> Module:
         if bool(self.image) == bool(self.command):
@@ -314,7 +366,10 @@ class Notification(Strict):
     """Per rule, like mercure: a webhook and/or a mail on reception, completion, error, or when
     a module asks. Payload, subject and body are Jinja2 templates rendered in a sandbox."""
 
-    webhook_url: str = Field(default="", pattern=r"^$|^https?://")
+    # Shown as its scheme and host only, kept encrypted (see masked_webhook).
+    webhook_url: Annotated[str, PlainSerializer(_webhook_shown, return_type=Any)] = Field(
+        default="", pattern=r"^$|^https?://"
+    )
     webhook_payload: str = ""
     email: list[str] = Field(default_factory=list)
     email_subject: str = ""
@@ -324,6 +379,11 @@ class Notification(Strict):
     on_completion: bool = False
     on_completion_on_request: bool = False
     on_error: bool = False
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url_checked(cls, url: str, info: ValidationInfo) -> str:
+        return checked_url(url, info)
 
 
 Action = Literal["route", "process", "both", "discard", "notification"]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, Text, cast, insert, select, text, update
 
 from caduceus.core.config.models import (
     MASK,
@@ -20,7 +20,9 @@ from caduceus.core.config.models import (
     STORED,
     Config,
     DicomWebTarget,
+    Module,
     masked_url,
+    masked_webhook,
 )
 from caduceus.core.db.models import CONFIG_VERSIONS
 from caduceus.core.events import record_event
@@ -167,6 +169,7 @@ def keep_secrets(config: Config, previous: Config | None) -> Config:
         else:
             problems.append("settings.smtp: password is masked; give the real value")
     problems += _keep_module_settings(updated, previous)
+    problems += _keep_webhooks(updated, previous)
     if problems:
         raise ValueError("; ".join(problems))
     return updated
@@ -190,20 +193,68 @@ def _still_masked(target: object) -> list[str]:
     return problems
 
 
+# What a module runs, what it reaches and what it is given besides its settings: a masked
+# secret is kept only while these and its other settings stay the same, so that neither a new
+# endpoint setting nor a network or a volume of its own hands the stored key to someone else.
+_MODULE_REACH = (
+    "image",
+    "command",
+    "network",
+    "volumes",
+    "sandbox",
+    "requires_root",
+    "capabilities",
+    "secret_settings",
+)
+
+
+def _same_others(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether the values that new does not mask are those of old."""
+    masked = {key for key, value in new.items() if value == MASK}
+    return {k: v for k, v in old.items() if k not in masked} == {
+        k: v for k, v in new.items() if k not in masked
+    }
+
+
+def _module_unchanged(old: Module | None, new: Module | None) -> bool:
+    """Whether new runs the same program, reaching the same places with the same other
+    settings and environment as old (masked values left out of the comparison)."""
+    return (
+        old is not None
+        and new is not None
+        and all(getattr(old, key) == getattr(new, key) for key in _MODULE_REACH)
+        and _same_others(old.settings, new.settings)
+        and _same_others(old.environment, new.environment)
+    )
+
+
+_MOVED_MODULE = "is masked but the module changed; give the real value again"
+
+
 def _keep_module_settings(config: Config, previous: Config | None) -> list[str]:
-    """Masked secret settings of modules (and of rules for their modules) keep the stored
-    value while the module runs the same program; anything else is an error."""
+    """Masked secret settings and environment variables of modules (and of rules for their
+    modules) keep the stored value while the module is unchanged otherwise; anything else is
+    an error."""
     problems = []
     for name, module in config.modules.items():
         old = previous.modules.get(name) if previous else None
-        same = old is not None and (old.image, old.command) == (module.image, module.command)
-        for key, value in module.settings.items():
-            if value != MASK or not module.is_secret(key):
-                continue
-            if same and old is not None and key in old.settings:
-                module.settings[key] = old.settings[key]
-            else:
-                problems.append(f"module {name!r}: setting {key!r} is masked; give the real value")
+        same = _module_unchanged(old, module)
+        for field, kept, secret in (
+            ("setting", old.settings if old else {}, module.is_secret),
+            ("environment variable", old.environment if old else {}, SECRET_NAME.search),
+        ):
+            given = module.settings if field == "setting" else module.environment
+            for key, value in given.items():
+                if value != MASK or not secret(key):
+                    continue
+                if same and key in kept:
+                    given[key] = kept[key]
+                elif old is not None and key in kept:
+                    problems.append(f"module {name!r}: {field} {key!r} {_MOVED_MODULE}")
+                else:
+                    problems.append(
+                        f"module {name!r}: {field} {key!r} is masked; give the real value"
+                    )
     for name, rule in config.rules.items():
         old_rule = previous.rules.get(name) if previous else None
         for index, given in enumerate(rule.module_settings):
@@ -215,14 +266,22 @@ def _keep_module_settings(config: Config, previous: Config | None) -> list[str]:
                 and index < len(old_rule.module_settings)
                 and old_rule.modules[index] == module_name
                 and previous is not None
-                and _same_program(previous.modules.get(module_name), used)
             ):
                 old_one = old_rule.module_settings[index]
+            same = (
+                previous is not None
+                and _module_unchanged(previous.modules.get(module_name), used)
+                and _same_others(old_one, given)
+            )
             for key, value in given.items():
                 if value != MASK:
                     continue
-                if key in old_one:
+                if same and key in old_one:
                     given[key] = old_one[key]
+                elif key in old_one:
+                    problems.append(
+                        f"rule {name!r}: setting {key!r} for module {module_name!r} {_MOVED_MODULE}"
+                    )
                 elif used is None or used.is_secret(key):
                     problems.append(
                         f"rule {name!r}: setting {key!r} for module {module_name!r} is masked; "
@@ -231,13 +290,23 @@ def _keep_module_settings(config: Config, previous: Config | None) -> list[str]:
     return problems
 
 
-def _same_program(old: object, new: object) -> bool:
-    return (
-        old is not None
-        and new is not None
-        and (getattr(old, "image", None), getattr(old, "command", None))
-        == (getattr(new, "image", None), getattr(new, "command", None))
-    )
+def _keep_webhooks(config: Config, previous: Config | None) -> list[str]:
+    """A webhook URL shown masked (scheme and host) keeps the stored URL when it still names
+    the same host; a masked one for another host is an error."""
+    problems = []
+    for name, rule in config.rules.items():
+        given = rule.notification.webhook_url
+        if MASK not in given:
+            continue
+        old_rule = previous.rules.get(name) if previous else None
+        stored = old_rule.notification.webhook_url if old_rule else ""
+        if stored and given == masked_webhook(stored):
+            rule.notification.webhook_url = stored
+        else:
+            problems.append(
+                f"rule {name!r}: the webhook URL is masked and cannot be kept; give the whole URL"
+            )
+    return problems
 
 
 def save(engine: Engine, config: Config, author: str, comment: str = "") -> tuple[int, bool]:
@@ -262,12 +331,20 @@ def edit(
     """
     keyring = _keyring(engine)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Waits for a rotation (reencrypt_all) to commit, and keeps one from starting
+            # until this version is in: read, encrypted and inserted with the keys the key
+            # file holds once the lock is ours (Keyring.encrypt reads the file again when it
+            # changed), never encrypted with a key the rotation is about to drop. (SQLite
+            # takes its write lock at BEGIN.)
+            conn.execute(text("LOCK TABLE config_versions IN SHARE ROW EXCLUSIVE MODE"))
         row = conn.execute(
             select(CONFIG_VERSIONS.c.id, CONFIG_VERSIONS.c.content)
             .order_by(CONFIG_VERSIONS.c.id.desc())
             .limit(1)
         ).first()
         previous = _loaded(engine, row.content) if row is not None else None
+        _same_key(conn, keyring)
         config = keep_secrets(change(previous), previous)
         # Encryption is never the same twice: compare the configurations in clear.
         if row is not None and previous is not None and content_of(previous) == content_of(config):
@@ -287,6 +364,22 @@ def edit(
             details={"version": int(version), "author": author},
         )
         return int(version), True
+
+
+def _same_key(conn: Connection, keyring: Keyring | None) -> None:
+    """Raises SecretKeyError unless the key file holds the key of the newest stored secret.
+
+    Two machines started on a fresh database each make a key of their own (nothing is
+    encrypted yet to tell them otherwise): the second to save secrets stops here, under the
+    lock, instead of storing versions that only its own key file can read."""
+    stored = conn.execute(
+        select(CONFIG_VERSIONS.c.content)
+        .where(cast(CONFIG_VERSIONS.c.content, Text).like(f"%{ENCRYPTED}%"))
+        .order_by(CONFIG_VERSIONS.c.id.desc())
+        .limit(1)
+    ).scalar()
+    if stored is not None:
+        decrypted(stored, keyring)
 
 
 def restore(engine: Engine, version: int, author: str) -> int:
@@ -364,7 +457,9 @@ def _may_hold_clear_secrets(document: Any) -> bool:
         for key, item in value.items():
             if key in _NOT_SECRET or is_encrypted(item) or item in ("", None, [], {}):
                 continue
-            if key == "url":
+            if key == "webhook_url":
+                found = found or isinstance(item, str)
+            elif key == "url":
                 found = found or (isinstance(item, str) and masked_url(item) != item)
             elif key != "secret_settings" and (key in marked or SECRET_NAME.search(key)):
                 found = True
