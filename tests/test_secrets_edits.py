@@ -289,3 +289,28 @@ def test_a_second_machine_with_its_own_key_cannot_store_secrets(
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_a_web_save_with_the_wrong_key_says_so_and_saves_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The second machine's web: the admin's save is refused with the reason (503), not a
+    500, and no version is added."""
+    from tests.support.web import as_role, web_client
+
+    first = open_database(
+        Settings(home=tmp_path / "first", database_url=database_url), migrate=True
+    )
+    second = open_database(Settings(home=tmp_path / "second", database_url=database_url))
+    try:
+        store.save(first, Config.model_validate(_document()), "first")
+        client = web_client(tmp_path / "second", database_url, second)
+        admin = as_role(client, second, "admin")
+        answer = client.put("/api/config", json=_document(), headers=admin)
+        assert answer.status_code == 503, answer.text
+        assert "Nothing was saved" in answer.json()["detail"]
+        assert "not the key" in answer.json()["detail"]
+        assert len(store.history(first)) == 1
+    finally:
+        first.dispose()
+        second.dispose()

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from caduceus import __version__
 from caduceus.core.db.engine import writer
+from caduceus.core.secret_keys import SecretKeyError
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.web.api import (
@@ -208,6 +209,16 @@ def _add_page_handling(app: FastAPI) -> None:
         if _is_page(request):
             return PlainTextResponse(message, status_code=503, headers=headers)
         return JSONResponse({"detail": message}, status_code=503, headers=headers)
+
+    @app.exception_handler(SecretKeyError)
+    async def wrong_key(request: Request, exc: SecretKeyError) -> Response:
+        # This machine's key file is not the one the stored secrets were sealed with: nothing
+        # was saved, and saving would leave versions the other machines cannot read.
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        message = f"Nothing was saved: {exc}"
+        if _is_page(request):
+            return PlainTextResponse(message, status_code=503)
+        return JSONResponse({"detail": message}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def bad_page_address(request: Request, exc: RequestValidationError) -> Response:
