@@ -33,14 +33,16 @@ RECV_CHUNK = 64 * 1024
 class Pending:
     sock: socket.socket
     host: str
+    port: int
     deadline: float
     header: bytearray = field(default_factory=bytearray)
     body: bytearray | None = None
     length: int = 0
 
 
-# Called with the socket (blocking again), the peer address and the whole A-ASSOCIATE-RQ PDU.
-HandOff = Callable[[socket.socket, str, bytes], None]
+# Called with the socket (blocking again), the peer address and port as accept() gave them
+# (getpeername() fails once the peer has reset), and the whole A-ASSOCIATE-RQ PDU.
+HandOff = Callable[[socket.socket, str, int, bytes], None]
 
 
 class Acceptor:
@@ -104,7 +106,7 @@ class Acceptor:
                 self.summary.dropped(host, refused)
                 continue
             conn.setblocking(False)
-            entry = Pending(conn, host, time.monotonic() + self.artim)
+            entry = Pending(conn, host, int(address[1]), time.monotonic() + self.artim)
             self.pending[conn.fileno()] = entry
             self.selector.register(conn, selectors.EVENT_READ, entry)
 
@@ -148,7 +150,7 @@ class Acceptor:
             self._forget(entry)
             request = bytes(entry.header) + bytes(entry.body)
             entry.sock.setblocking(True)
-            self.hand_off(entry.sock, entry.host, request)
+            self.hand_off(entry.sock, entry.host, entry.port, request)
 
     def _forget(self, entry: Pending) -> None:
         self.selector.unregister(entry.sock)
