@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy import select as sql_select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
@@ -333,3 +337,60 @@ def test_a_peer_resetting_right_after_its_request_leaves_no_traceback(
     time.sleep(1)
     echo_seconds(receiver)
     assert "Traceback" not in receiver.log(), receiver.log()
+
+
+def test_one_address_cannot_fill_the_budget_for_unfinished_requests(
+    launch_sqlite: Launch, sockets: list[socket.socket]
+) -> None:
+    # Caps high enough that only the bytes of unfinished requests can stop the flooder.
+    receiver = launch_sqlite(
+        CADUCEUS_RECEIVER_WORKERS="1",
+        CADUCEUS_RECEIVER_MAX_CONNECTIONS="1000",
+        CADUCEUS_RECEIVER_MAX_CONNECTIONS_PER_ADDRESS="1000",
+    )
+    echo_seconds(receiver)
+    # Requests just under the largest allowed, each sent but for its last byte: 89 MB in all.
+    # Then smaller and smaller ones, to fill what is left of any budget to the last bytes.
+    sizes = [127 * 1024] * 700 + [2**n for n in range(15, 5, -1) for _ in range(2)]
+    for length in sizes:
+        sock = connect(receiver.port, FLOODER)
+        sockets.append(sock)
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):  # dropped by the receiver: so much the better
+            sock.sendall(struct.pack(">BxI", 0x01, length) + bytes(length - 1))
+        if length < 127 * 1024:
+            time.sleep(0.05)  # read before the next, so each takes what room is left
+    echo_seconds(receiver)
+
+
+def test_a_request_with_128_contexts_of_twelve_syntaxes_is_accepted(receiver: Caduceus) -> None:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "RAWSCU"
+    primitive.called_ae_title = "CADUCEUS"
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian] + [
+        f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 201, 202)
+    ]
+    contexts = []
+    for index in range(128):
+        context = PresentationContext()
+        context.context_id = 2 * index + 1
+        # Private SOP classes of the longest length a UID may have (64).
+        context.abstract_syntax = f"1.2.3.{index}." + "1" * (57 - len(str(index)))
+        context.transfer_syntax = syntaxes
+        contexts.append(context)
+    primitive.presentation_context_definition_list = contexts
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    request = bytes(rq.encode())
+    print(f"association request of 128 contexts x 12 transfer syntaxes: {len(request)} bytes")
+    scu = RawSCU(receiver.port)
+    try:
+        scu.send(request)
+        assert scu.read_pdu()[0] == 0x02  # A-ASSOCIATE-AC
+        assert scu.release()[0] == 0x06
+    finally:
+        scu.close()
