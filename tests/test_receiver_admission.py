@@ -189,3 +189,35 @@ def test_refusals_during_a_database_outage_do_not_each_wait_for_the_database(
             break
         time.sleep(0.2)
     assert [e.details["count"] for e in events] == [10]
+
+
+def test_associations_during_a_database_outage_get_a_transient_rejection_and_one_line(
+    tmp_path: Path, sqlite_url: str, caduceus_factory: list[Caduceus]
+) -> None:
+    instance = Caduceus(
+        tmp_path / "home",
+        sqlite_url,
+        free_port(),
+        extra_env={"CADUCEUS_DATABASE_BUSY_TIMEOUT_SECONDS": "1"},
+    )
+    caduceus_factory.append(instance)
+    receiver = instance.start()
+    assert echo(receiver) == "ok"
+    locker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        answers = []
+        for _ in range(3):
+            scu = RawSCU(receiver.port)
+            answers.append(scu.associate())
+            scu.close()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    # A-ASSOCIATE-RJ, rejected-transient (2), service-provider presentation (3), temporary
+    # congestion (1): the sender tries again later.
+    assert [(a[0], a[7], a[8], a[9]) for a in answers] == [(0x03, 2, 3, 1)] * 3
+    assert echo(receiver) == "ok"
+    log = receiver.log()
+    assert "Traceback" not in log, log
+    assert log.count("database unavailable") == 3, log

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.net import dimse, pdu
@@ -164,6 +165,12 @@ class AssociationHandler:
                 self.failed,
                 self.bytes_stored,
             )
+        except SQLAlchemyError as exc:
+            log.warning(
+                "could not record the end of association %s: %s",
+                self.association_id,
+                type(exc).__name__,
+            )
         except Exception:
             log.exception("could not record the end of association %s", self.association_id)
         log.info(
@@ -210,9 +217,22 @@ class AssociationHandler:
             self._send(pdu.a_abort(2, pdu.ABORT_INVALID_PARAMETER))
             self.summary.dropped(self.peer_host, "invalid association request")
             return False
-        self.association_id = records.open_association(
-            self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
-        )
+        try:
+            self.association_id = records.open_association(
+                self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
+            )
+        except SQLAlchemyError as exc:
+            # An outage, not a fault of the peer's or a bug: one line each, and a transient
+            # rejection that tells the sender to try again later.
+            log.warning(
+                "rejected association from %s@%s for now: database unavailable (%s)",
+                calling,
+                self.peer_host,
+                type(exc).__name__,
+            )
+            self.summary.dropped(self.peer_host, "database unavailable")
+            self._send(negotiation.reject_pdu(negotiation.REJECT_UNAVAILABLE))
+            return False
         self.store_context = StoreContext(
             root=self.config.root,
             temp_files=self.config.temp_files,
@@ -235,18 +255,22 @@ class AssociationHandler:
         if self.summary.first_rejection(self.peer_host, kind):
             log.warning("rejected association from %s@%s: %s", calling, self.peer_host, rejection)
             # Recorded before the peer hears of it, so the history is never behind the network.
-            association_id = records.open_association(
-                self.config.engine,
-                calling,
-                called,
-                self.peer_host,
-                self.peer_port,
-                "rejected",
-                rejection.reason,
-            )
-            self.summary.rejection_recorded(
-                self.peer_host, kind, association_id, calling, called, rejection.reason
-            )
+            try:
+                association_id = records.open_association(
+                    self.config.engine,
+                    calling,
+                    called,
+                    self.peer_host,
+                    self.peer_port,
+                    "rejected",
+                    rejection.reason,
+                )
+            except SQLAlchemyError as exc:
+                log.warning("could not record the rejection: %s", type(exc).__name__)
+            else:
+                self.summary.rejection_recorded(
+                    self.peer_host, kind, association_id, calling, called, rejection.reason
+                )
         self._send(rejection.pdu)
 
     def _serve(self) -> tuple[str, str]:

@@ -314,7 +314,7 @@ class InstanceWriter:
             # The file stays: it is complete but unrecorded, so nothing refers to it, and the
             # sender's retry replaces it. Removing it could remove the same instance that a
             # concurrent association has just stored and recorded.
-            log.exception("database write failed for a received instance")
+            log.warning("database write failed for a received instance: %s", type(exc).__name__)
             return Outcome(status.PROCESSING_FAILURE, f"database unavailable: {type(exc).__name__}")
         if previous is not None and previous.path != relative:
             (root.home / previous.path).unlink(missing_ok=True)
