@@ -18,6 +18,7 @@ from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances
 from tests.support.processes import Caduceus, free_port, require, run, storescu
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
+from tests.test_receiver_bad_input import wait_closed
 
 
 def echo(receiver: Caduceus, calling: str = "ECHOSCU", called: str = "CADUCEUS") -> str:
@@ -129,6 +130,7 @@ def test_refusals_are_one_event_per_association_with_a_count(
     )
     assert result.stderr.count("Refused: OutOfResources") == 40
     assert stored_instances(receiver.engine()) == []
+    wait_closed(receiver)  # the end is recorded just after the release is answered
     with receiver.engine().connect() as conn:
         [association] = conn.execute(select(ASSOCIATIONS)).all()
         refused = conn.execute(select(EVENTS).where(EVENTS.c.kind == "instance.refused")).all()

@@ -394,3 +394,17 @@ def test_a_request_with_128_contexts_of_twelve_syntaxes_is_accepted(receiver: Ca
         assert scu.release()[0] == 0x06
     finally:
         scu.close()
+
+
+def test_one_address_at_its_cap_does_not_make_a_worker_busy(
+    launch_sqlite: Launch, sockets: list[socket.socket]
+) -> None:
+    # Even with the per-address cap raised to 64, which every worker once served at most.
+    receiver = launch_sqlite(
+        CADUCEUS_RECEIVER_WORKERS="1", CADUCEUS_RECEIVER_MAX_CONNECTIONS_PER_ADDRESS="64"
+    )
+    for _ in range(64):
+        scu = RawSCU(receiver.port, source=FLOODER)
+        sockets.append(scu.sock)
+        assert scu.associate(sop_class=VERIFICATION)[0] == 0x02
+    echo_seconds(receiver)
