@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from pydicom import dcmread
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from caduceus.core.config.models import Config
@@ -26,7 +28,9 @@ from caduceus.core.db.models import SERIES
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.settings import DISK_RESERVE_FLOOR_MB, Settings
 from tests.conftest import Launch
+from tests.support.deflate import deflated_bomb
 from tests.support.processes import Caduceus, free_port, require, run
+from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
 from tests.support.storescp import start_storescp
 from tests.support.web import as_role, web_client
 from tests.test_router import events, router_for, send, tasks
@@ -242,3 +246,86 @@ def test_force_complete_on_a_full_disk_says_so_and_keeps_the_series(
     filler.unlink()
     done = client.post(f"/api/series/{series['id']}/force-complete", headers=admin)
     assert done.status_code == 200 and len(done.json()["tasks"]) == 1, done.text
+
+
+# -- one instance that would pass the reserve while it is written ---------------------------
+
+
+class FreeSpaceWatch:
+    """The least free space seen on a file system while the watch runs (sampled in a thread)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.least = self._free()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _free(self) -> int:
+        st = os.statvfs(self.folder)
+        return st.f_bavail * st.f_frsize
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.least = min(self.least, self._free())
+
+    def __enter__(self) -> FreeSpaceWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def store_raw(port: int, syntax: str, sop_instance: str, data: Iterator[bytes]) -> tuple[int, str]:
+    """One C-STORE whose dataset is the given pieces; its status and comment."""
+    scu = RawSCU(port)
+    try:
+        scu.sock.settimeout(120)
+        assert scu.associate(syntax=syntax)[0] == 0x02
+        command = c_store_command(CT_IMAGE_STORAGE, sop_instance)
+        scu.send(p_data(1, command, command=True, last=True))
+        previous: bytes | None = None
+        for piece in data:
+            if previous is not None:
+                scu.send(p_data(1, previous, command=False, last=False))
+            previous = piece
+        scu.send(p_data(1, previous or b"", command=False, last=True))
+        answer = scu.store_response_status()
+        scu.release()
+        return answer
+    finally:
+        scu.close()
+
+
+def pieces(data: bytes, size: int = 1024 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.mark.parametrize("kind", ["deflate bomb", "large instance"])
+def test_an_instance_is_refused_when_writing_it_would_pass_the_reserve(
+    launch: Launch, small_disk: Path, kind: str
+) -> None:
+    reserve_mb = DISK_RESERVE_FLOOR_MB + 8
+    receiver = launch(home=small_disk / "home", CADUCEUS_RECEIVER_DISK_RESERVE_MB=str(reserve_mb))
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    assert free > (reserve_mb + 20) * MB  # admitted: well above the reserve when it starts
+    if kind == "deflate bomb":
+        # A few hundred kilobytes that inflate to 200 MB, more than the whole disk.
+        uid, stream = deflated_bomb(200 * MB)
+        syntax, data = str(DeflatedExplicitVRLittleEndian), pieces(stream)
+    else:
+        # 70 MB sent as it comes: more than the room above the reserve, less than the disk.
+        uid, syntax = "1.2.3.4.5", str(ExplicitVRLittleEndian)
+        data = (bytes(MB) for _ in range(70))
+    with FreeSpaceWatch(small_disk) as watch:
+        status, comment = store_raw(receiver.port, syntax, uid, data)
+    assert status == 0xA700, (hex(status), comment)
+    assert "reserve" in comment, comment
+    # It stopped within a few MiB of the reserve: the floor below it was never touched.
+    assert watch.least >= DISK_RESERVE_FLOOR_MB * MB, watch.least // MB
+    # Nothing of it is left in tmp/ (an empty file made ahead for the next instance may be).
+    assert [p for p in (receiver.home / "tmp").iterdir() if p.stat().st_size] == []
+    # Receiving goes on once the room is there.
+    assert store_raw(receiver.port, syntax, uid, iter([b""]))[0] != 0xA700

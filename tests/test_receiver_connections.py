@@ -9,20 +9,26 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy import select as sql_select
 
 from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from tests.conftest import Launch
 from tests.support.processes import Caduceus, free_port, require, run
 from tests.support.proctree import children, rss_mb, threads
-from tests.support.rawscu import RawSCU, connect
+from tests.support.rawscu import RawSCU, associate_request, c_echo_command, connect, p_data
 
 FLOODER = "127.0.0.2"
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def echo_seconds(receiver: Caduceus) -> float:
@@ -161,7 +167,12 @@ def test_three_thousand_connections_cost_no_threads_and_leave_no_memory(
 def test_dropped_connections_and_repeated_rejections_are_summarised(
     launch: Launch, tmp_path: Path
 ) -> None:
-    receiver = launch(CADUCEUS_RECEIVER_ASSOCIATION_REQUEST_TIMEOUT="2")
+    # The per-address cap above the closed connections the receiver may not have seen close
+    # yet: only the summary is tested here.
+    receiver = launch(
+        CADUCEUS_RECEIVER_ASSOCIATION_REQUEST_TIMEOUT="2",
+        CADUCEUS_RECEIVER_MAX_CONNECTIONS_PER_ADDRESS="64",
+    )
     for _ in range(30):  # connect and close at once
         connect(receiver.port, FLOODER).close()
     for _ in range(20):  # garbage instead of an association request
@@ -266,3 +277,134 @@ def test_open_file_limit_is_raised_or_caps_the_connections() -> None:
     )
     # 100 connections fit once the soft limit is raised to 356; 512 do not fit under 400.
     assert result.stdout.split(maxsplit=2) == ["100", "144", "(400, 400)\n"]
+
+
+def test_a_peer_that_does_not_read_is_closed_and_frees_its_slot(
+    launch_sqlite: Launch, sockets: list[socket.socket]
+) -> None:
+    receiver = launch_sqlite(
+        CADUCEUS_RECEIVER_NETWORK_TIMEOUT="2", CADUCEUS_RECEIVER_MAX_CONNECTIONS_PER_ADDRESS="1"
+    )
+    # The cap is one connection: the start-up probe may hold it for a moment yet.
+    deadline = time.monotonic() + 10
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", receiver.port))
+        sock.sendall(associate_request(sop_class=VERIFICATION))
+        scu = RawSCU.__new__(RawSCU)
+        scu.sock = sock
+        try:
+            assert scu.read_pdu()[0] == 0x02
+            break
+        except ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    # Echo requests, and never a read: the answers fill both socket buffers, and the
+    # receiver's send blocks. Send until our own send blocks too.
+    echo = p_data(1, c_echo_command(), command=True, last=True)
+    sock.settimeout(1)
+    with contextlib.suppress(TimeoutError):
+        for _ in range(200_000):
+            sock.sendall(echo)
+    # Its one connection is held: the address's cap is full. After the network timeout the
+    # receiver gives up on it, and the address may connect again, while this socket is open.
+    deadline = time.monotonic() + 15
+    while True:
+        result = run(
+            [require("echoscu"), "-to", "5", "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)],
+            timeout=30,
+        )
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Traceback" not in receiver.log(), receiver.log()
+
+
+def test_a_peer_resetting_right_after_its_request_leaves_no_traceback(
+    launch_sqlite: Launch,
+) -> None:
+    receiver = launch_sqlite(CADUCEUS_RECEIVER_WORKERS="1")
+    for _ in range(20):
+        sock = connect(receiver.port, FLOODER)
+        # Closing with a zero linger time sends an RST instead of a FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(associate_request(sop_class=VERIFICATION))
+        sock.close()
+    time.sleep(1)
+    echo_seconds(receiver)
+    assert "Traceback" not in receiver.log(), receiver.log()
+
+
+def test_one_address_cannot_fill_the_budget_for_unfinished_requests(
+    launch_sqlite: Launch, sockets: list[socket.socket]
+) -> None:
+    # Caps high enough that only the bytes of unfinished requests can stop the flooder.
+    receiver = launch_sqlite(
+        CADUCEUS_RECEIVER_WORKERS="1",
+        CADUCEUS_RECEIVER_MAX_CONNECTIONS="1000",
+        CADUCEUS_RECEIVER_MAX_CONNECTIONS_PER_ADDRESS="1000",
+    )
+    echo_seconds(receiver)
+    # Requests just under the largest allowed, each sent but for its last byte: 89 MB in all.
+    # Then smaller and smaller ones, to fill what is left of any budget to the last bytes.
+    sizes = [127 * 1024] * 700 + [2**n for n in range(15, 5, -1) for _ in range(2)]
+    for length in sizes:
+        sock = connect(receiver.port, FLOODER)
+        sockets.append(sock)
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):  # dropped by the receiver: so much the better
+            sock.sendall(struct.pack(">BxI", 0x01, length) + bytes(length - 1))
+        if length < 127 * 1024:
+            time.sleep(0.05)  # read before the next, so each takes what room is left
+    echo_seconds(receiver)
+
+
+def test_a_request_with_128_contexts_of_twelve_syntaxes_is_accepted(receiver: Caduceus) -> None:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "RAWSCU"
+    primitive.called_ae_title = "CADUCEUS"
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian] + [
+        f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 201, 202)
+    ]
+    contexts = []
+    for index in range(128):
+        context = PresentationContext()
+        context.context_id = 2 * index + 1
+        # Private SOP classes of the longest length a UID may have (64).
+        context.abstract_syntax = f"1.2.3.{index}." + "1" * (57 - len(str(index)))
+        context.transfer_syntax = syntaxes
+        contexts.append(context)
+    primitive.presentation_context_definition_list = contexts
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    request = bytes(rq.encode())
+    print(f"association request of 128 contexts x 12 transfer syntaxes: {len(request)} bytes")
+    scu = RawSCU(receiver.port)
+    try:
+        scu.send(request)
+        assert scu.read_pdu()[0] == 0x02  # A-ASSOCIATE-AC
+        assert scu.release()[0] == 0x06
+    finally:
+        scu.close()
+
+
+def test_one_address_at_its_cap_does_not_make_a_worker_busy(
+    launch_sqlite: Launch, sockets: list[socket.socket]
+) -> None:
+    # Even with the per-address cap raised to 64, which every worker once served at most.
+    receiver = launch_sqlite(
+        CADUCEUS_RECEIVER_WORKERS="1", CADUCEUS_RECEIVER_MAX_CONNECTIONS_PER_ADDRESS="64"
+    )
+    for _ in range(64):
+        scu = RawSCU(receiver.port, source=FLOODER)
+        sockets.append(scu.sock)
+        assert scu.associate(sop_class=VERIFICATION)[0] == 0x02
+    echo_seconds(receiver)

@@ -81,10 +81,11 @@ class Settings(BaseSettings):
         "closed at once.",
     )
     receiver_max_connections_per_address: int = Field(
-        default=64,
+        default=16,
         ge=1,
         description="Connections one peer address may hold at once, over all workers; more "
-        "are closed at once.",
+        "are closed at once. A worker serves its share of receiver_max_connections (at least "
+        "twice this) before it answers busy, so one address cannot make a worker busy.",
     )
     receiver_summary_interval: float = Field(
         default=60.0,

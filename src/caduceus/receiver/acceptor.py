@@ -23,9 +23,13 @@ from caduceus.receiver.summary import ConnectionSummary
 
 log = logging.getLogger("caduceus.receiver")
 
-MAX_ASSOCIATE_RQ = 1024 * 1024
-# Bytes of unfinished association requests one worker holds at most, whatever the peers claim.
+# A request proposing all 128 presentation contexts with a dozen transfer syntaxes each stays
+# under this; real ones are a few kilobytes to 20 KiB.
+MAX_ASSOCIATE_RQ = 128 * 1024
+# Bytes of unfinished association requests one worker holds at most, whatever the peers claim,
+# and one peer address at most of those, so that one address cannot use up the worker's budget.
 MAX_PENDING_BYTES = 64 * 1024 * 1024
+MAX_PENDING_BYTES_PER_ADDRESS = MAX_PENDING_BYTES // 8
 RECV_CHUNK = 64 * 1024
 
 
@@ -33,14 +37,16 @@ RECV_CHUNK = 64 * 1024
 class Pending:
     sock: socket.socket
     host: str
+    port: int
     deadline: float
     header: bytearray = field(default_factory=bytearray)
     body: bytearray | None = None
     length: int = 0
 
 
-# Called with the socket (blocking again), the peer address and the whole A-ASSOCIATE-RQ PDU.
-HandOff = Callable[[socket.socket, str, bytes], None]
+# Called with the socket (blocking again), the peer address and port as accept() gave them
+# (getpeername() fails once the peer has reset), and the whole A-ASSOCIATE-RQ PDU.
+HandOff = Callable[[socket.socket, str, int, bytes], None]
 
 
 class Acceptor:
@@ -60,6 +66,7 @@ class Acceptor:
         self.selector = selectors.DefaultSelector()
         self.pending: dict[int, Pending] = {}
         self.pending_bytes = 0
+        self.pending_by_host: dict[str, int] = {}
         self.next_sweep = 0.0
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, None)
@@ -104,7 +111,7 @@ class Acceptor:
                 self.summary.dropped(host, refused)
                 continue
             conn.setblocking(False)
-            entry = Pending(conn, host, time.monotonic() + self.artim)
+            entry = Pending(conn, host, int(address[1]), time.monotonic() + self.artim)
             self.pending[conn.fileno()] = entry
             self.selector.register(conn, selectors.EVENT_READ, entry)
 
@@ -116,6 +123,10 @@ class Acceptor:
                 want = min(RECV_CHUNK, entry.length - len(entry.body))
                 if self.pending_bytes + want > MAX_PENDING_BYTES:
                     self._drop(entry, "too many association request bytes pending")
+                    return
+                held = self.pending_by_host.get(entry.host, 0)
+                if held + want > MAX_PENDING_BYTES_PER_ADDRESS:
+                    self._drop(entry, "too many association request bytes pending from one address")
                     return
                 chunk = entry.sock.recv(want)
         except (BlockingIOError, InterruptedError):
@@ -144,17 +155,23 @@ class Acceptor:
         else:
             entry.body += chunk
             self.pending_bytes += len(chunk)
+            self.pending_by_host[entry.host] = self.pending_by_host.get(entry.host, 0) + len(chunk)
         if len(entry.body) == entry.length:
             self._forget(entry)
             request = bytes(entry.header) + bytes(entry.body)
             entry.sock.setblocking(True)
-            self.hand_off(entry.sock, entry.host, request)
+            self.hand_off(entry.sock, entry.host, entry.port, request)
 
     def _forget(self, entry: Pending) -> None:
         self.selector.unregister(entry.sock)
         self.pending.pop(entry.sock.fileno(), None)
-        if entry.body is not None:
+        if entry.body is not None and entry.body:
             self.pending_bytes -= len(entry.body)
+            left = self.pending_by_host[entry.host] - len(entry.body)
+            if left:
+                self.pending_by_host[entry.host] = left
+            else:
+                del self.pending_by_host[entry.host]
 
     def _drop(self, entry: Pending, why: str, abort: int = 0) -> None:
         self._forget(entry)

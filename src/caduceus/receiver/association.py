@@ -10,13 +10,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.net import dimse, pdu
 from caduceus.core.storage import DataRoot, TempFiles
 from caduceus.receiver import admission, negotiation, records, status
 from caduceus.receiver.refusals import Refusals
-from caduceus.receiver.store import MAX_INFLATED, Discard, InstanceWriter, Outcome, StoreContext
+from caduceus.receiver.store import (
+    BELOW_RESERVE,
+    MAX_INFLATED,
+    Discard,
+    InstanceWriter,
+    Outcome,
+    StoreContext,
+)
 from caduceus.receiver.summary import ConnectionSummary
 
 log = logging.getLogger("caduceus.receiver")
@@ -54,15 +62,19 @@ class AssociationHandler:
         request: bytes,
         busy: bool = False,
         summary: ConnectionSummary | None = None,
+        peer: tuple[str, int] | None = None,
     ):
-        """request: the whole A-ASSOCIATE-RQ PDU, already read (see acceptor.py)."""
+        """request: the whole A-ASSOCIATE-RQ PDU, already read (see acceptor.py); peer: the
+        address and port accept() gave (asked of the socket if not given)."""
         self.sock = sock
         self.config = config
         self.request = request
         self.busy = busy
         self.summary = summary or ConnectionSummary()
         self.messages = 0
-        self.peer_host, self.peer_port = sock.getpeername()[:2]
+        host, port = peer or sock.getpeername()[:2]
+        self.peer_host: str = host
+        self.peer_port: int = port
         self.reader = pdu.SocketReader(sock)
         self.association_id: int | None = None
         self.negotiated: negotiation.Negotiated | None = None
@@ -76,15 +88,23 @@ class AssociationHandler:
         self.store_context: StoreContext | None = None
         self.refusals: Refusals | None = None
 
-    def run(self) -> None:
+    def _set_options(self) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # A kernel receive timeout rather than settimeout(), which polls before every recv.
+        # Kernel timeouts rather than settimeout(), which polls before every recv. The send
+        # timeout matters as much: a peer that sends requests and never reads the answers
+        # would otherwise hold this thread and its connection slots in sendall() for ever.
         timeout = self.config.network_timeout
-        self.sock.setsockopt(
-            socket.SOL_SOCKET,
-            socket.SO_RCVTIMEO,
-            struct.pack("ll", int(timeout), int((timeout % 1) * 1_000_000)),
-        )
+        value = struct.pack("ll", int(timeout), int((timeout % 1) * 1_000_000))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+    def run(self) -> None:
+        try:
+            self._set_options()
+        except OSError:  # the peer is already gone
+            self.sock.close()
+            self.summary.dropped(self.peer_host, "closed right after its association request")
+            return
         end_status, reason = "aborted", ""
         try:
             if not self._associate():
@@ -97,6 +117,15 @@ class AssociationHandler:
             log.warning("aborting the association from %s: protocol error: %s", self.peer_host, exc)
             end_status, reason = "aborted", f"protocol error: {exc}"
             self._send(pdu.a_abort(2, exc.reason))
+        except (TimeoutError, BlockingIOError):
+            # SO_SNDTIMEO expired in sendall(): the peer does not read. Close, send nothing
+            # more (an A-ABORT would wait as long again).
+            log.warning("closing the association from %s: it does not read", self.peer_host)
+            end_status, reason = "aborted", "network timeout: the peer does not read"
+        except ConnectionError as exc:
+            # Reset or gone while we answered: the network's doing, not a fault of ours.
+            log.info("association from %s: connection lost: %s", self.peer_host, exc)
+            end_status, reason = "aborted", f"connection lost: {exc.strerror or exc}"
         except Exception as exc:
             log.exception("association from %s failed", self.peer_host)
             end_status, reason = "aborted", f"internal error: {type(exc).__name__}"
@@ -135,6 +164,12 @@ class AssociationHandler:
                 self.stored,
                 self.failed,
                 self.bytes_stored,
+            )
+        except SQLAlchemyError as exc:
+            log.warning(
+                "could not record the end of association %s: %s",
+                self.association_id,
+                type(exc).__name__,
             )
         except Exception:
             log.exception("could not record the end of association %s", self.association_id)
@@ -182,9 +217,22 @@ class AssociationHandler:
             self._send(pdu.a_abort(2, pdu.ABORT_INVALID_PARAMETER))
             self.summary.dropped(self.peer_host, "invalid association request")
             return False
-        self.association_id = records.open_association(
-            self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
-        )
+        try:
+            self.association_id = records.open_association(
+                self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
+            )
+        except SQLAlchemyError as exc:
+            # An outage, not a fault of the peer's or a bug: one line each, and a transient
+            # rejection that tells the sender to try again later.
+            log.warning(
+                "rejected association from %s@%s for now: database unavailable (%s)",
+                calling,
+                self.peer_host,
+                type(exc).__name__,
+            )
+            self.summary.dropped(self.peer_host, "database unavailable")
+            self._send(negotiation.reject_pdu(negotiation.REJECT_UNAVAILABLE))
+            return False
         self.store_context = StoreContext(
             root=self.config.root,
             temp_files=self.config.temp_files,
@@ -195,6 +243,7 @@ class AssociationHandler:
             calling_aet=calling,
             called_aet=called,
             peer_host=self.peer_host,
+            disk_reserve_bytes=self.config.disk_reserve_bytes,
         )
         self.sock.sendall(ac)
         return True
@@ -206,18 +255,22 @@ class AssociationHandler:
         if self.summary.first_rejection(self.peer_host, kind):
             log.warning("rejected association from %s@%s: %s", calling, self.peer_host, rejection)
             # Recorded before the peer hears of it, so the history is never behind the network.
-            association_id = records.open_association(
-                self.config.engine,
-                calling,
-                called,
-                self.peer_host,
-                self.peer_port,
-                "rejected",
-                rejection.reason,
-            )
-            self.summary.rejection_recorded(
-                self.peer_host, kind, association_id, calling, called, rejection.reason
-            )
+            try:
+                association_id = records.open_association(
+                    self.config.engine,
+                    calling,
+                    called,
+                    self.peer_host,
+                    self.peer_port,
+                    "rejected",
+                    rejection.reason,
+                )
+            except SQLAlchemyError as exc:
+                log.warning("could not record the rejection: %s", type(exc).__name__)
+            else:
+                self.summary.rejection_recorded(
+                    self.peer_host, kind, association_id, calling, called, rejection.reason
+                )
         self._send(rejection.pdu)
 
     def _serve(self) -> tuple[str, str]:
@@ -304,7 +357,7 @@ class AssociationHandler:
                 "SOP class differs from the presentation context's abstract syntax",
             )
         if not admission.disk_admits(self.config.root, self.config.disk_reserve_bytes):
-            return Discard(status.OUT_OF_RESOURCES, "out of resources: disk space below reserve")
+            return Discard(status.OUT_OF_RESOURCES, BELOW_RESERVE)
         assert self.store_context is not None
         return InstanceWriter(
             self.store_context,

@@ -44,6 +44,13 @@ class ConnectionCounts:
         # The acceptor admits while association threads release: both write this row.
         self.lock = threading.Lock()
 
+    def per_worker(self) -> int:
+        """Associations one worker serves at once before it answers busy: its share of the
+        total, and at least two addresses' worth, so that one address (or as many addresses
+        as there are workers) cannot make every worker busy."""
+        share = -(-self.total // self.workers) if self.total else 0
+        return max(share, 2 * self.per_address, 1)
+
     def use_row(self, row: int) -> None:
         """Called in a worker: the row it writes."""
         self.row = row

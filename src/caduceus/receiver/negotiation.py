@@ -41,6 +41,7 @@ REJECT_CALLING_AET = (1, 1, 3)
 REJECT_CALLED_AET = (1, 1, 7)
 REJECT_PROTOCOL_VERSION = (1, 2, 2)
 REJECT_BUSY = (2, 3, 2)  # transient: local limit exceeded
+REJECT_UNAVAILABLE = (2, 3, 1)  # transient: temporary congestion (the database is down)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ class _Tally:
     quarantined: list[str] = field(default_factory=list)
     event_id: int | None = None
     written_count: int = 0
-    written_at: float = 0.0
+    tried_at: float | None = None  # when the last write, done or failed, ended
 
 
 class Refusals:
@@ -122,7 +122,9 @@ class Refusals:
             tally.reasons.append(reason)
         if quarantined_as is not None and len(tally.quarantined) < MAX_UIDS:
             tally.quarantined.append(quarantined_as)
-        if tally.event_id is None or time.monotonic() - tally.written_at >= UPDATE_INTERVAL:
+        # Also while the first write has not succeeded: under a database outage each attempt
+        # waits the busy timeout, and a refused instance must not wait it every time.
+        if tally.tried_at is None or time.monotonic() - tally.tried_at >= UPDATE_INTERVAL:
             self._write(tally)
 
     def flush(self) -> None:
@@ -155,7 +157,6 @@ class Refusals:
         }
 
     def _write(self, tally: _Tally) -> None:
-        tally.written_at = time.monotonic()
         try:
             if tally.event_id is None:
                 tally.event_id = records.record_refusals(
@@ -171,3 +172,5 @@ class Refusals:
                 self.association_id,
                 type(exc).__name__,
             )
+        finally:
+            tally.tried_at = time.monotonic()

@@ -34,7 +34,6 @@ from caduceus.receiver.summary import ConnectionSummary
 
 log = logging.getLogger("caduceus.receiver")
 
-MAX_ASSOCIATIONS_PER_WORKER = 64
 SHUTDOWN_GRACE = 10.0
 PR_SET_PDEATHSIG = 1
 
@@ -119,11 +118,11 @@ class Worker:
         config.temp_files.close()
         config.engine.dispose()
 
-    def _hand_off(self, conn: socket.socket, host: str, request: bytes) -> None:
+    def _hand_off(self, conn: socket.socket, host: str, port: int, request: bytes) -> None:
         with self.lock:
-            busy = len(self.active) >= MAX_ASSOCIATIONS_PER_WORKER
+            busy = len(self.active) >= self.counts.per_worker()
             thread = threading.Thread(
-                target=self._serve, args=(conn, host, request, busy), daemon=True
+                target=self._serve, args=(conn, host, port, request, busy), daemon=True
             )
             self.active.add(thread)
         try:
@@ -136,12 +135,24 @@ class Worker:
             self.counts.release(host)
             self.summary.dropped(host, "no thread available")
 
-    def _serve(self, conn: socket.socket, host: str, request: bytes, busy: bool) -> None:
+    def _serve(self, conn: socket.socket, host: str, port: int, request: bytes, busy: bool) -> None:
         assert self.config is not None
         try:
-            AssociationHandler(
-                conn, self.config, busy=busy, request=request, summary=self.summary
-            ).run()
+            try:
+                handler = AssociationHandler(
+                    conn,
+                    self.config,
+                    busy=busy,
+                    request=request,
+                    summary=self.summary,
+                    peer=(host, port),
+                )
+            except Exception as exc:
+                # Nothing of the association exists yet: close, count, no traceback.
+                conn.close()
+                self.summary.dropped(host, f"connection error: {type(exc).__name__}")
+                return
+            handler.run()
         finally:
             self.counts.release(host)
             with self.lock:

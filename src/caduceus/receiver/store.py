@@ -24,11 +24,12 @@ from sqlalchemy import Engine
 from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.dicom.header import WANTED_TAGS, Header, decode_header
 from caduceus.core.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from caduceus.core.dicom.inflate import InflatedTooLarge, inflate_to
+from caduceus.core.dicom.inflate import InflatedTooLarge, NoRoom, inflate_to
 from caduceus.core.dicom.names import safe_name
 from caduceus.core.dicom.structure import MalformedDataset, scan
 from caduceus.core.storage import DataRoot, TempFiles, fsync_dir
 from caduceus.receiver import records, status
+from caduceus.receiver.admission import RoomGuard
 
 log = logging.getLogger("caduceus.receiver")
 
@@ -100,6 +101,10 @@ class StoreContext:
     calling_aet: str
     called_aet: str
     peer_host: str
+    disk_reserve_bytes: int = 0  # the floor (admission.FLOOR_BYTES) holds below this anyway
+
+
+BELOW_RESERVE = "out of resources: disk space below reserve"
 
 
 class InstanceWriter:
@@ -122,6 +127,7 @@ class InstanceWriter:
         self.meta = file_meta(sop_class, sop_instance, syntax, ctx.calling_aet, ctx.called_aet)
         self.size = 0
         self.copy: bytearray | None = None
+        self.room = RoomGuard(ctx.root, ctx.disk_reserve_bytes)
         fd, self.temp = ctx.temp_files.take()
         self.fd: int | None = fd
         self._write(memoryview(self.meta))
@@ -135,6 +141,11 @@ class InstanceWriter:
                 self.copy += data
             else:
                 self.copy = None
+        if not self.room.admits(len(data)):
+            # Refused like one that arrived below the reserve; the partial file goes at once.
+            self.failure = Refused(status.OUT_OF_RESOURCES, BELOW_RESERVE, keep=False)
+            self._discard()
+            return
         try:
             while data:
                 written = os.write(self.fd, data)
@@ -208,13 +219,16 @@ class InstanceWriter:
                     source = stack.enter_context(open(self.temp, "rb"))
                     source.seek(len(self.meta))
                 try:
-                    size = inflate_to(source, fd, self.max_inflated)
+                    room = RoomGuard(self.ctx.root, self.ctx.disk_reserve_bytes)
+                    size = inflate_to(source, fd, self.max_inflated, room.admits)
                 except InflatedTooLarge as exc:
                     raise Refused(
                         status.TOO_LARGE,
                         f"deflated dataset inflates to more than {exc.limit} bytes",
                         keep=False,
                     ) from exc
+                except NoRoom as exc:
+                    raise Refused(status.OUT_OF_RESOURCES, BELOW_RESERVE, keep=False) from exc
                 except zlib.error as exc:
                     raise Refused(status.CANNOT_DECODE, f"malformed dataset: {exc}") from exc
                 except OSError as exc:
@@ -300,7 +314,7 @@ class InstanceWriter:
             # The file stays: it is complete but unrecorded, so nothing refers to it, and the
             # sender's retry replaces it. Removing it could remove the same instance that a
             # concurrent association has just stored and recorded.
-            log.exception("database write failed for a received instance")
+            log.warning("database write failed for a received instance: %s", type(exc).__name__)
             return Outcome(status.PROCESSING_FAILURE, f"database unavailable: {type(exc).__name__}")
         if previous is not None and previous.path != relative:
             (root.home / previous.path).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO
 
 CHUNK = 1024 * 1024
@@ -22,18 +23,25 @@ class InflatedTooLarge(Exception):
         self.limit = limit
 
 
+class NoRoom(Exception):
+    """The caller's room check said no: the disk is down to its reserve."""
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def inflate_to(source: BinaryIO, fd: int, limit: int) -> int:
+def inflate_to(
+    source: BinaryIO, fd: int, limit: int, room: Callable[[int], bool] | None = None
+) -> int:
     """Inflate the raw deflate stream read from source into fd; return the inflated size.
 
     Raises InflatedTooLarge once the output would pass limit bytes, zlib.error for a stream
-    that is not deflate. A stream cut short yields what it has: the dataset check that follows
-    finds it truncated. Bytes after the end of the stream (the pad to an even length) are ignored.
+    that is not deflate, NoRoom when room(bytes about to be written) says no. A stream cut
+    short yields what it has: the dataset check that follows finds it truncated. Bytes after
+    the end of the stream (the pad to an even length) are ignored.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
@@ -43,6 +51,8 @@ def inflate_to(source: BinaryIO, fd: int, limit: int) -> int:
         total += len(out)
         if total > limit:
             raise InflatedTooLarge(limit)
+        if room is not None and not room(len(out)):
+            raise NoRoom()
         _write_all(fd, out)
 
     while not inflater.eof:
