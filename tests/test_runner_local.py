@@ -148,6 +148,8 @@ def test_local_environment_is_clean_and_complete(
     assert env["HOME"] != os.environ.get("HOME")
     assert "hunter2" not in task.log()
     expected = {"PATH", "HOME", "TMPDIR", "LANG", "TZ", "MODULE_PERSISTENCE_DIR"}
+    if os.geteuid() == 0:  # run as nobody through bwrap, which sets PWD for its --chdir
+        assert env.pop("PWD") == str(task.out_dir)
     assert set(env) == expected | set(FOLDER_VARIABLES) | {"MODULE_VAR", "RUN_VAR"}
 
 
@@ -168,52 +170,50 @@ def test_local_killed_by_signal(task: Task) -> None:
     assert "SIGKILL" in task.log()
 
 
+def gone(marker: str) -> bool:
+    """No process names marker any more (by name: a module's pids may be those of its own PID
+    namespace). SIGKILL is sent when the module ends; on a loaded machine the kernel may take
+    a moment to carry it out, so this allows that moment (not the time the child would sleep)."""
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return processes_with(marker) == []
+
+
 def test_local_timeout_kills_the_process_group(task: Task) -> None:
     # Both the module and its child ignore SIGTERM: only the SIGKILL after the grace ends them.
-    script = task.script(
-        "stubborn.sh",
-        "trap '' TERM\nsleep 600 &\necho $! > child.pid\necho $$ > leader.pid\nwait\n",
-    )
+    marker = str(600_000 + secrets.randbelow(300_000))
+    script = task.script("stubborn.sh", f"trap '' TERM\nsleep {marker} &\ntouch started\nwait\n")
     started = time.monotonic()
     outcome = LocalRunner(grace_seconds=0.5).run(task.job([script], timeout_seconds=1))
     assert outcome.timed_out and outcome.exit_code is None and not outcome.ok
     assert 1 <= time.monotonic() - started < 5
-    leader = int((task.out_dir / "leader.pid").read_text())
-    child = int((task.out_dir / "child.pid").read_text())
-    assert not process_alive(leader) and not process_alive(child)
+    assert (task.out_dir / "started").exists()
+    assert gone(marker) and gone(script)
     assert "time limit" in task.log()
 
 
 def test_local_cancelled_run_stops_the_module_within_seconds(task: Task) -> None:
     """The processor is stopping: the module is stopped (its group too) and the run is
     reported as cancelled, neither failed nor timed out, long before its time limit."""
-    script = task.script("long.sh", "sleep 600 &\necho $! > child.pid\nwait\n")
-    pid_file = task.out_dir / "child.pid"
-    # Cancelled once the module is under way (it wrote its child's pid).
-    job = replace(task.job([script], timeout_seconds=600), cancelled=pid_file.exists)
+    marker = str(600_000 + secrets.randbelow(300_000))
+    script = task.script("long.sh", f"sleep {marker} &\ntouch started\nwait\n")
+    # Cancelled once the module is under way (it started its child).
+    job = replace(
+        task.job([script], timeout_seconds=600), cancelled=(task.out_dir / "started").exists
+    )
     outcome = LocalRunner(grace_seconds=0.5).run(job)
     assert outcome.cancelled and not outcome.timed_out and not outcome.ok
     assert outcome.exit_code is None  # and not after sleep's 600 s: pytest's timeout is 300
-    child = int((task.out_dir / "child.pid").read_text())
-    deadline = time.monotonic() + 10
-    while process_alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not process_alive(child)
+    assert gone(marker)
     assert "the processor is stopping" in task.log()
 
 
 def test_local_leftover_processes_are_killed_at_the_end(task: Task) -> None:
-    outcome = LocalRunner().run(
-        task.job(["/bin/sh", "-c", "sleep 600 & echo $! > child.pid; exit 0"])
-    )
+    marker = str(600_000 + secrets.randbelow(300_000))
+    outcome = LocalRunner().run(task.job(["/bin/sh", "-c", f"sleep {marker} & exit 0"]))
     assert outcome.ok and outcome.seconds < 5
-    # SIGKILL is sent when the module ends; on a loaded machine the kernel may take a moment
-    # to carry it out, so the test allows that moment (not the 600 s the child would sleep).
-    child = int((task.out_dir / "child.pid").read_text())
-    deadline = time.monotonic() + 10
-    while process_alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not process_alive(child)
+    assert gone(marker)
 
 
 def test_local_command_not_found(task: Task) -> None:
@@ -503,3 +503,150 @@ def test_sandbox_never_runs_without_its_filter(task: Task, monkeypatch: pytest.M
     finally:
         seccomp.filter_program.cache_clear()
     assert not (task.out_dir / "ran").exists()
+
+
+# --- what a module is never given (issue 14: never host root, never caduceus's own files) ---
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the processor must run as root")
+
+PLAIN_AS_ROOT = r"""
+import json, os, sys
+config = json.loads(sys.argv[1])
+seen = {"uid": os.getuid(), "euid": os.geteuid(), "input": open(config["input"]).read()}
+for name, call in {
+    "write lease-break-time": lambda: open(config["lease"], "w").write(config["value"]),
+    "read root-only file": lambda: open(config["secret"]).read(),
+}.items():
+    try:
+        call()
+        seen[name] = "succeeded"
+    except OSError as exc:
+        seen[name] = type(exc).__name__
+with open("seen.json", "w") as out:
+    json.dump(seen, out)
+"""
+
+
+@needs_root
+def test_plain_module_of_a_root_processor_runs_as_nobody(task: Task, tmp_path: Path) -> None:
+    """sandbox: false under a root processor: the module is nobody; it reads its input and
+    writes its output, but not the host's kernel settings nor a file only root may read."""
+    lease = Path("/proc/sys/fs/lease-break-time")
+    before = lease.read_text()
+    secret = tmp_path / "root-only"
+    secret.write_text("ROOT-ONLY")
+    secret.chmod(0o600)
+    config = {
+        "input": str(task.in_dir / "task.json"),
+        "lease": str(lease),
+        "value": str(int(before) + 1),
+        "secret": str(secret),
+    }
+    code = task.bin / "plain.py"
+    code.write_text(PLAIN_AS_ROOT)
+    try:
+        # Named in the command, the file is there to try (the rest of tmp_path is hidden).
+        command = [sys.executable, str(code), json.dumps(config), str(secret)]
+        outcome = LocalRunner().run(task.job(command, persistence=True))
+    finally:
+        after = lease.read_text()
+        if after != before:  # put the host back before failing
+            lease.write_text(before)
+    assert outcome.ok, task.log()
+    assert after == before
+    seen = json.loads((task.out_dir / "seen.json").read_text())
+    assert seen["uid"] == seen["euid"] == 65534
+    assert seen["input"] == '{"id": "task-1"}'
+    assert seen["write lease-break-time"] == "PermissionError"
+    assert seen["read root-only file"] == "PermissionError"
+    assert (task.out_dir / "seen.json").stat().st_uid == 65534
+    assert task.persistence.stat().st_uid == 65534
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+@pytest.mark.parametrize("which", ["key", "database"])
+def test_module_is_never_shown_the_key_or_the_database(
+    task: Task, tmp_path: Path, sandbox: bool, which: str
+) -> None:
+    """A module that names caduceus's secrets key file or its SQLite database in its command
+    (or an administrator's sandbox path that holds them) fails with the reason, and their
+    content does not reach its output."""
+    from caduceus.core.settings import Settings
+    from caduceus.processor.runners import runner_factory
+
+    if sandbox and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    if not sandbox and os.geteuid() != 0:
+        pytest.skip("a plain module of an ordinary processor runs as that user, by design")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key_file = keys / "secret.key"
+    key_file.write_text("KEY-FILE-CONTENT")
+    settings = Settings(home=task.root, secrets_key_file=key_file)
+    target = {"key": key_file, "database": task.database}[which]
+    module = Module(command=["/bin/cat", str(target)], sandbox=sandbox)
+    job = replace(task.job(["/bin/true"]), module=module)
+    with pytest.raises(RunnerError, match="never shown to a module"):
+        runner_factory(settings)(module).run(job)
+    assert "CONTENT" not in (task.log() if task.log_path.exists() else "")
+    if sandbox:  # an administrator's read-only path holding the key is refused too
+        shown = Settings(home=task.root, secrets_key_file=key_file, processor_sandbox_paths=[keys])
+        with pytest.raises(RunnerError, match="never shown to a module"):
+            runner_factory(shown)(Module(command=["/bin/true"])).run(task.job(["/bin/true"]))
+
+
+@needs_root
+def test_plain_module_of_a_root_processor_does_not_see_the_data_root(task: Task) -> None:
+    """Even where the processor's group may read the data root (file group access), a plain
+    module running as nobody sees only its task's folders there."""
+    from caduceus.core.settings import Settings
+    from caduceus.processor.runners import runner_factory
+
+    task.root.chmod(0o750)
+    task.database.chmod(0o640)
+    (task.sibling / "other.dcm").chmod(0o640)
+    script = task.script(
+        "peek.sh",
+        f'cat "{task.database}" "{task.sibling}/other.dcm" 2>/dev/null\n'
+        'cat "$MERCURE_IN_DIR/task.json" > seen.json\n',
+    )
+    module = Module(command=[script], sandbox=False)
+    job = replace(task.job([script]), module=module)
+    assert runner_factory(Settings(home=task.root))(module).run(job).ok, task.log()
+    assert (task.out_dir / "seen.json").read_text() == '{"id": "task-1"}'
+    assert "DATABASE-CONTENT" not in task.log() and "SIBLING" not in task.log()
+
+
+@needs_root
+def test_hand_over_never_follows_a_symlink(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The persistence folder is writable by the module's earlier runs: a symlink there to a
+    root file outside, or a folder swapped for a symlink while the hand-over walks it, never
+    gives the outside file to nobody."""
+    from caduceus.processor.runners import local
+
+    outside = task.root.parent / "outside"
+    outside.mkdir()
+    victim = outside / "passwd"
+    victim.write_text("root:x:0:0")
+    (task.persistence / "sub").mkdir(parents=True)
+    (task.persistence / "sub" / "state").write_text("kept")
+    (task.persistence / "link").symlink_to(victim)
+    # The module's concurrent run, simulated at the worst moment: once the top folder is
+    # listed, "sub" becomes a symlink to the outside folder.
+    real_scandir = os.scandir
+    calls = []
+
+    def swapping_scandir(path: Any = ".") -> Any:
+        calls.append(path)
+        if len(calls) == 2:
+            (task.persistence / "sub").rename(task.persistence / "sub-moved")
+            (task.persistence / "sub").symlink_to(outside)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", swapping_scandir)
+    local._hand_over(task.job(["/bin/true"], persistence=True))
+    monkeypatch.undo()
+    assert len(calls) >= 2  # the swap happened during the walk
+    assert victim.stat().st_uid == 0 and outside.stat().st_uid == 0
+    assert task.persistence.stat().st_uid == 65534
+    assert (task.persistence / "sub-moved" / "state").stat().st_uid == 65534

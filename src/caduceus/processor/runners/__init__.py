@@ -8,6 +8,9 @@ module with an image runs as a Kubernetes Job instead when CADUCEUS_PROCESSOR_RU
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from caduceus.core.config.models import Module
 from caduceus.core.settings import Settings
@@ -38,9 +41,24 @@ def runner_factory(settings: Settings) -> Callable[[Module], Runner]:
             return shared["container"]
         from caduceus.processor.runners.local import local_runner
 
-        return local_runner(module, readonly_paths=settings.processor_sandbox_paths)
+        return local_runner(
+            module,
+            readonly_paths=settings.processor_sandbox_paths,
+            private_paths=private_paths(settings),
+        )
 
     return runner_for
+
+
+def private_paths(settings: Settings) -> list[Path]:
+    """caduceus's own files, which no module is ever shown: the data root (but for the task's
+    own folders), the secrets key file and an SQLite database with its companion files."""
+    paths = [settings.home, settings.secrets_key_path]
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database)
+        paths += [database, *(Path(f"{database}{end}") for end in ("-wal", "-shm", "-journal"))]
+    return paths
 
 
 def _kubernetes_runner(settings: Settings) -> Runner:

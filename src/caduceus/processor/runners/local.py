@@ -16,6 +16,12 @@ private /dev, /proc and /tmp, its input folder read-only, its output folder (and
 folder) writable, files named by absolute path in its command and the administrator's extra
 read-only paths; nothing else of the host, in particular not the data root with the other tasks
 and the database. No network unless the module asks for it, no capabilities, new namespaces.
+A path in the data root (but the task's own folders), the secrets key file or the database is
+never shown, to a plain module either: naming one fails the step.
+
+A plain module (sandbox: false) runs as the processor's user, except under a root processor:
+then it runs as nobody with no capabilities (_nobody_stage), seeing the host as it is but for
+the data root and caduceus's own files (_nobody_view).
 
 The module never runs as the host's root. bwrap started by root would map the sandbox's uid to
 root, and root writes /proc/sys whatever the capabilities say. So a processor running as root
@@ -94,17 +100,33 @@ class _Finished:
 
 
 class LocalRunner:
-    """Runs the module's command directly on the host, as the processor's user."""
+    """Runs the module's command directly on the host: as the processor's user, or as nobody
+    when the processor runs as root (see _nobody_stage)."""
 
     def __init__(
-        self, *, pass_environment: Sequence[str] = (), grace_seconds: float = GRACE_SECONDS
+        self,
+        *,
+        pass_environment: Sequence[str] = (),
+        grace_seconds: float = GRACE_SECONDS,
+        private_paths: Sequence[str | Path] = (),
     ) -> None:
         # Names of the processor's environment variables a module may see (e.g. TZ).
         self._pass_environment = tuple(pass_environment)
         self._grace = grace_seconds
+        # caduceus's own files (data root, secrets key, database), hidden from a module that
+        # runs as nobody even where nobody could read them (with CADUCEUS_FILE_GROUP_ACCESS).
+        self._private = tuple(Path(p) for p in private_paths)
 
     def run(self, job: ModuleRun) -> RunOutcome:
         _check_folders(job)
+        as_root = os.geteuid() == 0
+        setpriv = shutil.which("setpriv")
+        bwrap = shutil.which("bwrap") if as_root else None
+        if as_root and (setpriv is None or bwrap is None):
+            raise RunnerError(
+                f"module {job.module_name}: a processor running as root runs plain modules as "
+                "nobody, which needs setpriv (util-linux) and bubblewrap (bwrap)"
+            )
         with tempfile.TemporaryDirectory(prefix="caduceus-module-") as scratch:
             env = module_environment(
                 job,
@@ -112,16 +134,145 @@ class LocalRunner:
                 scratch=scratch,
                 pass_environment=self._pass_environment,
             )
-            argv = [_find_program(job, env["PATH"]), *job.module.command[1:]]
-            # A module must not outlive a processor that is killed: another processor takes
-            # the task over and would run the same step beside it. setpriv (util-linux) asks
-            # the kernel to kill the module when its parent dies; the sandbox has bwrap's
-            # --die-with-parent for the same.
-            setpriv = shutil.which("setpriv")
-            if setpriv:
-                argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-            done = _run_process(argv, env, job, grace=self._grace)
+            command = [_find_program(job, env["PATH"]), *job.module.command[1:]]
+            if as_root and setpriv and bwrap:
+                _hand_over(job)
+                os.chown(scratch, *UNPRIVILEGED)
+                view = _nobody_view(job, command, Path(scratch), self._private)
+                argv = [bwrap, *view, *_nobody_stage(setpriv), *command]
+            elif setpriv:
+                # A module must not outlive a processor that is killed: another processor
+                # takes the task over and would run the same step beside it. setpriv asks the
+                # kernel to kill the module when its parent dies; the sandbox has bwrap's
+                # --die-with-parent for the same.
+                argv = [setpriv, "--pdeathsig", "KILL", "--", *command]
+            else:
+                argv = command
+            # bwrap reports a module killed by signal N as exit code 128 + N, as a shell does.
+            done = _run_process(argv, env, job, grace=self._grace, signal_codes=as_root)
         return _outcome(job, done)
+
+
+def _nobody_stage(setpriv: str) -> list[str]:
+    """setpriv's options that make a plain module nobody, keeping the processor's group (as
+    the sandbox does: the received files are readable by owner and group only), with no
+    capability left and none to gain."""
+    uid, gid = UNPRIVILEGED
+    return [
+        "--",
+        setpriv,
+        "--pdeathsig",
+        "KILL",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        f"--groups={os.getgid()}",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+
+
+def _nobody_view(
+    job: ModuleRun, command: Sequence[str], scratch: Path, private: Sequence[Path]
+) -> list[str]:
+    """bwrap's options (run by root) for a plain module that runs as nobody: the host as it
+    is, except caduceus's own files, and with its task's folders reachable.
+
+    nobody cannot pass through a private data root (0700) or a private folder above it, so the
+    folders above the task's that nobody could not enter are covered with an empty tmpfs in
+    which only the path to the task's folders (and to files the command names) is made. The
+    data root is covered whatever its mode, and the secrets key and database files are hidden
+    behind /dev/null: with CADUCEUS_FILE_GROUP_ACCESS the processor's group could read them."""
+    folders = [job.out_dir, scratch]
+    if job.module.persistence and job.persistence_dir is not None:
+        folders.append(job.persistence_dir)
+    shown = [("--bind", Path(os.path.abspath(folder))) for folder in folders]
+    shown.append(("--ro-bind", Path(os.path.abspath(job.in_dir))))
+    for index, arg in enumerate(command):
+        path = Path(arg)
+        if not (path.is_absolute() and path.is_file()):
+            continue
+        _refuse_private(job, path, private)
+        real = path.resolve()
+        shown += [("--ro-bind", Path(os.path.abspath(path))), ("--ro-bind", real)]
+        prefix = real.parent.parent
+        if index == 0 and real.parent.name == "bin" and (prefix / "lib").is_dir():
+            # An interpreter needs its installation (PREFIX/lib) beside its bin folder.
+            _refuse_private(job, prefix, private)
+            shown.append(("--ro-bind", prefix))
+    # A file inside a folder shown read-only is there already.
+    folders_ro = [p for how, p in shown if how == "--ro-bind" and p.is_dir()]
+    shown = [
+        (how, p)
+        for how, p in dict.fromkeys(shown)
+        if how != "--ro-bind" or not any(f in p.parents for f in folders_ro)
+    ]
+    covers = {Path(os.path.abspath(p)) for p in private if p.is_dir()}
+    for _how, path in shown:
+        for parent in reversed(path.parents[:-1]):
+            if not _searchable_by_nobody(parent):
+                covers.add(parent)
+                break
+    covers = {c for c in covers if c != Path("/") and not any(o in c.parents for o in covers)}
+    # Its own PID namespace: setpriv's change of user clears the module's parent-death signal,
+    # but the namespace dies with its first process, which dies with bwrap, which dies with
+    # the processor (--die-with-parent). So a module never outlives its processor.
+    options = ["--dev-bind", "/", "/", "--unshare-pid", "--proc", "/proc", "--die-with-parent"]
+    # setpriv needs these three to become nobody and empty the bounding set; it drops them.
+    options += ["--cap-drop", "ALL"]
+    for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
+        options += ["--cap-add", cap]
+    for cover in sorted(covers, key=lambda c: len(c.parts)):
+        options += ["--perms", "0755", "--tmpfs", str(cover)]
+    for path in private:
+        hidden = Path(os.path.abspath(path))
+        if hidden.is_file() and not any(c in hidden.parents for c in covers):
+            options += ["--ro-bind", "/dev/null", str(hidden)]
+    made: set[Path] = set(covers)
+    for how, path in sorted(shown, key=lambda item: len(item[1].parts)):
+        under = next((c for c in covers if c in path.parents), None)
+        if under is None:
+            continue  # nobody reaches it on the host as it is
+        for parent in reversed(path.parents[:-1]):
+            if under in parent.parents and parent not in made:
+                made.add(parent)
+                options += ["--perms", "0755", "--dir", str(parent)]
+        options += [how, str(path), str(path)]
+    return [*options, "--chdir", str(job.out_dir)]
+
+
+def _searchable_by_nobody(folder: Path) -> bool:
+    """Whether nobody, with the processor's group, may pass through folder (ACLs aside:
+    a folder they open is covered needlessly, which costs nothing)."""
+    try:
+        info = folder.stat()
+    except OSError:
+        return False
+    uid, gid = UNPRIVILEGED
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid in (gid, os.getgid()):
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _refuse_private(job: ModuleRun, path: Path, private: Sequence[Path]) -> None:
+    """A path a module would be shown must not be caduceus's own: in the data root (other
+    than the task's own folders), the secrets key file or the database, nor contain them."""
+    real = path.resolve()
+    folders = [job.in_dir, job.out_dir]
+    if job.persistence_dir is not None:
+        folders.append(job.persistence_dir)
+    if any(real.is_relative_to(folder.resolve()) for folder in folders):
+        return
+    for own in private:
+        hidden = own.resolve()
+        if real.is_relative_to(hidden) or hidden.is_relative_to(real):
+            raise RunnerError(
+                f"module {job.module_name}: {path} is, or holds, caduceus's own data (its data "
+                "root, secrets key file or database), which is never shown to a module"
+            )
 
 
 class SandboxRunner:
@@ -134,6 +285,7 @@ class SandboxRunner:
         pass_environment: Sequence[str] = (),
         grace_seconds: float = GRACE_SECONDS,
         bwrap: str | None = None,
+        private_paths: Sequence[str | Path] = (),
     ) -> None:
         # Folders or files the administrator makes visible to every sandboxed module, at the
         # same path (an interpreter's installation, a module's code).
@@ -141,6 +293,8 @@ class SandboxRunner:
         self._pass_environment = tuple(pass_environment)
         self._grace = grace_seconds
         self._bwrap = bwrap
+        # caduceus's own files (data root, secrets key, database): never shown to a module.
+        self._private = tuple(Path(p) for p in private_paths)
 
     def run(self, job: ModuleRun) -> RunOutcome:
         bwrap = self._bwrap or shutil.which("bwrap")
@@ -201,6 +355,7 @@ class SandboxRunner:
         for path in self._readonly_paths:
             if not path.is_absolute() or not path.exists():
                 raise RunnerError(f"sandbox path {path} is not an existing absolute path")
+            _refuse_private(job, path, self._private)
             paths.append(path)
         for arg in command:
             path = Path(arg)
@@ -210,6 +365,7 @@ class SandboxRunner:
                 and not _under_system(path)
                 and not any(path.is_relative_to(shown) for shown in paths)
             ):
+                _refuse_private(job, path, self._private)
                 paths.append(path)
         task_folders = [job.in_dir, job.out_dir]
         if job.persistence_dir is not None:
@@ -230,6 +386,7 @@ def local_runner(
     *,
     readonly_paths: Sequence[str | Path] = (),
     pass_environment: Sequence[str] = (),
+    private_paths: Sequence[str | Path] = (),
 ) -> Runner:
     """The runner for a module that is a command: sandboxed unless the module says otherwise.
 
@@ -237,13 +394,17 @@ def local_runner(
     missing it fails with the reason, instead of running with all of the processor's rights.
     """
     if not module.sandbox:
-        return LocalRunner(pass_environment=pass_environment)
+        return LocalRunner(pass_environment=pass_environment, private_paths=private_paths)
     if shutil.which("bwrap") is None:
         raise RunnerError(
             "bubblewrap (bwrap) is not installed, so the module cannot run in its sandbox; "
             "install bubblewrap, or set sandbox: false for this module"
         )
-    return SandboxRunner(readonly_paths=readonly_paths, pass_environment=pass_environment)
+    return SandboxRunner(
+        readonly_paths=readonly_paths,
+        pass_environment=pass_environment,
+        private_paths=private_paths,
+    )
 
 
 def module_environment(
@@ -338,14 +499,11 @@ def _hand_over(job: ModuleRun) -> None:
     """A root processor gives the writable folders to nobody, and lets its group (which the
     module keeps) read the input, whatever the umask was when the pipeline made it."""
     uid, gid = UNPRIVILEGED
-    own = os.getuid()
     os.chown(job.out_dir, uid, gid)
     if job.module.persistence and job.persistence_dir is not None:
         # State kept by runs from before modules ran as nobody belongs to root: hand it over.
-        for dirpath, dirs, names in os.walk(job.persistence_dir):
-            for path in [Path(dirpath), *[Path(dirpath, name) for name in dirs + names]]:
-                if path.lstat().st_uid == own:
-                    os.lchown(path, uid, gid)
+        _give_to_nobody(job.persistence_dir)
+    own = os.getuid()
     for dirpath, _dirs, names in os.walk(job.in_dir):
         entries = [(Path(dirpath), 0o050), *[(Path(dirpath, name), 0o040) for name in names]]
         for path, wanted in entries:
@@ -353,6 +511,34 @@ def _hand_over(job: ModuleRun) -> None:
             mine = info.st_uid == own and not stat.S_ISLNK(info.st_mode)
             if mine and info.st_mode & wanted != wanted:
                 os.chmod(path, stat.S_IMODE(info.st_mode) | wanted)
+
+
+def _give_to_nobody(folder: Path) -> None:
+    """Give what the processor owns in folder to nobody, without ever following a symlink.
+
+    Earlier runs of the module (as nobody) can write into this folder, and one running now
+    could swap a folder for a symlink to /etc between a listing and a chown by path. So every
+    step goes through descriptors: fwalk opens each folder without following links (and checks
+    it is the folder it listed), and a file is opened without following links, then changed
+    through its descriptor, only while it is a regular file with one name that root owns."""
+    uid, gid = UNPRIVILEGED
+    own = os.getuid()
+    for _path, _dirs, names, dir_fd in os.fwalk(folder, follow_symlinks=False):
+        if os.fstat(dir_fd).st_uid == own:
+            os.fchown(dir_fd, uid, gid)
+        for name in names:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            try:
+                fd = os.open(name, flags, dir_fd=dir_fd)
+            except OSError:
+                continue  # a symlink (ELOOP), a socket, or gone meanwhile: nothing to hand over
+            try:
+                info = os.fstat(fd)
+                # A second name (a hard link) could be a file outside the folder.
+                if info.st_uid == own and stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                    os.fchown(fd, uid, gid)
+            finally:
+                os.close(fd)
 
 
 def _sandbox_options(job: ModuleRun, readonly: Sequence[Path], *, as_root: bool) -> list[str]:
@@ -410,6 +596,7 @@ def _run_process(
     *,
     grace: float,
     pass_fds: tuple[int, ...] = (),
+    signal_codes: bool = False,
 ) -> _Finished:
     """Start argv in a new session, logging to job.log_path; enforce the time limit; kill what
     is left of its process group at the end."""
@@ -450,6 +637,8 @@ def _run_process(
             finally:
                 _signal_group(process.pid, signal.SIGKILL)
                 returncode = process.wait()
+                if signal_codes and returncode - 128 in set(signal.Signals):
+                    returncode = 128 - returncode
         seconds = time.monotonic() - started
         if timed_out:
             note = f"time limit of {job.module.timeout_seconds} s reached, module stopped"
