@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,3 +89,15 @@ def pytest_report_header() -> str:
 
 # Fixtures shared by the web interface's tests: the application, and a browser.
 pytest_plugins = ["tests.support.web", "tests.support.browser"]
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A test folder that any user can enter. Under a root processor a plain module runs as
+    nobody (issue 14), which cannot enter pytest's own folders (0700): files a test hands a
+    module by path (its script, counters, flags) go here, as a module's files would be on a
+    real host."""
+    folder = Path(tempfile.mkdtemp(prefix="caduceus-test-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -165,14 +165,14 @@ def test_claim_takes_over_a_dead_holders_task_at_once_and_a_live_ones_never(
         sleeper.kill()
         sleeper.wait()
         assert claim(web_engine, "successor", MINE, contact=contact) == live_here
-        # The far one still beats.
-        assert claim(web_engine, "successor", MINE, contact=contact) is None
+        # The far one still beats. (Another worker asks: one claims only when it holds nothing.)
+        assert claim(web_engine, "third", MINE, contact=contact) is None
         with web_engine.begin() as conn:
             conn.execute(update(SERVICE_HEARTBEATS).values(beat_at=datetime.now(UTC) - 2 * SILENT))
-        assert claim(web_engine, "successor", MINE, contact=contact) == live_far
+        assert claim(web_engine, "third", MINE, contact=contact) == live_far
         with web_engine.connect() as conn:
             owners = set(conn.execute(select(TASKS.c.lease_owner)).scalars())
-        assert owners == {"successor"}
+        assert owners == {"successor", "third"}
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
@@ -294,3 +294,16 @@ def test_a_process_that_proc_does_not_show_is_not_taken_for_dead(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_task_left_leased_to_its_own_worker_is_claimed_again_at_once(
+    web_engine: Engine,
+) -> None:
+    """A database error that also kept the worker from releasing its task (the dispatcher's
+    send was recorded, then the connection dropped twice) leaves the task leased to that
+    worker's own name for the whole lease: the worker, which claims only when it holds
+    nothing, takes it again at its next claim. Nobody else does."""
+    me = this_process()
+    task_id = add_task(web_engine, me)
+    assert claim(web_engine, f"{me}-other", MINE, contact=steady()) is None
+    assert claim(web_engine, me, MINE, contact=steady()) == task_id

@@ -150,15 +150,20 @@ def test_a_failing_target_is_counted_as_retry_then_error(
     assert value(old, attempts, target="archive", outcome="error") is None
 
 
-def test_processing_steps_are_timed_by_module(receiver: Caduceus, tmp_path: Path) -> None:
+def test_processing_steps_are_timed_by_module(
+    receiver: Caduceus, tmp_path: Path, reachable_tmp: Path
+) -> None:
     send(receiver, tmp_path / "ct", count=2, modality="CT")
-    counter = tmp_path / "copy.count"
+    counter = reachable_tmp / "copy.count"
     cfg = Config.model_validate(
         {
             "settings": {"series_complete_trigger": 1},
             "modules": {
                 "copy": module(
-                    tmp_path, "copy", COUNTED, environment={"COUNTER": str(counter), "SLEEP": "0.3"}
+                    reachable_tmp,
+                    "copy",
+                    COUNTED,
+                    environment={"COUNTER": str(counter), "SLEEP": "0.3"},
                 )
             },
             "rules": {"ai": {"rule": "True", "action": "process", "modules": ["copy"]}},

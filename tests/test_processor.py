@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -86,15 +83,9 @@ COUNTED = """
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """A test folder the modules reach. Under a root processor a plain module runs as nobody
-    (issue 14), which cannot enter pytest's own folders (0700): the files these tests hand a
-    module by path (its script, counters, flags, results) are where any user could reach them,
-    as a module's files would be on a real host."""
-    folder = Path(tempfile.mkdtemp(prefix="caduceus-test-"))
-    folder.chmod(0o777)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def tmp_path(reachable_tmp: Path) -> Path:
+    """Every test here hands its modules files by path: see reachable_tmp."""
+    return reachable_tmp
 
 
 def module(tmp_path: Path, name: str, source: str, **options: Any) -> dict[str, Any]:

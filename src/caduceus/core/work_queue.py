@@ -93,7 +93,12 @@ def _claim(
     silent_after: timedelta,
     contact: Contact,
 ) -> str | None:
-    free = or_(TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now)
+    # A worker claims only when it holds nothing, so a task still leased to its own name was
+    # left behind when a database error also kept it from being released: take it again now,
+    # not when that lease runs out.
+    free = or_(
+        TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now, TASKS.c.lease_owner == owner
+    )
     due = or_(TASKS.c.not_before.is_(None), TASKS.c.not_before <= now)
     with engine.begin() as conn:
         held = (
