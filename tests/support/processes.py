@@ -26,6 +26,8 @@ from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
 # starts at 32768), where nobody else is given one.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 _RANGE = 1500
+# Two test runs at once on one machine (two checkouts) each need ranges of their own.
+_BASE = int(os.environ.get("CADUCEUS_TEST_PORT_BASE", "20000"))
 _next_port = itertools.count()
 
 
@@ -34,7 +36,7 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
-    first = 20000 + int(_WORKER[2:]) * _RANGE
+    first = _BASE + int(_WORKER[2:]) * _RANGE
     for _ in range(_RANGE):
         port = first + next(_next_port) % _RANGE
         with socket.socket() as sock:
