@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from sqlalchemy import Engine
 
+from caduceus.cli.settings import load_settings
 from caduceus.core.config import files, store
 
 app = typer.Typer(
@@ -22,10 +23,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _engine() -> Engine:
-    from caduceus.cli.main import _settings
     from caduceus.core.database import open_database
 
-    return open_database(_settings(), migrate=True)
+    return open_database(load_settings(), migrate=True)
 
 
 def _load(path: Path) -> files.Loaded:

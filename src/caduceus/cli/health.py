@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
+from caduceus.cli.settings import load_settings
 from caduceus.core.heartbeat import ServiceState, service_states
 
 
@@ -71,7 +72,6 @@ def health(
     ] = None,
 ) -> None:
     """Exit 0 when this host's services beat recently, 1 (with the reasons) when not."""
-    from caduceus.cli.main import _settings
     from caduceus.core.database import open_database
     from caduceus.supervisor.services import SERVICES
 
@@ -80,7 +80,7 @@ def health(
         raise typer.BadParameter(f"unknown service {', '.join(unknown)}; one of {SERVICES}")
 
     # No migration here: a health probe must never change the schema, nor wait on a migration.
-    engine = open_database(_settings(), pool_size=1)
+    engine = open_database(load_settings(), pool_size=1)
     try:
         problems = check(engine, host or socket.gethostname(), service or [])
     except Exception as exc:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from caduceus.cli.settings import load_settings
 from caduceus.core.settings import Settings
 
 # Locals in a traceback could hold a database password: never print them.
@@ -21,14 +22,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _add_subcommands() -> None:
@@ -68,7 +61,7 @@ def _run_service(name: str, serve: Callable[[Settings], None], *, heartbeat: boo
     from caduceus.core.heartbeat import beating
     from caduceus.core.logs import setup_logging
 
-    settings = _settings()
+    settings = load_settings()
     setup_logging(name, home=settings.home, file_mode=settings.file_mode)
     engine = open_database(settings, migrate=True, pool_size=1)
     try:
@@ -95,7 +88,7 @@ def run(
     from caduceus.supervisor.services import SERVICES
     from caduceus.supervisor.supervisor import Supervisor
 
-    settings = _settings()
+    settings = load_settings()
     DataRoot(settings.home).create(settings.folder_mode)
     setup_logging("supervisor", home=settings.home, file_mode=settings.file_mode)
     engine = open_database(settings, migrate=True, pool_size=1)
@@ -174,14 +167,14 @@ def migrate() -> None:
     """Bring the database schema up to date."""
     from caduceus.core.database import open_database
 
-    open_database(_settings(), migrate=True).dispose()
+    open_database(load_settings(), migrate=True).dispose()
     console.print("database is up to date")
 
 
 @app.command()
 def settings() -> None:
     """Show the effective settings (secrets masked)."""
-    print(json.dumps(_settings().public_dict(), indent=2))
+    print(json.dumps(load_settings().public_dict(), indent=2))
 
 
 @app.command()
@@ -196,7 +189,7 @@ def selftest(
     from caduceus.core.db.engine import writer
     from caduceus.selftest.runner import run_selftest
 
-    config = _settings()
+    config = load_settings()
     engine = open_database(config, migrate=True)
     try:
         with console.status("self-test running"):
@@ -231,7 +224,7 @@ def series(
     from caduceus.core.database import open_database
     from caduceus.core.queries import list_series
 
-    engine = open_database(_settings(), migrate=True)
+    engine = open_database(load_settings(), migrate=True)
     rows = list_series(engine, limit)
     engine.dispose()
     if as_json:

@@ -6,6 +6,8 @@ import typer
 from cryptography.fernet import Fernet
 from rich.console import Console
 
+from caduceus.cli.settings import load_settings
+
 app = typer.Typer(help="The key of the stored secrets.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -18,12 +20,11 @@ def rotate_key() -> None:
     The new key goes first into the key file, the old one stays until every version is
     encrypted again (in one transaction): an interruption leaves both keys, and running it
     again finishes. Copy the new key file to every other machine sharing the database."""
-    from caduceus.cli.main import _settings
     from caduceus.core.config import store
     from caduceus.core.database import open_database
     from caduceus.core.secret_keys import Keyring, keys_in, write_key_file
 
-    settings = _settings()
+    settings = load_settings()
     engine = open_database(settings, migrate=True, pool_size=1)
     try:
         path = settings.secrets_key_path

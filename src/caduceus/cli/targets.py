@@ -7,26 +7,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from caduceus.core.config.models import (
-    Config,
-    DicomTarget,
-    DicomWebTarget,
-    FolderTarget,
-    S3Target,
-    TargetSettings,
-    masked_url,
-)
+from caduceus.cli.settings import load_settings
+from caduceus.core.config.describe import where_of
+from caduceus.core.config.models import Config
 
 app = typer.Typer(help="Targets: where results are sent.", no_args_is_help=True)
 console = Console()
 
 
 def _config() -> Config:
-    from caduceus.cli.main import _settings
     from caduceus.core.config import store
     from caduceus.core.database import open_database
 
-    engine = open_database(_settings(), migrate=True)
+    engine = open_database(load_settings(), migrate=True)
     try:
         return store.current_or_default(engine)
     finally:
@@ -38,20 +31,6 @@ def list_() -> None:
     """List the configured targets (no secrets are shown)."""
     for name, target in _config().targets.items():
         console.print(f"{name}  {target.type}  {where_of(target)}", highlight=False, markup=False)
-
-
-def where_of(target: TargetSettings) -> str:
-    """Where a target sends to, in a line; never a secret."""
-    if isinstance(target, DicomTarget):
-        host = target.host or "(the sender)"
-        return f"{target.called_aet}@{host}:{target.port}"
-    if isinstance(target, FolderTarget):
-        return target.path
-    if isinstance(target, DicomWebTarget):
-        return masked_url(target.url)
-    if isinstance(target, S3Target):
-        return f"s3://{target.bucket}/{target.prefix}"
-    return f"sftp://{target.user}@{target.host}:{target.port}/{target.folder}"
 
 
 @app.command()

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, select
 
+from caduceus.cli.settings import load_settings
 from caduceus.core.db.models import EVENTS, TASKS
 
 console = Console()
@@ -51,10 +52,9 @@ def tasks_command(
     """List tasks with their state, rule, targets and events."""
     if ctx.invoked_subcommand is not None:
         return
-    from caduceus.cli.main import _settings
     from caduceus.core.database import open_database
 
-    engine = open_database(_settings(), migrate=True)
+    engine = open_database(load_settings(), migrate=True)
     tasks = list_tasks(engine, limit)
     engine.dispose()
     if as_json:
@@ -84,7 +84,6 @@ def rules_test_command(
     """Evaluate a rule on a file's or a received series' tags; show the values it used.
 
     Exit status: 0 true, 3 false, 2 invalid rule, 4 stopped by the rules' budget, 1 no tags."""
-    from caduceus.cli.main import _settings
     from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
     from caduceus.router.tags import UnreadableSeries, read_tags
 
@@ -105,7 +104,7 @@ def rules_test_command(
         console.print(f"[red]cannot read tags:[/red] {exc}")
         raise typer.Exit(1) from exc
     try:
-        result, used = rule.explain(tags, Budget.of(_settings()))
+        result, used = rule.explain(tags, Budget.of(load_settings()))
     except EvaluationError as exc:
         console.print(f"[red]the rule could not be evaluated:[/red] {exc}", highlight=False)
         raise typer.Exit(4) from exc
@@ -116,11 +115,10 @@ def rules_test_command(
 
 
 def _series_file(series_uid: str) -> Path:
-    from caduceus.cli.main import _settings
     from caduceus.core.database import open_database
     from caduceus.core.db.models import INSTANCES, SERIES
 
-    settings = _settings()
+    settings = load_settings()
     engine = open_database(settings, migrate=True)
     with engine.connect() as conn:
         relative = conn.execute(
@@ -144,10 +142,9 @@ queue_actions = typer.Typer(help="Suspend or resume dispatching.", no_args_is_he
 
 
 def _engine() -> Engine:
-    from caduceus.cli.main import _settings
     from caduceus.core.database import open_database
 
-    return open_database(_settings(), migrate=True)
+    return open_database(load_settings(), migrate=True)
 
 
 @task_actions.command("restart")

@@ -11,8 +11,8 @@ from typing import Any, get_args
 from fastapi import APIRouter, Body, Request, status
 from pydantic import SecretStr
 
-from caduceus.cli.targets import where_of
 from caduceus.core.config import store
+from caduceus.core.config.describe import where_of
 from caduceus.core.config.models import TargetSettings
 from caduceus.web.api import config_parts
 from caduceus.web.api.connection_test import check_connection
