@@ -14,7 +14,7 @@ from caduceus.web.api.control import module_shown
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.api.module_trial import start_trial
 from caduceus.web.auth import Admin, Operator, Principal, Viewer
-from caduceus.web.pages.model_forms import lines_to_lists
+from caduceus.web.model_forms import lines_to_lists
 
 router = APIRouter(prefix="/api", tags=["modules"])
 OBJECTS = ("settings", "environment")

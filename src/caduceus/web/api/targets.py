@@ -19,7 +19,7 @@ from caduceus.web.api.connection_test import check_connection
 from caduceus.web.api.control import shown_to
 from caduceus.web.api.engines import reader
 from caduceus.web.auth import Admin, Operator, Principal, Viewer
-from caduceus.web.pages.model_forms import lines_to_lists
+from caduceus.web.model_forms import lines_to_lists
 
 router = APIRouter(prefix="/api", tags=["targets"])
 TEST_SECONDS = 20.0

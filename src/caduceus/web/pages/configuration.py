@@ -15,7 +15,7 @@ from caduceus.core.ids import MAX_ROW_ID, RowId
 from caduceus.web.api.config_diff import classify, pretty, unified_diff
 from caduceus.web.api.control import shown_to, version_shown
 from caduceus.web.api.engines import reader
-from caduceus.web.pages.model_forms import form_fields
+from caduceus.web.model_forms import form_fields
 from caduceus.web.pages.rendering import PageAdmin, PageViewer, render
 
 router = APIRouter(include_in_schema=False)

@@ -10,7 +10,7 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Module
 from caduceus.web.api.control import module_shown
 from caduceus.web.api.engines import reader
-from caduceus.web.pages.model_forms import FormField, form_fields
+from caduceus.web.model_forms import FormField, form_fields
 from caduceus.web.pages.rendering import PageViewer, render
 
 router = APIRouter(include_in_schema=False)

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from caduceus.core.config import store
 from caduceus.web.api.engines import reader
 from caduceus.web.api.targets import KINDS, as_seen_by, summary
-from caduceus.web.pages.model_forms import form_fields
+from caduceus.web.model_forms import form_fields
 from caduceus.web.pages.rendering import PageViewer, render
 
 router = APIRouter(include_in_schema=False)

@@ -5,6 +5,9 @@ select for a choice, a password box for a secret, a text area for a list or an o
 default of a new item and which fields are required. A field added to the model appears on
 its form by itself. Secrets are never put into a form, not even masked: the form only says
 whether one is stored.
+
+The pages draw the forms and the API reads their posts back (lines_to_lists): it sits beside
+both, in web/, so the API never imports a page module.
 """
 
 from __future__ import annotations
