@@ -58,7 +58,7 @@ from sqlalchemy import Engine, create_engine, func, make_url, select, text
 from caduceus.core.db.engine import make_engine
 from caduceus.core.db.models import SERIES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 
 LOCALHOST = "127.0.0.1"
 RESULTS = Path(__file__).parent / "results"

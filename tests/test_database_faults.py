@@ -27,7 +27,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from caduceus.core.db.engine import make_engine, writer
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 from caduceus.web import auth
 from tests.support.processes import Caduceus, free_port, postgres_admin_engine, wait_for_port
 from tests.support.storescp import start_storescp

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from caduceus.cli.health import health_problems
 from caduceus.core.heartbeat import ServiceState, service_states
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 from tests.conftest import Launch
 from tests.support.processes import Caduceus
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.32.0"

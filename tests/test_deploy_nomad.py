@@ -16,7 +16,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILE = ROOT / "deploy" / "nomad" / "caduceus.nomad.hcl"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from caduceus.core.service_names import SERVICES
 from caduceus.core.settings import Settings
-from caduceus.supervisor.services import SERVICES
 
 UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 INSTALLED = "/opt/caduceus/bin/caduceus"

@@ -30,12 +30,12 @@ from caduceus.core.db.engine import make_engine
 from caduceus.core.db.migrate import upgrade
 from caduceus.core.db.models import CURSORS, EVENTS, NOTIFICATIONS, TASKS
 from caduceus.core.events import record_event
+from caduceus.core.service_names import SERVICES
 from caduceus.dispatcher import dispatch as dispatch_module
 from caduceus.notifier import consume as consume_module
 from caduceus.notifier.consume import consume
 from caduceus.notifier.deliver import FIRST_DELAY, MAX_ATTEMPTS, Outcome, deliver_due
 from caduceus.notifier.render import TemplateProblem, render_html, render_payload
-from caduceus.supervisor.services import SERVICES
 from tests.support.processes import Caduceus, free_port
 from tests.test_dispatcher import run_dispatcher
 from tests.test_router import events, later, router_for, send, tasks

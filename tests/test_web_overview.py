@@ -31,8 +31,8 @@ from caduceus.core.db.models import (
     TASKS,
 )
 from caduceus.core.heartbeat import Heartbeat, record_restarting
+from caduceus.core.service_names import SERVICES
 from caduceus.core.work_queue import set_suspended
-from caduceus.supervisor.services import SERVICES
 from caduceus.web.pages.charts import bar_chart, nice_ceiling
 from tests.support.processes import Caduceus, wait_for_port
 from tests.support.web import as_role

@@ -73,7 +73,7 @@ def health(
 ) -> None:
     """Exit 0 when this host's services beat recently, 1 (with the reasons) when not."""
     from caduceus.core.database import open_database
-    from caduceus.supervisor.services import SERVICES
+    from caduceus.core.service_names import SERVICES
 
     unknown = sorted(set(service or []) - set(SERVICES))
     if unknown:

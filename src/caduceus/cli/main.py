@@ -84,8 +84,8 @@ def run(
     """Start every service (receiver, ...) and keep them running until Ctrl-C."""
     from caduceus.core.database import open_database
     from caduceus.core.logs import setup_logging
+    from caduceus.core.service_names import SERVICES
     from caduceus.core.storage import DataRoot
-    from caduceus.supervisor.services import SERVICES
     from caduceus.supervisor.supervisor import Supervisor
 
     settings = load_settings()

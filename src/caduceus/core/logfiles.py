@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3

@@ -14,7 +14,7 @@ from caduceus.bookkeeper.throughput import Window, throughput
 from caduceus.core import logfiles
 from caduceus.core.config import store
 from caduceus.core.heartbeat import SILENT_AFTER, service_states
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 from caduceus.web.api.engines import reader
 from caduceus.web.auth import Viewer
 

@@ -18,7 +18,7 @@ from caduceus.bookkeeper import overview
 from caduceus.bookkeeper.throughput import Window, throughput
 from caduceus.core.config import store
 from caduceus.core.heartbeat import SILENT_AFTER, ServiceState, service_states
-from caduceus.supervisor.services import SERVICES
+from caduceus.core.service_names import SERVICES
 from caduceus.web.api.engines import reader
 from caduceus.web.pages.charts import BarChart, bar_chart
 from caduceus.web.pages.rendering import PageViewer, fragment, render
