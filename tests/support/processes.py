@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from caduceus.core.database import attach_keyring, open_keyring
+from caduceus.core.database import open_keyring
 from caduceus.core.db.engine import make_engine, writer
+from caduceus.core.engine_keyring import attach_keyring
 from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
 
 # Tests run in parallel workers (pytest-xdist). A port the kernel hands out for port 0 is

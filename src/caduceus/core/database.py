@@ -10,9 +10,11 @@ from sqlalchemy import Engine, Text, cast, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from caduceus.core.config.store import encrypt_clear_secrets
 from caduceus.core.db.engine import make_engine, writer
 from caduceus.core.db.migrate import upgrade
 from caduceus.core.db.models import CONFIG_VERSIONS
+from caduceus.core.engine_keyring import attach_keyring
 from caduceus.core.secret_keys import (
     ENCRYPTED,
     Keyring,
@@ -21,8 +23,6 @@ from caduceus.core.secret_keys import (
     decrypted,
 )
 from caduceus.core.settings import Settings
-
-KEYRING_OPTION = "caduceus_keyring"
 
 
 def open_database(settings: Settings, *, migrate: bool = False, pool_size: int = 5) -> Engine:
@@ -43,23 +43,11 @@ def open_database(settings: Settings, *, migrate: bool = False, pool_size: int =
             upgrade(engine)
         attach_keyring(engine, open_keyring(settings.secrets_key_path, engine))
         if migrate:
-            from caduceus.core.config.store import encrypt_clear_secrets
-
             encrypt_clear_secrets(writer(engine))
     except BaseException:
         engine.dispose()
         raise
     return writer(engine)
-
-
-def attach_keyring(engine: Engine, keyring: Keyring) -> None:
-    """The configuration store finds the key on the engine (engines derived later too)."""
-    engine.update_execution_options(**{KEYRING_OPTION: keyring})
-
-
-def keyring_of(engine: Engine) -> Keyring | None:
-    keyring = engine.get_execution_options().get(KEYRING_OPTION)
-    return keyring if isinstance(keyring, Keyring) else None
 
 
 def _newest_encrypted(engine: Engine) -> object | None:

@@ -25,6 +25,7 @@ from caduceus.core.config.models import (
     masked_webhook,
 )
 from caduceus.core.db.models import CONFIG_VERSIONS
+from caduceus.core.engine_keyring import keyring_of
 from caduceus.core.events import record_event
 from caduceus.core.secret_keys import (
     ENCRYPTED,
@@ -45,8 +46,6 @@ def content_of(config: Config) -> dict[str, Any]:
 
 
 def _keyring(engine: Engine | Connection) -> Keyring | None:
-    from caduceus.core.database import keyring_of
-
     if isinstance(engine, Connection):
         engine = engine.engine
     return keyring_of(engine)
