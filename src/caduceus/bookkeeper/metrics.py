@@ -40,7 +40,6 @@ from sqlalchemy import (
     text,
 )
 
-from caduceus.cleaner.cleaning import used_percent
 from caduceus.core.clock import as_utc
 from caduceus.core.config import store
 from caduceus.core.db.models import (
@@ -53,7 +52,7 @@ from caduceus.core.db.models import (
     TASK_TARGETS,
     TASKS,
 )
-from caduceus.core.storage import DataRoot
+from caduceus.core.storage import DataRoot, used_percent
 from caduceus.dispatcher.queue import DISPATCHABLE
 from caduceus.processor.service import PROCESSABLE
 

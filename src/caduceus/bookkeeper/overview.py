@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
-from caduceus.cleaner.cleaning import used_percent
 from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Settings as ConfigSettings
 from caduceus.core.db.models import EVENTS, QUEUE_CONTROLS, TASKS
+from caduceus.core.storage import used_percent
 from caduceus.dispatcher.queue import DISPATCHABLE
 from caduceus.processor.service import PROCESSABLE
 

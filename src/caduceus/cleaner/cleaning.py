@@ -47,7 +47,7 @@ from caduceus.core.db.models import (
 )
 from caduceus.core.events import record_event
 from caduceus.core.priorities import in_window
-from caduceus.core.storage import DataRoot
+from caduceus.core.storage import DataRoot, used_percent
 
 log = logging.getLogger("caduceus.cleaner")
 
@@ -80,11 +80,6 @@ class CleanResult:
     disk_used_percent: float = 0.0
     history: dict[str, int] = field(default_factory=dict)  # rows pruned, by kind
     quarantine: Freed = field(default_factory=Freed)
-
-
-def used_percent(used: int, total: int) -> float:
-    """The cleaner's measure of a file system's use (shutil.disk_usage's used over total)."""
-    return 100.0 * used / total if total else 0.0
 
 
 def disk_used_percent(path: Path) -> float:

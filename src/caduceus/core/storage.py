@@ -79,6 +79,12 @@ class DataRoot:
         return removed
 
 
+def used_percent(used: int, total: int) -> float:
+    """The cleaner's measure of a file system's use (shutil.disk_usage's used over total); the
+    overview and the metrics show the same number, so it lives here, below all three."""
+    return 100.0 * used / total if total else 0.0
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
