@@ -36,14 +36,14 @@ def list_() -> None:
 @app.command()
 def test(name: Annotated[str, typer.Argument(help="Target name.")]) -> None:
     """Check that a target answers (C-ECHO, a writable folder, ...) and say what failed."""
-    from caduceus.dispatcher.targets import TargetError, plugin_for
+    from caduceus.dispatcher.interface import TargetError, check_target
 
     config = _config()
     if name not in config.targets:
         console.print(f"[red]no target named {name!r}[/red]")
         raise typer.Exit(2)
     try:
-        message = plugin_for(config.targets[name]).test()
+        message = check_target(config.targets[name])
     except TargetError as exc:
         console.print(f"[red]{name}: failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc

@@ -155,7 +155,7 @@ def restart_command(
     targets that failed."""
     import getpass
 
-    from caduceus.dispatcher.dispatch import restart
+    from caduceus.dispatcher.interface import restart
 
     engine = _engine()
     with engine.connect() as conn:

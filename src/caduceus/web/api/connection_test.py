@@ -12,7 +12,7 @@ import threading
 from pydantic import SecretStr
 
 from caduceus.core.config.models import MASK, TargetSettings
-from caduceus.dispatcher.targets import TargetError, plugin_for
+from caduceus.dispatcher.interface import TargetError, check_target
 
 
 def _without_secrets(message: str, target: TargetSettings) -> str:
@@ -30,7 +30,7 @@ def check_connection(target: TargetSettings, seconds: float) -> tuple[bool, str]
 
     def run() -> None:
         try:
-            outcome.append((True, plugin_for(target).test()))
+            outcome.append((True, check_target(target)))
         except TargetError as exc:
             outcome.append((False, str(exc)))
         except Exception as exc:  # a library's own error: still an answer for the page

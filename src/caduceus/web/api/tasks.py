@@ -12,7 +12,7 @@ from sqlalchemy import select
 from caduceus.bookkeeper.search import TaskFilter, search_tasks, task_detail
 from caduceus.core.db.models import TASKS
 from caduceus.core.discard import TaskBusy, discard
-from caduceus.dispatcher.dispatch import restart
+from caduceus.dispatcher.interface import restart
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer
 
