@@ -23,7 +23,7 @@ from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.events import record_event
 from caduceus.core.rules import Budget
 from caduceus.core.settings import Settings
-from caduceus.router.rules import match
+from caduceus.router.interface import matching_rules
 from caduceus.router.tags import read_tags
 from caduceus.selftest import dicom, temporary, watch
 from caduceus.selftest.dicom import StageFailed
@@ -119,7 +119,7 @@ class SelfTest:
         self.configured = True
         message = f"rule and folder target {self.temporary.name} added (version {version})"
         config = store.current_or_default(self.reader)
-        matches = match(config, read_tags(paths[0]), Budget.of(self.settings))
+        matches = matching_rules(config, read_tags(paths[0]), Budget.of(self.settings))
         others = [
             name
             for names in matches.by_level.values()

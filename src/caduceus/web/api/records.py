@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
@@ -17,14 +16,13 @@ from caduceus.bookkeeper.search import (
     search_studies,
 )
 from caduceus.core.config import store
-from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
 from caduceus.core.ids import RowId
 from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
-from caduceus.router.completion import PassResult, Router
-from caduceus.router.taskmaker import NoSpace
+from caduceus.router.interface import NoSpace
+from caduceus.router.interface import force_complete as force_complete_now
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Operator, Viewer, visible_events
 
@@ -87,22 +85,17 @@ def one_study(request: Request, study_id: RowId, _: Viewer) -> dict[str, Any]:
 @router.post("/studies/{study_id}/force-complete")
 def force_complete(request: Request, study_id: RowId, who: Operator) -> dict[str, Any]:
     """Complete a study now instead of waiting for its timer; its rules run at once."""
-    return _force_complete(request, who, "study", study_id, STUDIES, Router.force_complete_study)
+    return _force_complete(request, who, "study", study_id, STUDIES)
 
 
 @router.post("/series/{series_id}/force-complete")
 def force_complete_series(request: Request, series_id: RowId, who: Operator) -> dict[str, Any]:
     """Complete a series now instead of waiting for its quiet time; its rules run at once."""
-    return _force_complete(request, who, "series", series_id, SERIES, Router.force_complete_series)
+    return _force_complete(request, who, "series", series_id, SERIES)
 
 
 def _force_complete(
-    request: Request,
-    who: Operator,
-    level: str,
-    key: int,
-    table: Table,
-    complete: Callable[[Router, Config, int], PassResult],
+    request: Request, who: Operator, level: Literal["series", "study"], key: int, table: Table
 ) -> dict[str, Any]:
     """An operator's completion of a study or series that is still receiving."""
     engine = reader(request)
@@ -113,10 +106,11 @@ def _force_complete(
     if state != "receiving":
         raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
     settings = request.app.state.settings
-    router = Router(writer(request), DataRoot(settings.home), Budget.of(settings))
     config = store.current_or_default(engine)
     try:
-        result = complete(router, config, key)
+        result = force_complete_now(
+            writer(request), DataRoot(settings.home), Budget.of(settings), config, level, key
+        )
     except NoSpace as exc:
         # Nothing of the group was committed: it stays receiving and can be completed later.
         raise HTTPException(
