@@ -37,11 +37,6 @@ EXCEPTIONS: set[tuple[str, str]] = {
     ("caduceus.bookkeeper.metrics", "caduceus.processor.service"),
     ("caduceus.bookkeeper.overview", "caduceus.dispatcher.queue"),
     ("caduceus.bookkeeper.overview", "caduceus.processor.service"),
-    # Reading a series' tags moves into core/dicom (issue 15, point 5): removed by i15-tags.
-    ("caduceus.cli.tasks", "caduceus.router.tags"),
-    ("caduceus.selftest.runner", "caduceus.router.tags"),
-    ("caduceus.web.api.rules", "caduceus.router.tags"),
-    ("caduceus.web.pages.queue_detail", "caduceus.router.tags"),
 }
 
 Edges = dict[tuple[str, str], str]  # (importer, imported) -> where: "path:line"

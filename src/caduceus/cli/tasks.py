@@ -84,8 +84,8 @@ def rules_test_command(
     """Evaluate a rule on a file's or a received series' tags; show the values it used.
 
     Exit status: 0 true, 3 false, 2 invalid rule, 4 stopped by the rules' budget, 1 no tags."""
+    from caduceus.core.dicom.series_tags import UnreadableSeries, read_tags
     from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
-    from caduceus.router.tags import UnreadableSeries, read_tags
 
     try:
         rule = parse_rule(expression)
@@ -96,10 +96,8 @@ def rules_test_command(
             console.print("  " + " " * exc.position + "^", highlight=False, markup=False)
         raise typer.Exit(2) from exc
     path = Path(source)
-    if not path.is_file():
-        path = _series_file(source)
     try:
-        tags = read_tags(path)
+        tags = read_tags(path) if path.is_file() else _series_tags(source)
     except UnreadableSeries as exc:
         console.print(f"[red]cannot read tags:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -114,25 +112,22 @@ def rules_test_command(
     raise typer.Exit(0 if result else 3)
 
 
-def _series_file(series_uid: str) -> Path:
+def _series_tags(series_uid: str) -> dict[str, Any]:
+    """The tags of a received series, as the router reads them (its newest stored file)."""
     from caduceus.core.database import open_database
-    from caduceus.core.db.models import INSTANCES, SERIES
+    from caduceus.core.dicom.series_tags import series_tags
+    from caduceus.core.storage import DataRoot
 
     settings = load_settings()
     engine = open_database(settings, migrate=True)
-    with engine.connect() as conn:
-        relative = conn.execute(
-            select(INSTANCES.c.path)
-            .join(SERIES, SERIES.c.id == INSTANCES.c.series_id)
-            .where(SERIES.c.series_uid == series_uid)
-            .order_by(INSTANCES.c.id.desc())
-            .limit(1)
-        ).scalar()
-    engine.dispose()
-    if relative is None:
+    try:
+        tags = series_tags(engine, DataRoot(settings.home), series_uid=series_uid)
+    finally:
+        engine.dispose()
+    if tags is None:
         console.print(f"[red]no file and no received series named {series_uid!r}[/red]")
         raise typer.Exit(1)
-    return Path(settings.home) / str(relative)
+    return tags
 
 
 task_actions = typer.Typer(

@@ -26,13 +26,13 @@ from caduceus.core.db.models import (
     STUDIES,
 )
 from caduceus.core.db.upsert import insert_or_update
+from caduceus.core.dicom.series_tags import UnreadableSeries, series_tags, stored_tags
 from caduceus.core.events import record_event
 from caduceus.core.logs import log_context, phi
 from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
 from caduceus.router.rules import match, matches_any
-from caduceus.router.tags import UnreadableSeries, read_tags
 from caduceus.router.taskmaker import Group, MissingFile, NoSpace, make_task
 
 log = logging.getLogger("caduceus.router")
@@ -143,16 +143,9 @@ class Router:
         """
         tags = self._trigger_tags.get(series_id)
         if tags is None:
-            with self.engine.connect() as conn:
-                relative = conn.execute(
-                    select(INSTANCES.c.path)
-                    .where(INSTANCES.c.series_id == series_id)
-                    .order_by(INSTANCES.c.id.desc())
-                    .limit(1)
-                ).scalar()
             try:
-                tags = read_tags(self.root.absolute(relative)) if relative else {}
-            except (UnreadableSeries, OSError, ValueError):
+                tags = series_tags(self.engine, self.root, series_id=series_id) or {}
+            except UnreadableSeries:
                 tags = {}  # completion will record the error
             if len(self._trigger_tags) > 10_000:
                 self._trigger_tags.clear()
@@ -214,8 +207,8 @@ class Router:
             if not found:
                 continue
             try:
-                tags_per_series.append(read_tags(self.root.absolute(found[-1][1])))
-            except (UnreadableSeries, OSError, ValueError) as exc:
+                tags_per_series.append(stored_tags(self.root, found[-1][1]))
+            except UnreadableSeries as exc:
                 record_event(
                     conn,
                     "series.error",
@@ -270,8 +263,8 @@ class Router:
             else:
                 group.info = self._info(conn, study.id, instances[-1][0])
                 try:
-                    tags = read_tags(self.root.absolute(instances[-1][1]))
-                except (UnreadableSeries, OSError, ValueError) as exc:
+                    tags = stored_tags(self.root, instances[-1][1])
+                except UnreadableSeries as exc:
                     state = "error"
                     record_event(
                         conn,

@@ -19,12 +19,12 @@ from sqlalchemy import Engine, and_, or_, update
 
 from caduceus.core.config import store
 from caduceus.core.db.models import TASKS
+from caduceus.core.dicom.series_tags import read_tags
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.events import record_event
 from caduceus.core.rules import Budget
 from caduceus.core.settings import Settings
 from caduceus.router.interface import matching_rules
-from caduceus.router.tags import read_tags
 from caduceus.selftest import dicom, temporary, watch
 from caduceus.selftest.dicom import StageFailed
 from caduceus.selftest.progress import Run

@@ -11,7 +11,6 @@ answered while one runs.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,11 +20,11 @@ from sqlalchemy import select
 
 from caduceus.core.config import store
 from caduceus.core.config.models import NAME, Rule
-from caduceus.core.db.models import INSTANCES, SERIES
+from caduceus.core.db.models import SERIES
+from caduceus.core.dicom.series_tags import SeriesNotStored, UnreadableSeries, series_tags
 from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
 from caduceus.core.rules import Rule as Expression
 from caduceus.core.storage import DataRoot
-from caduceus.router.tags import UnreadableSeries, read_tags
 from caduceus.web.api.config_edit import Refused, edit_config
 from caduceus.web.api.control import shown_to
 from caduceus.web.api.engines import reader
@@ -256,13 +255,7 @@ def _test(request: Request, attempt: ExpressionTry) -> dict[str, Any]:
         ).first()
         if series is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such series")
-        relative = conn.execute(
-            select(INSTANCES.c.path)
-            .where(INSTANCES.c.series_id == attempt.series_id)
-            .order_by(INSTANCES.c.id.desc())
-            .limit(1)
-        ).scalar()
-    tags = _series_tags(request, relative)
+    tags = _series_tags(request, attempt.series_id)
     try:
         result, used = expression.explain(tags, Budget.of(request.app.state.settings))
     except EvaluationError as exc:
@@ -275,19 +268,20 @@ def _test(request: Request, attempt: ExpressionTry) -> dict[str, Any]:
     return {"result": result, "tags": used, "series_uid": series.series_uid}
 
 
-def _series_tags(request: Request, relative: str | None) -> dict[str, Any]:
+def _series_tags(request: Request, series_id: int) -> dict[str, Any]:
     gone = HTTPException(
         status.HTTP_409_CONFLICT,
         "the files of this series are no longer stored (cleaned); choose a newer series",
     )
-    if relative is None:
-        raise gone
+    root = DataRoot(request.app.state.settings.home)
     try:
-        path: Path = DataRoot(request.app.state.settings.home).absolute(relative)
-        if not path.is_file():
-            raise gone
-        return read_tags(path)
-    except (UnreadableSeries, OSError, ValueError) as exc:
+        tags = series_tags(reader(request), root, series_id=series_id)
+    except SeriesNotStored as exc:
+        raise gone from exc
+    except UnreadableSeries as exc:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"the series' stored file cannot be read: {exc}"
         ) from exc
+    if tags is None:
+        raise gone
+    return tags

@@ -24,10 +24,11 @@ from caduceus.bookkeeper.search import (
     search_tasks,
     task_detail,
 )
-from caduceus.core.db.models import INSTANCES, SERIES, STUDIES
+from caduceus.core.db.models import SERIES, STUDIES
+from caduceus.core.dicom.series_tags import UnreadableSeries, read_tags, series_tags
 from caduceus.core.discard import DISCARDABLE
 from caduceus.core.ids import RowId
-from caduceus.router.tags import UnreadableSeries, read_tags
+from caduceus.core.storage import DataRoot
 from caduceus.web.api.engines import reader
 from caduceus.web.api.tasks import log_files, log_tail
 from caduceus.web.pages.rendering import PageViewer, render
@@ -38,14 +39,25 @@ LOG_SHOWN = 16 * 1024  # the end of each module log on the page; the API serves 
 EVENTS_SHOWN = 200
 
 
-def _tags(path: Path | None) -> dict[str, str]:
+def _file_tags(path: Path | None) -> dict[str, str]:
     """A file's header as the rules see it, each value as text; empty if it cannot be read."""
     if path is None or not path.is_file():
         return {}
     try:
-        tags = read_tags(path)
+        return _as_text(read_tags(path))
     except (UnreadableSeries, OSError):
         return {}
+
+
+def _series_tags(engine: Engine, home: Path, series_id: int) -> dict[str, str]:
+    """The series' tags as the router sees them, each value as text; empty if there are none."""
+    try:
+        return _as_text(series_tags(engine, DataRoot(home), series_id=series_id) or {})
+    except UnreadableSeries:
+        return {}
+
+
+def _as_text(tags: dict[str, Any]) -> dict[str, str]:
     return {
         keyword: "\\".join(map(str, value)) if isinstance(value, list) else str(value)
         for keyword, value in sorted(tags.items())
@@ -109,7 +121,9 @@ def task_page(request: Request, task_id: str, who: PageViewer) -> HTMLResponse:
         results=json.dumps(task.get("results"), indent=2, default=str)
         if task.get("results")
         else "",
-        tags=_tags(_first_file(home / task["folder"] / "in")) if not task["cleaned_at"] else {},
+        tags=_file_tags(_first_file(home / task["folder"] / "in"))
+        if not task["cleaned_at"]
+        else {},
         logs=_logs(request, task["folder"]),
         **_context(engine, task),
         discardable=task["state"] in DISCARDABLE,
@@ -121,12 +135,6 @@ def series_page(request: Request, series_id: RowId, who: PageViewer) -> HTMLResp
     engine = reader(request)
     with engine.connect() as conn:
         row = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).first()
-        newest = conn.execute(
-            select(INSTANCES.c.path)
-            .where(INSTANCES.c.series_id == series_id)
-            .order_by(INSTANCES.c.id.desc())
-            .limit(1)
-        ).scalar()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "There is no such series.")
     [summary] = search_series(engine, StudyFilter(), series_uid=row.series_uid, limit=1)
@@ -139,7 +147,7 @@ def series_page(request: Request, series_id: RowId, who: PageViewer) -> HTMLResp
         series={**dict(row._mapping), **summary},
         tasks=search_tasks(engine, TaskFilter(series_uid=row.series_uid), 200),
         events=list_events(engine, EventFilter(series_id=series_id), EVENTS_SHOWN),
-        tags=_tags(home / newest) if newest else {},
+        tags=_series_tags(engine, home, series_id),
     )
 
 
