@@ -32,6 +32,7 @@ from caduceus.core.logs import log_context, phi
 from caduceus.core.rules import Budget
 from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
+from caduceus.router.levels import Level, Opened
 from caduceus.router.rules import match, matches_any
 from caduceus.router.taskmaker import Group, MissingFile, NoSpace, make_task
 
@@ -86,21 +87,19 @@ class Router:
         except Exception as db_exc:  # the database may be on the same full disk
             log.warning("could not record the full data root: %s", db_exc)
 
-    def _fail(
-        self, table: Any, key: Any, value: Any, kind: str, exc: Exception, **refs: Any
-    ) -> None:
+    def _set_aside(self, level: Level, key: Any, exc: Exception) -> None:
         """Set a group that cannot be routed aside, visibly, so it blocks no other group."""
-        log.error("%s %s: %s", kind, phi(value) if kind == "patient.error" else value, exc)
+        log.error("%s.error %s: %s", level.name, phi(key) if level.ref is None else key, exc)
         with self.engine.begin() as conn:
-            conn.execute(update(table).where(key == value).values(state="error"))
-            record_event(conn, kind, str(exc), severity="error", **refs)
+            conn.execute(update(level.table).where(level.key == key).values(state="error"))
+            record_event(conn, f"{level.name}.error", str(exc), severity="error", **level.refs(key))
 
     def force_complete_study(
         self, config: Config, study_id: int, now: datetime | None = None
     ) -> PassResult:
         """Complete a study now, as its force-complete timer would (an operator's action)."""
         result = PassResult()
-        self._complete_study(config, study_id, now or datetime.now(UTC), result, forced=True)
+        self._complete(STUDY_LEVEL, config, study_id, now or datetime.now(UTC), result, forced=True)
         return result
 
     def force_complete_series(
@@ -112,80 +111,73 @@ class Router:
         self._finish_series(config, series_id, now or datetime.now(UTC), result)
         return result
 
-    # -- series ---------------------------------------------------------------------------
+    # -- the steps every level shares -----------------------------------------------------
 
-    def _open(self, key: Any, last: Any, *more: Any) -> list[Any]:
-        """Groups still receiving, the longest quiet first (an index on state and `last`)."""
-        table = key.table
+    def _open(self, level: Level, *more: Any) -> list[Any]:
+        """Groups still receiving, the longest quiet first (an index on state and arrival).
+
+        Each row has the group's `key`, its `last` arrival, and the `more` columns asked for.
+        """
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    select(key, last, *more)
-                    .where(table.c.state == "receiving")
-                    .order_by(last)
+                    select(level.key.label("key"), level.arrival.label("last"), *more)
+                    .where(level.table.c.state == "receiving")
+                    .order_by(level.arrival)
                     .limit(BATCH)
                 ).all()
             )
 
-    def _series_trigger(self, config: Config) -> int:
-        overrides = [
-            r.series_complete_trigger
-            for r in config.rules.values()
-            if r.series_complete_trigger and not r.disabled
-        ]
-        return min([config.settings.series_complete_trigger, *overrides])
-
-    def _own_trigger(self, config: Config, series_id: int) -> int:
-        """The quiet time for this series: a matching rule's override, else the setting.
-
-        Only asked for series already past the shortest trigger of all, and the tags are read
-        once per series, so rules with overrides cost little on a busy system.
-        """
-        tags = self._trigger_tags.get(series_id)
-        if tags is None:
-            try:
-                tags = series_tags(self.engine, self.root, series_id=series_id) or {}
-            except UnreadableSeries:
-                tags = {}  # completion will record the error
-            if len(self._trigger_tags) > 10_000:
-                self._trigger_tags.clear()
-            self._trigger_tags[series_id] = tags
-        overrides = [
-            trigger
-            # A rule without an answer here is reported when the series completes.
-            for names in match(config, tags, self.budget).by_level.values()
-            for name in names
-            if (trigger := config.rules[name].series_complete_trigger) is not None
-        ]
-        return min(overrides) if overrides else config.settings.series_complete_trigger
-
-    def _series(self, config: Config, now: datetime, result: PassResult) -> None:
-        shortest = self._series_trigger(config)
-        overrides = shortest != config.settings.series_complete_trigger or any(
-            r.series_complete_trigger for r in config.rules.values()
-        )
-        for row in self._open(SERIES.c.id, SERIES.c.last_received_at):
-            last = as_utc(row.last_received_at)
-            if last + timedelta(seconds=shortest) > now:
-                due = last + timedelta(seconds=shortest)
-                result.next_due = min(filter(None, (result.next_due, due)))
-                break
-            if overrides:
-                own = last + timedelta(seconds=self._own_trigger(config, row.id))
-                if own > now:
-                    result.next_due = min(filter(None, (result.next_due, own)))
-                    continue
-            self._finish_series(config, row.id, now, result)
-
-    def _finish_series(
-        self, config: Config, series_id: int, now: datetime, result: PassResult
+    def _complete(
+        self,
+        level: Level,
+        config: Config,
+        key: Any,
+        now: datetime,
+        result: PassResult,
+        forced: bool = False,
     ) -> None:
-        """Complete a series that is due; one whose files went missing is set aside."""
-        self._trigger_tags.pop(series_id, None)
+        """Complete one group: claim it, load it, check it still receives, and let its level
+        build the group, route it and close it, all in one transaction. A group the level
+        leaves open (an instance arrived meanwhile, a patient's study still receives) is
+        looked at again by a later pass."""
+        with log_context(**level.log_fields(key)), self.engine.begin() as conn:
+            if not claim_group(conn, f"{level.name}:{key}"):
+                return  # another router is completing it
+            row = conn.execute(select(level.table).where(level.key == key)).one()
+            if row.state != "receiving":
+                return
+            opened = Opened(
+                level=level,
+                conn=conn,
+                config=config,
+                row=row,
+                since=as_utc(row.completed_at) if row.completed_at else None,
+                generation=row.generation + 1,
+                now=now,
+                forced=forced,
+            )
+            completed = level.route(self, opened)
+            # Listed even if the close undid them: a later pass makes them again, same ids.
+            result.tasks += opened.tasks
+            if not completed:
+                return
+        result.completed.append(f"{level.name}:{row._mapping[level.uid]}")
+
+    def _complete_or_set_aside(
+        self,
+        level: Level,
+        config: Config,
+        key: Any,
+        now: datetime,
+        result: PassResult,
+        forced: bool = False,
+    ) -> None:
+        """Complete a group that is due; one whose files went missing is set aside."""
         try:
-            self._complete_series(config, series_id, now, result)
+            self._complete(level, config, key, now, result, forced=forced)
         except MissingFile as exc:
-            self._fail(SERIES, SERIES.c.id, series_id, "series.error", exc, series_id=series_id)
+            self._set_aside(level, key, exc)
 
     def _group_instances(
         self, conn: Connection, column: Any, value: Any, since: datetime | None
@@ -233,76 +225,154 @@ class Router:
             "receiver_aet": sender.called_aet if sender else "",
         }
 
-    def _complete_series(
-        self, config: Config, series_id: int, now: datetime, result: PassResult
-    ) -> None:
-        with log_context(series=series_id), self.engine.begin() as conn:
-            if not claim_group(conn, f"series:{series_id}"):
-                return  # another router is completing it
-            series = conn.execute(select(SERIES).where(SERIES.c.id == series_id)).one()
-            if series.state != "receiving":
-                return
-            since = as_utc(series.completed_at) if series.completed_at else None
-            instances = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
-            generation = series.generation + 1
-            study = conn.execute(select(STUDIES).where(STUDIES.c.id == series.study_id)).one()
-            group = Group(
-                level="series",
-                uid=series.series_uid,
-                generation=generation,
-                instances=instances,
-                study_uid=study.study_uid,
-                series_uid=series.series_uid,
-                patient_id=study.patient_id,
-                series_id=series_id,
-                study_id=study.id,
-            )
-            state = "complete"
-            if not instances:
-                record_event(conn, "series.complete", "no new instances", series_id=series_id)
-            else:
-                group.info = self._info(conn, study.id, instances[-1][0])
-                try:
-                    tags = stored_tags(self.root, instances[-1][1])
-                except UnreadableSeries as exc:
-                    state = "error"
+    def _tasks(
+        self,
+        conn: Connection,
+        config: Config,
+        group: Group,
+        names: list[str],
+        triggered: list[str],
+        now: datetime,
+    ) -> list[str]:
+        """One task per rule; a target that an earlier route-only rule covers is sent to once."""
+        made: list[str] = []
+        covered: dict[str, str] = {}
+        for name in names:
+            rule = config.rules[name]
+            targets = list(rule.targets)
+            if rule.action == "route":
+                targets = [t for t in targets if t not in covered]
+                for t in rule.targets:
+                    covered.setdefault(t, name)
+                if not targets:
                     record_event(
                         conn,
-                        "series.error",
-                        f"tags cannot be read: {exc}",
-                        severity="error",
-                        series_id=series_id,
-                        details={"generation": generation},
+                        "rule.skipped",
+                        f"rule {name!r}: every target is already served by "
+                        f"{', '.join(sorted({covered[t] for t in rule.targets}))}",
+                        series_id=None,
+                        details={"group": group.key(name)},
                     )
-                    tags = None
-                if tags is not None:
-                    if series.generation > 0:
-                        record_event(
-                            conn,
-                            "series.reopened",
-                            f"{len(instances)} instance(s) arrived after the series was routed; "
-                            f"handled as group {generation}",
-                            severity="warning",
-                            series_id=series_id,
-                        )
-                    result.tasks += self._route_series(conn, config, group, tags, series_id, now)
-            # Guarded by the arrival time we saw: a newer instance means "not yet".
-            changed = conn.execute(
-                update(SERIES)
-                .where(
-                    and_(
-                        SERIES.c.id == series_id,
-                        SERIES.c.last_received_at == series.last_received_at,
-                    )
+                    continue
+            made.append(make_task(conn, self.root, config, group, name, targets, triggered, now))
+        return made
+
+    @staticmethod
+    def _level_rules(config: Config, trigger: str) -> list[str]:
+        """The enabled rules that wait for a study or a patient, in the configuration's order."""
+        return [n for n, r in config.rules.items() if r.trigger == trigger and not r.disabled]
+
+    # -- series ---------------------------------------------------------------------------
+
+    def _series_trigger(self, config: Config) -> int:
+        overrides = [
+            r.series_complete_trigger
+            for r in config.rules.values()
+            if r.series_complete_trigger and not r.disabled
+        ]
+        return min([SERIES_LEVEL.quiet(config.settings), *overrides])
+
+    def _own_trigger(self, config: Config, series_id: int) -> int:
+        """The quiet time for this series: a matching rule's override, else the setting.
+
+        Only asked for series already past the shortest trigger of all, and the tags are read
+        once per series, so rules with overrides cost little on a busy system.
+        """
+        tags = self._trigger_tags.get(series_id)
+        if tags is None:
+            try:
+                tags = series_tags(self.engine, self.root, series_id=series_id) or {}
+            except UnreadableSeries:
+                tags = {}  # completion will record the error
+            if len(self._trigger_tags) > 10_000:
+                self._trigger_tags.clear()
+            self._trigger_tags[series_id] = tags
+        overrides = [
+            trigger
+            # A rule without an answer here is reported when the series completes.
+            for names in match(config, tags, self.budget).by_level.values()
+            for name in names
+            if (trigger := config.rules[name].series_complete_trigger) is not None
+        ]
+        return min(overrides) if overrides else SERIES_LEVEL.quiet(config.settings)
+
+    def _series(self, config: Config, now: datetime, result: PassResult) -> None:
+        shortest = self._series_trigger(config)
+        overrides = shortest != SERIES_LEVEL.quiet(config.settings) or any(
+            r.series_complete_trigger for r in config.rules.values()
+        )
+        for row in self._open(SERIES_LEVEL):
+            last = as_utc(row.last)
+            if last + timedelta(seconds=shortest) > now:
+                due = last + timedelta(seconds=shortest)
+                result.next_due = min(filter(None, (result.next_due, due)))
+                break
+            if overrides:
+                own = last + timedelta(seconds=self._own_trigger(config, row.key))
+                if own > now:
+                    result.next_due = min(filter(None, (result.next_due, own)))
+                    continue
+            self._finish_series(config, row.key, now, result)
+
+    def _finish_series(
+        self, config: Config, series_id: int, now: datetime, result: PassResult
+    ) -> None:
+        """Complete a series that is due; one whose files went missing is set aside."""
+        self._trigger_tags.pop(series_id, None)
+        self._complete_or_set_aside(SERIES_LEVEL, config, series_id, now, result)
+
+    def _series_group(self, opened: Opened) -> bool:
+        """The series' new instances as one group, routed by the rules that match its tags.
+
+        The series is closed after its tasks are made: a row lock taken earlier would keep
+        the receiver waiting to record the next arrival for it.
+        """
+        conn, series = opened.conn, opened.row
+        instances = self._group_instances(conn, INSTANCES.c.series_id, series.id, opened.since)
+        study = conn.execute(select(STUDIES).where(STUDIES.c.id == series.study_id)).one()
+        group = Group(
+            level="series",
+            uid=series.series_uid,
+            generation=opened.generation,
+            instances=instances,
+            study_uid=study.study_uid,
+            series_uid=series.series_uid,
+            patient_id=study.patient_id,
+            series_id=series.id,
+            study_id=study.id,
+        )
+        state = "complete"
+        if not instances:
+            record_event(conn, "series.complete", "no new instances", series_id=series.id)
+        else:
+            group.info = self._info(conn, study.id, instances[-1][0])
+            try:
+                tags = stored_tags(self.root, instances[-1][1])
+            except UnreadableSeries as exc:
+                state = "error"
+                record_event(
+                    conn,
+                    "series.error",
+                    f"tags cannot be read: {exc}",
+                    severity="error",
+                    series_id=series.id,
+                    details={"generation": opened.generation},
                 )
-                # The watermark is the receiver's arrival time, not our clock: instances that
-                # arrive later belong to the next group even if the clocks disagree.
-                .values(state=state, completed_at=series.last_received_at, generation=generation)
-            ).rowcount
-            if not changed:
-                conn.rollback()
-                return
-        result.completed.append(f"series:{series.series_uid}")
+                tags = None
+            if tags is not None:
+                if series.generation > 0:
+                    record_event(
+                        conn,
+                        "series.reopened",
+                        f"{len(instances)} instance(s) arrived after the series was routed; "
+                        f"handled as group {opened.generation}",
+                        severity="warning",
+                        series_id=series.id,
+                    )
+                opened.tasks += self._route_series(
+                    conn, opened.config, group, tags, series.id, opened.now
+                )
+        return opened.close(state, series.last_received_at)
 
     def _route_series(
         self,
@@ -340,65 +410,27 @@ class Router:
         )
         return self._tasks(conn, config, group, matches.by_level["series"], triggered, now)
 
-    def _tasks(
-        self,
-        conn: Connection,
-        config: Config,
-        group: Group,
-        names: list[str],
-        triggered: list[str],
-        now: datetime,
-    ) -> list[str]:
-        """One task per rule; a target that an earlier route-only rule covers is sent to once."""
-        made: list[str] = []
-        covered: dict[str, str] = {}
-        for name in names:
-            rule = config.rules[name]
-            targets = list(rule.targets)
-            if rule.action == "route":
-                targets = [t for t in targets if t not in covered]
-                for t in rule.targets:
-                    covered.setdefault(t, name)
-                if not targets:
-                    record_event(
-                        conn,
-                        "rule.skipped",
-                        f"rule {name!r}: every target is already served by "
-                        f"{', '.join(sorted({covered[t] for t in rule.targets}))}",
-                        series_id=None,
-                        details={"group": group.key(name)},
-                    )
-                    continue
-            made.append(make_task(conn, self.root, config, group, name, targets, triggered, now))
-        return made
-
     # -- studies --------------------------------------------------------------------------
-
-    def _study_rules(self, config: Config) -> list[str]:
-        return [n for n, r in config.rules.items() if r.trigger == "study" and not r.disabled]
 
     def _studies(self, config: Config, now: datetime, result: PassResult) -> None:
         settings = config.settings
-        quiet = timedelta(seconds=settings.study_complete_trigger)
+        quiet = timedelta(seconds=STUDY_LEVEL.quiet(settings))
         force = timedelta(seconds=settings.study_forcecomplete_trigger)
         waiting_rules = [
             n
-            for n in self._study_rules(config)
+            for n in self._level_rules(config, "study")
             if config.rules[n].study_trigger_condition == "received_series"
         ]
-        for row in self._open(
-            STUDIES.c.id, STUDIES.c.last_received_at, STUDIES.c.first_received_at
-        ):
-            last = as_utc(row.last_received_at)
+        for row in self._open(STUDY_LEVEL, STUDIES.c.first_received_at):
+            last = as_utc(row.last)
             ready = last + quiet <= now or (
-                waiting_rules and self._required_series_present(config, row.id)
+                waiting_rules and self._required_series_present(config, row.key)
             )
             forced = not ready and as_utc(row.first_received_at) + force <= now
             if ready or forced:
-                try:
-                    self._complete_study(config, row.id, now, result, forced=forced)
-                except MissingFile as exc:
-                    self._fail(STUDIES, STUDIES.c.id, row.id, "study.error", exc, study_id=row.id)
+                self._complete_or_set_aside(
+                    STUDY_LEVEL, config, row.key, now, result, forced=forced
+                )
             else:
                 due = last + quiet
                 result.next_due = min(filter(None, (result.next_due, due)))
@@ -417,197 +449,201 @@ class Router:
             series_condition_met(
                 parse_series_condition(config.rules[n].required_series), descriptions
             )
-            for n in self._study_rules(config)
+            for n in self._level_rules(config, "study")
             if config.rules[n].study_trigger_condition == "received_series"
         )
 
-    def _complete_study(
-        self, config: Config, study_id: int, now: datetime, result: PassResult, forced: bool
-    ) -> None:
-        with self.engine.begin() as conn:
-            if not claim_group(conn, f"study:{study_id}"):
-                return  # another router is completing it
-            study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
-            if study.state != "receiving":
-                return
-            since = as_utc(study.completed_at) if study.completed_at else None
-            series_rows = conn.execute(
-                select(SERIES.c.id, SERIES.c.series_description).where(
-                    SERIES.c.study_id == study_id
+    def _study_group(self, opened: Opened) -> bool:
+        """The new instances of all the study's series as one group, routed by the study rules
+        that match any series. Closing the study opens (or reopens) its patient's group."""
+        conn, config, study = opened.conn, opened.config, opened.row
+        series_rows = conn.execute(
+            select(SERIES.c.id, SERIES.c.series_description).where(SERIES.c.study_id == study.id)
+        ).all()
+        instances, tags_per_series = self._collect(conn, [r.id for r in series_rows], opened.since)
+        group = Group(
+            level="study",
+            uid=study.study_uid,
+            generation=opened.generation,
+            instances=instances,
+            study_uid=study.study_uid,
+            patient_id=study.patient_id,
+            study_id=study.id,
+        )
+        descriptions = [s.series_description for s in series_rows]
+        errors: dict[str, str] = {}
+        matched = self._study_matches(opened, tags_per_series, descriptions, errors)
+        if instances:
+            group.info = self._info(conn, study.id, instances[-1][0])
+            group.study = {
+                "study_uid": study.study_uid,
+                "complete_trigger": "force" if opened.forced else "timeout",
+                "complete_required_series": ", ".join(
+                    config.rules[n].required_series
+                    for n in matched
+                    if config.rules[n].required_series
+                ),
+                "creation_time": as_utc(study.first_received_at).isoformat(),
+                "last_receive_time": as_utc(study.last_received_at).isoformat(),
+                "received_series": descriptions,
+                "complete_force": opened.forced,
+            }
+            opened.tasks += self._tasks(conn, config, group, matched, matched, opened.now)
+        rule_errors(conn, errors, "study", study_id=study.id)
+        record_event(
+            conn,
+            "study.complete",
+            ("forced after timeout; " if opened.forced else "")
+            + (f"rules: {', '.join(matched)}" if matched else "no study rule"),
+            study_id=study.id,
+            details={"generation": opened.generation, "instances": len(instances)},
+        )
+        if not opened.close("complete", study.last_received_at):
+            return False
+        if study.patient_id:
+            conn.execute(
+                insert_or_update(
+                    conn.dialect.name,
+                    PATIENT_GROUPS,
+                    {
+                        "patient_id": study.patient_id,
+                        "state": "receiving",
+                        "last_activity": opened.now,
+                        "generation": 0,
+                    },
+                    "patient_id",
+                    ["state", "last_activity"],
+                    returning=None,
                 )
-            ).all()
-            instances, tags_per_series = self._collect(conn, [r.id for r in series_rows], since)
-            generation = study.generation + 1
-            group = Group(
-                level="study",
-                uid=study.study_uid,
-                generation=generation,
-                instances=instances,
-                study_uid=study.study_uid,
-                patient_id=study.patient_id,
-                study_id=study_id,
             )
-            descriptions = [s.series_description for s in series_rows]
-            matched = []
-            errors: dict[str, str] = {}
-            for name in self._study_rules(config):
-                rule = config.rules[name]
-                if not matches_any(config, name, tags_per_series, self.budget, errors):
+        return True
+
+    def _study_matches(
+        self,
+        opened: Opened,
+        tags_per_series: list[dict[str, Any]],
+        descriptions: list[str],
+        errors: dict[str, str],
+    ) -> list[str]:
+        """The study rules that apply: they match a series, and the series they require were
+        received (or the study was forced and the setting says to proceed without them)."""
+        config, study_id = opened.config, opened.row.id
+        matched = []
+        for name in self._level_rules(config, "study"):
+            rule = config.rules[name]
+            if not matches_any(config, name, tags_per_series, self.budget, errors):
+                continue
+            if rule.study_trigger_condition == "received_series" and not series_condition_met(
+                parse_series_condition(rule.required_series), descriptions
+            ):
+                action = config.settings.study_forcecomplete_action
+                if not opened.forced or action != "proceed":
+                    record_event(
+                        opened.conn,
+                        "study.incomplete",
+                        f"rule {name!r}: required series {rule.required_series} not received; "
+                        + ("study discarded" if action == "discard" else "rule not applied"),
+                        severity="warning",
+                        study_id=study_id,
+                    )
                     continue
-                if rule.study_trigger_condition == "received_series" and not series_condition_met(
-                    parse_series_condition(rule.required_series), descriptions
-                ):
-                    action = config.settings.study_forcecomplete_action
-                    if not forced or action != "proceed":
-                        record_event(
-                            conn,
-                            "study.incomplete",
-                            f"rule {name!r}: required series {rule.required_series} not received; "
-                            + ("study discarded" if action == "discard" else "rule not applied"),
-                            severity="warning",
-                            study_id=study_id,
-                        )
-                        continue
-                matched.append(name)
-            if instances:
-                group.info = self._info(conn, study.id, instances[-1][0])
-                group.study = {
-                    "study_uid": study.study_uid,
-                    "complete_trigger": "force" if forced else "timeout",
-                    "complete_required_series": ", ".join(
-                        config.rules[n].required_series
-                        for n in matched
-                        if config.rules[n].required_series
-                    ),
-                    "creation_time": as_utc(study.first_received_at).isoformat(),
-                    "last_receive_time": as_utc(study.last_received_at).isoformat(),
-                    "received_series": descriptions,
-                    "complete_force": forced,
-                }
-                result.tasks += self._tasks(conn, config, group, matched, matched, now)
-            rule_errors(conn, errors, "study", study_id=study_id)
-            record_event(
-                conn,
-                "study.complete",
-                ("forced after timeout; " if forced else "")
-                + (f"rules: {', '.join(matched)}" if matched else "no study rule"),
-                study_id=study_id,
-                details={"generation": generation, "instances": len(instances)},
-            )
-            changed = conn.execute(
-                update(STUDIES)
-                .where(
-                    and_(
-                        STUDIES.c.id == study_id,
-                        STUDIES.c.last_received_at == study.last_received_at,
-                    )
-                )
-                .values(
-                    state="complete", completed_at=study.last_received_at, generation=generation
-                )
-            ).rowcount
-            if not changed:
-                conn.rollback()
-                return
-            if study.patient_id:
-                conn.execute(
-                    insert_or_update(
-                        conn.dialect.name,
-                        PATIENT_GROUPS,
-                        {
-                            "patient_id": study.patient_id,
-                            "state": "receiving",
-                            "last_activity": now,
-                            "generation": 0,
-                        },
-                        "patient_id",
-                        ["state", "last_activity"],
-                        returning=None,
-                    )
-                )
-        result.completed.append(f"study:{study.study_uid}")
+            matched.append(name)
+        return matched
 
     # -- patients -------------------------------------------------------------------------
 
     def _patients(self, config: Config, now: datetime, result: PassResult) -> None:
-        rules = [n for n, r in config.rules.items() if r.trigger == "patient" and not r.disabled]
-        quiet = timedelta(seconds=config.settings.patient_complete_trigger)
-        for row in self._open(PATIENT_GROUPS.c.patient_id, PATIENT_GROUPS.c.last_activity):
-            due = as_utc(row.last_activity) + quiet
+        quiet = timedelta(seconds=PATIENT_LEVEL.quiet(config.settings))
+        for row in self._open(PATIENT_LEVEL):
+            due = as_utc(row.last) + quiet
             if due > now:
                 result.next_due = min(filter(None, (result.next_due, due)))
                 break
-            try:
-                self._complete_patient(config, rules, row.patient_id, now, result)
-            except MissingFile as exc:
-                key = PATIENT_GROUPS.c.patient_id
-                self._fail(PATIENT_GROUPS, key, row.patient_id, "patient.error", exc)
+            self._complete_or_set_aside(PATIENT_LEVEL, config, row.key, now, result)
 
-    def _complete_patient(
-        self, config: Config, rules: list[str], patient_id: str, now: datetime, result: PassResult
-    ) -> None:
-        with self.engine.begin() as conn:
-            if not claim_group(conn, f"patient:{patient_id}"):
-                return  # another router is completing it
-            group_row = conn.execute(
-                select(PATIENT_GROUPS).where(PATIENT_GROUPS.c.patient_id == patient_id)
-            ).one()
-            if group_row.state != "receiving":
-                return
-            # A study of this patient still receiving keeps the patient open.
-            if conn.execute(
-                select(STUDIES.c.id)
-                .where(and_(STUDIES.c.patient_id == patient_id, STUDIES.c.state == "receiving"))
-                .limit(1)
-            ).first():
-                return
-            since = as_utc(group_row.completed_at) if group_row.completed_at else None
-            series_ids = (
-                conn.execute(
-                    select(SERIES.c.id)
-                    .join(STUDIES, STUDIES.c.id == SERIES.c.study_id)
-                    .where(STUDIES.c.patient_id == patient_id)
-                )
-                .scalars()
-                .all()
+    def _patient_group(self, opened: Opened) -> bool:
+        """All new instances of the patient's studies as one group, routed by the patient
+        rules that match any series. A study of the patient still receiving keeps it open."""
+        conn, config, patient_id = opened.conn, opened.config, opened.row.patient_id
+        if conn.execute(
+            select(STUDIES.c.id)
+            .where(and_(STUDIES.c.patient_id == patient_id, STUDIES.c.state == "receiving"))
+            .limit(1)
+        ).first():
+            return False
+        series_ids = (
+            conn.execute(
+                select(SERIES.c.id)
+                .join(STUDIES, STUDIES.c.id == SERIES.c.study_id)
+                .where(STUDIES.c.patient_id == patient_id)
             )
-            instances, tags_per_series = self._collect(conn, list(series_ids), since)
-            generation = group_row.generation + 1
-            watermark = conn.execute(
-                select(func.max(STUDIES.c.last_received_at)).where(
-                    STUDIES.c.patient_id == patient_id
-                )
-            ).scalar()
-            errors: dict[str, str] = {}
-            matched = [
-                n for n in rules if matches_any(config, n, tags_per_series, self.budget, errors)
-            ]
-            # Claimed first, and the task folders made only then: if a study of the patient
-            # completed meanwhile (another router), this generation's key must not get a task
-            # without that study's images, nor leave task folders on disk behind it.
-            changed = conn.execute(
-                update(PATIENT_GROUPS)
-                .where(
-                    and_(
-                        PATIENT_GROUPS.c.patient_id == patient_id,
-                        PATIENT_GROUPS.c.last_activity == group_row.last_activity,
-                    )
-                )
-                .values(state="complete", completed_at=watermark, generation=generation)
-            ).rowcount
-            if not changed:
-                return
-            rule_errors(conn, errors, "patient")  # the patient ID is PHI: not in the event
-            if instances and matched:
-                group = Group(
-                    level="patient",
-                    uid=patient_id,
-                    generation=generation,
-                    instances=instances,
-                    patient_id=patient_id,
-                )
-                result.tasks += self._tasks(conn, config, group, matched, matched, now)
-        result.completed.append(f"patient:{patient_id}")
+            .scalars()
+            .all()
+        )
+        instances, tags_per_series = self._collect(conn, list(series_ids), opened.since)
+        watermark = conn.execute(
+            select(func.max(STUDIES.c.last_received_at)).where(STUDIES.c.patient_id == patient_id)
+        ).scalar()
+        errors: dict[str, str] = {}
+        matched = [
+            n
+            for n in self._level_rules(config, "patient")
+            if matches_any(config, n, tags_per_series, self.budget, errors)
+        ]
+        # Closed first, and the task folders made only then: if a study of the patient
+        # completed meanwhile (another router), this generation's key must not get a task
+        # without that study's images, nor leave task folders on disk behind it.
+        # Nothing to undo if it stays open: no task is made yet, and the events of series
+        # whose tags cannot be read are kept.
+        if not opened.close("complete", watermark, undo=False):
+            return False
+        rule_errors(conn, errors, "patient")  # the patient ID is PHI: not in the event
+        if instances and matched:
+            group = Group(
+                level="patient",
+                uid=patient_id,
+                generation=opened.generation,
+                instances=instances,
+                patient_id=patient_id,
+            )
+            opened.tasks += self._tasks(conn, config, group, matched, matched, opened.now)
+        return True
+
+
+SERIES_LEVEL = Level(
+    name="series",
+    table=SERIES,
+    key=SERIES.c.id,
+    uid=SERIES.c.series_uid,
+    arrival=SERIES.c.last_received_at,
+    quiet=lambda settings: settings.series_complete_trigger,
+    ref="series_id",
+    logged_as="series",
+    route=Router._series_group,
+)
+STUDY_LEVEL = Level(
+    name="study",
+    table=STUDIES,
+    key=STUDIES.c.id,
+    uid=STUDIES.c.study_uid,
+    arrival=STUDIES.c.last_received_at,
+    quiet=lambda settings: settings.study_complete_trigger,
+    ref="study_id",
+    logged_as=None,
+    route=Router._study_group,
+)
+# A patient's group is active again whenever one of its studies completes (last_activity).
+PATIENT_LEVEL = Level(
+    name="patient",
+    table=PATIENT_GROUPS,
+    key=PATIENT_GROUPS.c.patient_id,
+    uid=PATIENT_GROUPS.c.patient_id,
+    arrival=PATIENT_GROUPS.c.last_activity,
+    quiet=lambda settings: settings.patient_complete_trigger,
+    ref=None,
+    logged_as=None,
+    route=Router._patient_group,
+)
 
 
 def rule_errors(conn: Connection, errors: dict[str, str], level: str, **refs: int) -> None:
