@@ -263,6 +263,9 @@ class DatabaseCollector(Collector):
         )
 
     def _queues(self, now: datetime) -> Iterable[Metric]:
+        """The queues an operator alerts on: per queue (process, dispatch) how many tasks,
+        how many deferred, the oldest's age; per target the tasks waiting to be sent to it;
+        and which queues are suspended."""
         deferred = func.sum(case((TASKS.c.not_before > now, 1), else_=0))
         with self._reading() as conn:
             queues = [

@@ -174,6 +174,13 @@ def search_series(
     state: str = "",
     before: str = "",
 ) -> list[dict[str, Any]]:
+    """A page of received series, newest arrival first, each with its study's facts, its
+    instance count, size and senders.
+
+    The page is chosen first, by the filter's indexed columns (a study's, a series UID, a
+    modality, the series' state, `before` for the next page); the counts and senders are
+    then asked for that page's series only, so the cost does not grow with the history.
+    """
     se, st = SERIES.c, STUDIES.c
     conditions = _received(SERIES, state, before, where.conditions())
     if series_uid:
@@ -258,6 +265,9 @@ def _patients_named(term: str) -> Select[Any]:
 
 @dataclass
 class TaskFilter:
+    """What the task lists (web and API) may be narrowed by; `conditions` turns it into the
+    WHERE clause, one condition per field that is set, all of them to hold."""
+
     state: str = ""
     view: str = ""  # processing, dispatching, failed or finished (TASK_VIEWS)
     rule: str = ""

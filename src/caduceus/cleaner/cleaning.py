@@ -125,6 +125,15 @@ class _Candidate:
 
 
 class Cleaner:
+    """Owns the removal of finished work (see the module's docstring for what and when).
+
+    One pass: under disk pressure the emergency removal first, then quarantine, then (in the
+    off-peak window if so set) what is past its retention, and the history's own pruning.
+    A task's folder is claimed (marked cleaned) under the state it was chosen in before
+    anything is removed, so a task restarted meanwhile keeps its files. The disk measures
+    are passed in so that tests can press it without filling a disk.
+    """
+
     def __init__(
         self,
         engine: Engine,

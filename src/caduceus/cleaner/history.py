@@ -56,6 +56,13 @@ FINISHED = ("done", "discarded", "error")
 
 
 def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
+    """One bounded pass of the history's retention; returns what it deleted, by table.
+
+    The order matters: events and tasks first, so that series no task refers to any more can
+    go, then their instances, and only then the studies and associations left empty. Each
+    table gets its own batch and transaction, so a large backlog takes several passes rather
+    than one long lock; what is left is taken by the next pass. Expired web sessions go too.
+    """
     cutoff = now - timedelta(days=config.settings.history_retention_days)
     pruned = Pruned()
     unfinished_task = exists().where(

@@ -87,6 +87,12 @@ def template_context(
 
 
 def _task_part(conn: Connection, task: Row[Any] | None) -> dict[str, Any]:
+    """The task's fields a notification may use, under mercure's names where it has them.
+
+    Every field is there even without a task (empty), so that a template written for one
+    trigger renders for all; the PHI fields are filled here and masked by the caller when
+    the rule does not include PHI.
+    """
     if task is None:
         return {
             "task_id": "",

@@ -185,6 +185,13 @@ def _record(
     permanent: bool,
     note: str | None,
 ) -> Outcome:
+    """Record one attempt to send a notification: sent, failed for good (a permanent error,
+    or the last attempt), or pending with its next attempt after the backoff.
+
+    The update is guarded by the attempt count this notifier claimed: if another notifier
+    took the row over meanwhile, its record stands and this one reports "lost". The error
+    text is scrubbed of the rule's secrets before it is stored or logged.
+    """
     attempts = row.attempts + 1
     if error is not None:
         # Belt and braces: whatever produced the message, the rule's secrets stay out.

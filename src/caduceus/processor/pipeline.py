@@ -152,6 +152,16 @@ def _read_result(out_dir: Path) -> dict[str, Any] | None:
 
 
 class Pipeline:
+    """Runs one claimed task's modules in order and hands the task on (see the module's
+    docstring for its folders).
+
+    It owns the task's steps: which step is next (tasks.step), each step's record (results)
+    and the final state (dispatching, done, discarded or error). Every change to the task's
+    row is guarded by the lease (`owner`): a processor that lost its task to another stops
+    writing it, and the new holder's record stands. How a module is started is the runner's
+    business (`runner_for`), so the same steps serve containers, Jobs and local commands.
+    """
+
     def __init__(
         self,
         engine: Engine,
@@ -286,6 +296,13 @@ class Pipeline:
         index: int,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> dict[str, Any]:
+        """Run step `index` in a fresh folder and check what it left; return its record.
+
+        A failure the module caused (exit code, time limit, bad output) is StepFailed, which
+        puts the task in error; a stop asked for while it ran is StepInterrupted, which hands
+        the task back at the same step. The record (module, seconds, result.json, folder) is
+        what the next step's input and a restart are found by.
+        """
         name = task.modules[index]
         module = config.modules.get(name)
         if module is None:
@@ -356,6 +373,13 @@ class Pipeline:
     # -- the end -------------------------------------------------------------------------
 
     def _finish(self, config: Config, task: _Task, owner: str | None) -> str:
+        """Publish the last step's output as the task's out/ and hand the task on.
+
+        The next state follows the rule's action and what the modules asked for (routing,
+        discard, notifications): dispatching, done or discarded. The folder is renamed first,
+        the row changed after, under the lease: a processor that lost the task returns
+        "processing" and leaves the rest to the one that has it.
+        """
         published = task.folder / "out"
         last = self._output_of(task, len(task.modules) - 1)
         if last.exists():

@@ -45,12 +45,27 @@ NO_SPACE_RETRY = timedelta(seconds=5)
 
 @dataclass
 class PassResult:
+    """What one pass (or one force-complete) did, for the service's log, the operator's
+    force-complete and the tests: the tasks it made, the groups it completed, and when the
+    next group falls due, which tells the service how long it may sleep."""
+
     tasks: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)  # "series:UID", "study:UID", ...
     next_due: datetime | None = None
 
 
 class Router:
+    """Owns the completion of received groups: when a series, a study or a patient counts as
+    complete, which rules match it, and the tasks that follow. Only the receiver also writes
+    a group's state: an arrival sets it receiving again; complete and error are set here.
+
+    It keeps no state between passes that the database does not hold (a cache of tags for
+    quiet-time overrides, and whether the disk was full, aside), so several routers can
+    share a database: each group is claimed (router/exclusive.py) and closed in one
+    transaction guarded by its last arrival. A group that cannot be routed (its files went
+    missing) is set aside in error, so it blocks no other.
+    """
+
     def __init__(self, engine: Engine, root: DataRoot, budget: Budget | None = None):
         self.engine = engine
         self.root = root

@@ -70,6 +70,9 @@ def _time_step(span: timedelta) -> timedelta:
 def bar_chart(
     key: str, title: str, unit: str, starts: list[datetime], counts: list[int], bucket: timedelta
 ) -> BarChart:
+    """The geometry of one bar chart, ready for the template to draw as SVG: a bar per
+    bucket, time ticks on whole hours, count ticks on round numbers, and a sentence that
+    says the same for a screen reader. Drawn on the server, so the page needs no script."""
     plot_width = WIDTH - LEFT - RIGHT
     plot_height = HEIGHT - TOP - BOTTOM
     bottom = TOP + plot_height
