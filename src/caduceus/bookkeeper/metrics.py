@@ -52,6 +52,7 @@ from caduceus.core.db.models import (
     TASK_TARGETS,
     TASKS,
 )
+from caduceus.core.states import TargetState
 from caduceus.core.storage import DataRoot, used_percent
 from caduceus.dispatcher.queue import DISPATCHABLE
 from caduceus.processor.service import PROCESSABLE
@@ -282,7 +283,7 @@ class DatabaseCollector(Collector):
             targets = conn.execute(
                 select(TASK_TARGETS.c.target, func.count(), func.min(TASKS.c.created_at))
                 .join(TASKS, TASKS.c.id == TASK_TARGETS.c.task_id)
-                .where(and_(DISPATCHABLE, TASK_TARGETS.c.state == "pending"))
+                .where(and_(DISPATCHABLE, TASK_TARGETS.c.state == TargetState.PENDING))
                 .group_by(TASK_TARGETS.c.target)
             ).all()
             controls = conn.execute(select(QUEUE_CONTROLS.c.name, QUEUE_CONTROLS.c.suspended)).all()

@@ -13,11 +13,12 @@ from sqlalchemy import Engine, and_, func, select
 from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Settings as ConfigSettings
 from caduceus.core.db.models import EVENTS, QUEUE_CONTROLS, TASKS
+from caduceus.core.states import TaskState
 from caduceus.core.storage import used_percent
 from caduceus.dispatcher.queue import DISPATCHABLE
 from caduceus.processor.service import PROCESSABLE
 
-TASK_STATES = ("queued", "processing", "dispatching", "done", "error", "discarded")
+TASK_STATES: tuple[str, ...] = tuple(TaskState)
 ERROR_WINDOW = timedelta(hours=24)
 
 

@@ -40,6 +40,7 @@ from caduceus.core.db.models import (
     TASKS,
 )
 from caduceus.core.ids import RowId
+from caduceus.core.states import SeriesState, TaskState
 
 MAX_LIMIT = 500
 
@@ -250,12 +251,12 @@ _PROCESSED = TASKS.c.action.in_(("process", "both"))
 # The queue's views of tasks by where they stand; a queued task waits for the processor if it
 # has modules to run, else for the dispatcher (or the notifier).
 TASK_VIEWS: dict[str, ColumnElement[bool]] = {
-    "processing": and_(TASKS.c.state.in_(("queued", "processing")), _PROCESSED),
+    "processing": and_(TASKS.c.state.in_((TaskState.QUEUED, TaskState.PROCESSING)), _PROCESSED),
     "dispatching": or_(
-        TASKS.c.state == "dispatching", and_(TASKS.c.state == "queued", ~_PROCESSED)
+        TASKS.c.state == TaskState.DISPATCHING, and_(TASKS.c.state == TaskState.QUEUED, ~_PROCESSED)
     ),
-    "failed": TASKS.c.state == "error",
-    "finished": TASKS.c.state.in_(("done", "discarded")),
+    "failed": TASKS.c.state == TaskState.ERROR,
+    "finished": TASKS.c.state.in_((TaskState.DONE, TaskState.DISCARDED)),
 }
 
 
@@ -488,7 +489,9 @@ def queue_counts(engine: Engine) -> dict[str, int]:
         }
         waiting = {
             name: conn.execute(
-                select(func.count()).select_from(table).where(table.c.state == "receiving")
+                select(func.count())
+                .select_from(table)
+                .where(table.c.state == SeriesState.RECEIVING)
             ).scalar_one()
             for name, table in (
                 ("series", SERIES),

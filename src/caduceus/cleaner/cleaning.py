@@ -47,13 +47,14 @@ from caduceus.core.db.models import (
 )
 from caduceus.core.events import record_event
 from caduceus.core.priorities import in_window
+from caduceus.core.states import FINISHED_TASKS, TaskState
 from caduceus.core.storage import DataRoot, used_percent
 
 log = logging.getLogger("caduceus.cleaner")
 
-FINISHED = ("done", "discarded", "error")
+FINISHED = FINISHED_TASKS
 # Finished with nothing left to deliver: what disk pressure may remove.
-DELIVERED = ("done", "discarded")
+DELIVERED = (TaskState.DONE, TaskState.DISCARDED)
 BATCH = 200
 # Disk pressure starts below this many receiver reserves of free space, before the receiver
 # refuses, and ends at RELIEF_RESERVES, so that receiving resumes with room to spare.
@@ -189,9 +190,11 @@ class Cleaner:
 
     def _retention(self, config: Config, state: str) -> timedelta:
         s = config.settings
-        seconds = {"done": s.retention, "discarded": s.discard_retention}.get(
-            state, s.error_retention
-        )
+        kept: dict[str, int] = {
+            TaskState.DONE: s.retention,
+            TaskState.DISCARDED: s.discard_retention,
+        }
+        seconds = kept.get(state, s.error_retention)
         return timedelta(seconds=seconds)
 
     def _due(self, config: Config, now: datetime) -> list[_Candidate]:

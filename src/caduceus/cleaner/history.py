@@ -29,6 +29,7 @@ from caduceus.core.db.models import (
     WEB_SESSIONS,
 )
 from caduceus.core.events import record_event
+from caduceus.core.states import FINISHED_TASKS, SeriesState
 
 BATCH = 5000
 
@@ -52,7 +53,7 @@ def _prune(engine: Engine, table: Table, key: Column[Any], condition: Any, limit
         return int(conn.execute(delete(table).where(and_(key.in_(ids), condition))).rowcount)
 
 
-FINISHED = ("done", "discarded", "error")
+FINISHED = FINISHED_TASKS
 
 
 def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
@@ -106,7 +107,7 @@ def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
         .where(TASK_INSTANCES.c.instance_id == INSTANCES.c.id)
     )
     old_series = and_(
-        SERIES.c.state != "receiving",
+        SERIES.c.state != SeriesState.RECEIVING,
         SERIES.c.last_received_at < cutoff,
         SERIES.c.files_removed_through >= SERIES.c.last_received_at,
         ~in_use,

@@ -13,8 +13,9 @@ from sqlalchemy import Engine, and_, or_, select, update
 
 from caduceus.core.db.models import TASKS
 from caduceus.core.events import record_event
+from caduceus.core.states import TaskState
 
-DISCARDABLE = ("queued", "processing", "dispatching", "error")
+DISCARDABLE = (TaskState.QUEUED, TaskState.PROCESSING, TaskState.DISPATCHING, TaskState.ERROR)
 
 
 class TaskBusy(Exception):
@@ -42,7 +43,7 @@ def discard(engine: Engine, task_id: str, author: str, now: datetime | None = No
             update(TASKS)
             .where(and_(TASKS.c.id == task_id, TASKS.c.state == state, idle))
             .values(
-                state="discarded",
+                state=TaskState.DISCARDED,
                 not_before=None,
                 lease_owner=None,
                 lease_expires=None,

@@ -18,6 +18,7 @@ from caduceus.core.db.models import DELIVERIES, TASK_INSTANCES, TASK_TARGETS, TA
 from caduceus.core.events import record_event
 from caduceus.core.lease_guard import still_mine
 from caduceus.core.lifecycle import any_set
+from caduceus.core.states import TargetState, TaskState
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 
@@ -92,7 +93,7 @@ def dispatch(
         interrupted=interrupted,
     )
     for row in targets:
-        if row.state != "pending" or f"dispatch:{row.target}" in suspended:
+        if row.state != TargetState.PENDING or f"dispatch:{row.target}" in suspended:
             continue
         if row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
             continue
@@ -198,7 +199,7 @@ def _send_to(
             return False
         if not error:
             values = {
-                "state": "done",
+                "state": TargetState.DONE,
                 "attempts": attempt,
                 "last_error": None,
                 "next_attempt_at": None,
@@ -211,7 +212,7 @@ def _send_to(
                 details={"target": target, "attempt": attempt, "seconds": seconds},
             )
         elif attempt > retry_max:
-            values = {"state": "error", "attempts": attempt, "last_error": error}
+            values = {"state": TargetState.ERROR, "attempts": attempt, "last_error": error}
             record_event(
                 conn,
                 "dispatch.error",
@@ -259,18 +260,20 @@ def _settle(engine: Engine, task_id: str, now: datetime, owner: str | None = Non
     with engine.begin() as conn:
         rows = conn.execute(select(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task_id)).all()
         states = {r.state for r in rows}
-        if states <= {"done"}:
-            state, not_before, error = "done", None, None
-        elif "pending" in states:
+        if states <= {TargetState.DONE}:
+            state, not_before, error = TaskState.DONE, None, None
+        elif TargetState.PENDING in states:
             waits = [
                 as_utc(r.next_attempt_at)
                 for r in rows
-                if r.state == "pending" and r.next_attempt_at
+                if r.state == TargetState.PENDING and r.next_attempt_at
             ]
-            state, not_before, error = "dispatching", min(waits) if waits else None, None
+            state, not_before, error = TaskState.DISPATCHING, min(waits) if waits else None, None
         else:
-            state, not_before = "error", None
-            error = "; ".join(f"{r.target}: {r.last_error}" for r in rows if r.state == "error")
+            state, not_before = TaskState.ERROR, None
+            error = "; ".join(
+                f"{r.target}: {r.last_error}" for r in rows if r.state == TargetState.ERROR
+            )
         mine = TASKS.c.id == task_id
         if owner is not None:
             mine = and_(mine, TASKS.c.lease_owner == owner)
@@ -305,12 +308,12 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
                 f"task {task_id} cannot be restarted: the cleaner removed its files "
                 f"on {task.cleaned_at:%Y-%m-%d %H:%M}"
             )
-        if task.state != "error":
+        if task.state != TaskState.ERROR:
             raise LookupError(f"task {task_id} is {task.state}, not in error: nothing to restart")
         reopened = conn.execute(
             update(TASKS)
             .where(and_(TASKS.c.id == task_id, TASKS.c.cleaned_at.is_(None)))
-            .values(state="queued", error=None, not_before=None, updated_at=now)
+            .values(state=TaskState.QUEUED, error=None, not_before=None, updated_at=now)
         ).rowcount
         if not reopened:  # the cleaner claimed it in the meantime
             raise LookupError(f"task {task_id} cannot be restarted: the cleaner removed its files")
@@ -326,11 +329,15 @@ def restart(engine: Engine, task_id: str, author: str = "") -> int:
             return 0
         failed = conn.execute(
             update(TASK_TARGETS)
-            .where(and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.state == "error"))
-            .values(state="pending", attempts=0, next_attempt_at=None, updated_at=now)
+            .where(
+                and_(TASK_TARGETS.c.task_id == task_id, TASK_TARGETS.c.state == TargetState.ERROR)
+            )
+            .values(state=TargetState.PENDING, attempts=0, next_attempt_at=None, updated_at=now)
         ).rowcount
         if task.action == "both":
-            conn.execute(update(TASKS).where(TASKS.c.id == task_id).values(state="dispatching"))
+            conn.execute(
+                update(TASKS).where(TASKS.c.id == task_id).values(state=TaskState.DISPATCHING)
+            )
         record_event(
             conn,
             "task.restarted",

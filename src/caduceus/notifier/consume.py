@@ -39,6 +39,7 @@ from caduceus.core.config.models import Config, Notification
 from caduceus.core.db.engine import writer
 from caduceus.core.db.models import CURSORS, EVENTS, NOTIFICATIONS, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
+from caduceus.core.states import TargetState, TaskState
 
 log = logging.getLogger("caduceus.notifier")
 
@@ -200,15 +201,15 @@ def _notifications_for(
 
 
 def _finished(conn: Connection, task: Any, event: Any) -> bool:
-    if task.state == "done":
+    if task.state == TaskState.DONE:
         return True
-    if event.kind != "dispatch.done" or task.state not in ("queued", "dispatching"):
+    if event.kind != "dispatch.done" or task.state not in (TaskState.QUEUED, TaskState.DISPATCHING):
         return False
     states = conn.execute(
         select(TASK_TARGETS.c.state).where(TASK_TARGETS.c.task_id == task.id)
     ).scalars()
     found = list(states)
-    return bool(found) and all(state == "done" for state in found)
+    return bool(found) and all(state == TargetState.DONE for state in found)
 
 
 def _already_notified(conn: Connection, task_id: str, rule: str) -> bool:
@@ -239,9 +240,13 @@ def _finish_notification_task(conn: Connection, task_id: str, now: datetime) -> 
     done = conn.execute(
         update(TASKS)
         .where(
-            and_(TASKS.c.id == task_id, TASKS.c.action == "notification", TASKS.c.state == "queued")
+            and_(
+                TASKS.c.id == task_id,
+                TASKS.c.action == "notification",
+                TASKS.c.state == TaskState.QUEUED,
+            )
         )
-        .values(state="done", updated_at=now)
+        .values(state=TaskState.DONE, updated_at=now)
     ).rowcount
     if done:
         record_event(

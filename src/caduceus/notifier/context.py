@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Row, func, select
 
 from caduceus.core.clock import as_utc
 from caduceus.core.db.models import EVENTS, TASK_INSTANCES, TASK_TARGETS, TASKS
+from caduceus.core.states import TargetState
 
 HIDDEN = "[hidden]"
 # The names mercure gives its events in templates ({{ event }}).
@@ -135,8 +136,8 @@ def _task_part(conn: Connection, task: Row[Any] | None) -> dict[str, Any]:
         "action": task.action,
         "uid_type": task.level,
         "targets": [t.target for t in targets] or list(task.targets or []),
-        "targets_done": [t.target for t in targets if t.state == "done"],
-        "targets_failed": [t.target for t in targets if t.state == "error"],
+        "targets_done": [t.target for t in targets if t.state == TargetState.DONE],
+        "targets_failed": [t.target for t in targets if t.state == TargetState.ERROR],
         "modules": list(task.modules or []),
         "instances": int(instances),
         "files": task.file_count if task.file_count is not None else int(instances),

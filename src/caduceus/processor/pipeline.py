@@ -39,6 +39,7 @@ from caduceus.core.db.models import TASK_TARGETS, TASKS
 from caduceus.core.db.rows import pending_targets
 from caduceus.core.events import record_event
 from caduceus.core.lifecycle import any_set
+from caduceus.core.states import TaskState
 from caduceus.core.storage import DataRoot
 from caduceus.processor.runners.base import ModuleRun, Runner, RunnerError
 
@@ -202,12 +203,12 @@ class Pipeline:
         processor runs that step again now rather than after the lease expires."""
         cancelled = any_set(stop, lost)
         task = self._load(task_id)
-        self._set(task.id, owner, state="processing")
+        self._set(task.id, owner, state=TaskState.PROCESSING)
         if task.step == 0 and not task.results:
             self._event(task.id, "process.started", f"pipeline: {' -> '.join(task.modules)}")
         for index in range(task.step, len(task.modules)):
             if lost is not None and lost.is_set():
-                return "processing"  # another processor has the task now
+                return TaskState.PROCESSING  # another processor has the task now
             if stop is not None and stop.is_set():
                 return self._hand_back(task, index, owner)
             try:
@@ -231,10 +232,10 @@ class Pipeline:
                     .values(step=index + 1, results=task.results, updated_at=datetime.now(UTC))
                 ).rowcount
             if not recorded:
-                return "processing"  # the lease went to another processor meanwhile
+                return TaskState.PROCESSING  # the lease went to another processor meanwhile
             task.step = index + 1
         if lost is not None and lost.is_set():
-            return "processing"
+            return TaskState.PROCESSING
         try:
             return self._finish(config, task, owner)
         except StepFailed as exc:
@@ -398,11 +399,11 @@ class Pipeline:
         targets, discard = self._routing(task, rule, output, config)
         now = datetime.now(UTC)
         if task.action == "both" and not discard:
-            state = "dispatching"
+            state = TaskState.DISPATCHING
             if files == 0:
                 raise StepFailed("the pipeline produced no DICOM files to send")
         else:
-            state = "discarded" if discard else "done"
+            state = TaskState.DISCARDED if discard else TaskState.DONE
         with self.engine.begin() as conn:
             handed_on = conn.execute(
                 update(TASKS)
@@ -419,7 +420,7 @@ class Pipeline:
             ).rowcount
             if not handed_on:  # the lease went to another processor: it finishes the task
                 conn.rollback()
-                return "processing"
+                return TaskState.PROCESSING
             for step in task.results:  # any step may ask, as in mercure
                 notification = ((step or {}).get("result") or {}).get(NOTIFICATION)
                 if isinstance(notification, dict):
@@ -433,7 +434,7 @@ class Pipeline:
                             "module": (step or {}).get("module", ""),
                         },
                     )
-            if state == "dispatching" and targets is not None:
+            if state == TaskState.DISPATCHING and targets is not None:
                 conn.execute(delete(TASK_TARGETS).where(TASK_TARGETS.c.task_id == task.id))
                 conn.execute(insert(TASK_TARGETS), pending_targets(task.id, targets, now))
                 record_event(
@@ -530,7 +531,7 @@ class Pipeline:
                     task_id=task.id,
                     details={"step": index, "module": name},
                 )
-        return "processing"
+        return TaskState.PROCESSING
 
     def _fail(
         self, task: _Task, index: int, reason: str, owner: str | None, step_back: bool = False
@@ -544,7 +545,7 @@ class Pipeline:
                 update(TASKS)
                 .where(self._mine(task.id, owner))
                 .values(
-                    state="error",
+                    state=TaskState.ERROR,
                     step=min(task.step, index) if step_back else task.step,
                     error=f"step {index + 1} ({name}): {reason}",
                     updated_at=datetime.now(UTC),
@@ -560,7 +561,7 @@ class Pipeline:
                 task_id=task.id,
                 details={"step": index, "module": name, "log_tail": tail},
             )
-        return "error"
+        return TaskState.ERROR
 
 
 def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseException) -> str:
@@ -579,7 +580,7 @@ def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseExcept
                 update(TASKS)
                 .where(mine)
                 .values(
-                    state="error",
+                    state=TaskState.ERROR,
                     attempts=attempts,
                     error=f"{reason} (see the processor's log)",
                     updated_at=now,
@@ -588,7 +589,7 @@ def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseExcept
                 )
             )
             record_event(conn, "process.error", reason, severity="error", task_id=task_id)
-            return "error"
+            return TaskState.ERROR
         conn.execute(
             update(TASKS)
             .where(mine)
@@ -606,4 +607,4 @@ def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseExcept
             severity="warning",
             task_id=task_id,
         )
-    return "processing"
+    return TaskState.PROCESSING

@@ -13,6 +13,7 @@ from caduceus.core.db.models import ASSOCIATIONS, EVENTS, INSTANCES, SERIES, STU
 from caduceus.core.db.upsert import insert_or_ignore, insert_or_update
 from caduceus.core.dicom.header import Header
 from caduceus.core.events import record_event
+from caduceus.core.states import SeriesState
 
 
 def now() -> datetime:
@@ -124,7 +125,7 @@ def _statements(dialect: str) -> dict[str, Any]:
     at: dict[str, Any] = {
         "first_received_at": bindparam("at"),
         "last_received_at": bindparam("at"),
-        "state": literal("receiving"),
+        "state": literal(SeriesState.RECEIVING.value),
     }
     return {
         "study": insert_or_update(

@@ -30,6 +30,7 @@ from caduceus.core.dicom.series_tags import UnreadableSeries, series_tags, store
 from caduceus.core.events import record_event
 from caduceus.core.logs import log_context, phi
 from caduceus.core.rules import Budget
+from caduceus.core.states import SeriesState
 from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
 from caduceus.router.levels import Level, Opened
@@ -106,7 +107,9 @@ class Router:
         """Set a group that cannot be routed aside, visibly, so it blocks no other group."""
         log.error("%s.error %s: %s", level.name, phi(key) if level.ref is None else key, exc)
         with self.engine.begin() as conn:
-            conn.execute(update(level.table).where(level.key == key).values(state="error"))
+            conn.execute(
+                update(level.table).where(level.key == key).values(state=SeriesState.ERROR)
+            )
             record_event(conn, f"{level.name}.error", str(exc), severity="error", **level.refs(key))
 
     def force_complete_study(
@@ -137,7 +140,7 @@ class Router:
             return list(
                 conn.execute(
                     select(level.key.label("key"), level.arrival.label("last"), *more)
-                    .where(level.table.c.state == "receiving")
+                    .where(level.table.c.state == SeriesState.RECEIVING)
                     .order_by(level.arrival)
                     .limit(BATCH)
                 ).all()
@@ -160,7 +163,7 @@ class Router:
             if not claim_group(conn, f"{level.name}:{key}"):
                 return  # another router is completing it
             row = conn.execute(select(level.table).where(level.key == key)).one()
-            if row.state != "receiving":
+            if row.state != SeriesState.RECEIVING:
                 return
             opened = Opened(
                 level=level,
@@ -356,7 +359,7 @@ class Router:
             series_id=series.id,
             study_id=study.id,
         )
-        state = "complete"
+        state = SeriesState.COMPLETE
         if not instances:
             record_event(conn, "series.complete", "no new instances", series_id=series.id)
         else:
@@ -364,7 +367,7 @@ class Router:
             try:
                 tags = stored_tags(self.root, instances[-1][1])
             except UnreadableSeries as exc:
-                state = "error"
+                state = SeriesState.ERROR
                 record_event(
                     conn,
                     "series.error",
@@ -457,7 +460,7 @@ class Router:
                     SERIES.c.study_id == study_id
                 )
             ).all()
-        if any(r.state == "receiving" for r in rows):
+        if any(r.state == SeriesState.RECEIVING for r in rows):
             return False
         descriptions = [r.series_description for r in rows]
         return all(
@@ -513,7 +516,7 @@ class Router:
             study_id=study.id,
             details={"generation": opened.generation, "instances": len(instances)},
         )
-        if not opened.close("complete", study.last_received_at):
+        if not opened.close(SeriesState.COMPLETE, study.last_received_at):
             return False
         if study.patient_id:
             conn.execute(
@@ -522,7 +525,7 @@ class Router:
                     PATIENT_GROUPS,
                     {
                         "patient_id": study.patient_id,
-                        "state": "receiving",
+                        "state": SeriesState.RECEIVING,
                         "last_activity": opened.now,
                         "generation": 0,
                     },
@@ -582,7 +585,9 @@ class Router:
         conn, config, patient_id = opened.conn, opened.config, opened.row.patient_id
         if conn.execute(
             select(STUDIES.c.id)
-            .where(and_(STUDIES.c.patient_id == patient_id, STUDIES.c.state == "receiving"))
+            .where(
+                and_(STUDIES.c.patient_id == patient_id, STUDIES.c.state == SeriesState.RECEIVING)
+            )
             .limit(1)
         ).first():
             return False
@@ -610,7 +615,7 @@ class Router:
         # without that study's images, nor leave task folders on disk behind it.
         # Nothing to undo if it stays open: no task is made yet, and the events of series
         # whose tags cannot be read are kept.
-        if not opened.close("complete", watermark, undo=False):
+        if not opened.close(SeriesState.COMPLETE, watermark, undo=False):
             return False
         rule_errors(conn, errors, "patient")  # the patient ID is PHI: not in the event
         if instances and matched:

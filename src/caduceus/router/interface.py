@@ -17,6 +17,7 @@ from caduceus.core.config.models import Config, Rule
 from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.dicom.header import Header
 from caduceus.core.rules import Budget
+from caduceus.core.states import SeriesState
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import PassResult, Router
 from caduceus.router.rules import Matches, match
@@ -58,7 +59,7 @@ def _complete(conn: Connection, uid_column: Column[str], uid: str) -> int:
     done = conn.execute(
         update(table)
         .where(uid_column == uid)
-        .values(state="complete", generation=1, completed_at=datetime.now(UTC))
+        .values(state=SeriesState.COMPLETE, generation=1, completed_at=datetime.now(UTC))
         .returning(table.c.id)
     ).scalar_one()
     return int(done)

@@ -26,6 +26,7 @@ from caduceus.core.db.rows import pending_targets
 from caduceus.core.db.upsert import insert_or_ignore
 from caduceus.core.events import record_event
 from caduceus.core.priorities import OFFPEAK, PRIORITY, next_offpeak_start
+from caduceus.core.states import TaskState
 from caduceus.core.storage import DataRoot
 
 TASK_NAMESPACE = uuid.UUID("6f1c1a52-8d0e-4f4b-9b7e-2f0d1c3a9e11")
@@ -176,7 +177,7 @@ def make_task(
         not_before = next_offpeak_start(
             now, config.settings.offpeak_start, config.settings.offpeak_end
         )
-    state = "discarded" if rule.action == "discard" else "queued"
+    state = TaskState.DISCARDED if rule.action == "discard" else TaskState.QUEUED
     created = conn.execute(
         insert_or_ignore(conn.dialect.name, TASKS, "id"),
         {
@@ -206,7 +207,7 @@ def make_task(
         TASK_INSTANCES.insert(),
         [{"task_id": task_id, "instance_id": instance_id} for instance_id, _ in group.instances],
     )
-    if targets and state == "queued":
+    if targets and state == TaskState.QUEUED:
         conn.execute(TASK_TARGETS.insert(), pending_targets(task_id, targets, now))
     record_event(
         conn,

@@ -24,6 +24,7 @@ from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.core.events import record_event
 from caduceus.core.rules import Budget
 from caduceus.core.settings import Settings
+from caduceus.core.states import TaskState
 from caduceus.router.interface import matching_rules
 from caduceus.selftest import dicom, temporary, watch
 from caduceus.selftest.dicom import StageFailed
@@ -175,11 +176,11 @@ class SelfTest:
                 .where(
                     and_(
                         TASKS.c.id == self.task_id,
-                        TASKS.c.state.in_(("queued", "dispatching")),
+                        TASKS.c.state.in_((TaskState.QUEUED, TaskState.DISPATCHING)),
                         or_(TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now),
                     )
                 )
-                .values(state="discarded", updated_at=now, not_before=None)
+                .values(state=TaskState.DISCARDED, updated_at=now, not_before=None)
             ).rowcount
             if changed:
                 record_event(

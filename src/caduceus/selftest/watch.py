@@ -15,6 +15,7 @@ from pydicom import dcmread
 from sqlalchemy import Engine, and_, func, select
 
 from caduceus.core.db.models import INSTANCES, QUEUE_CONTROLS, SERIES, TASK_TARGETS, TASKS
+from caduceus.core.states import SeriesState, TaskState
 from caduceus.selftest.dicom import StageFailed
 
 T = TypeVar("T")
@@ -69,9 +70,9 @@ def routed(engine: Engine, series_uid: str, rule: str, timeout: float) -> str:
         state = conn.execute(
             select(SERIES.c.state).where(SERIES.c.series_uid == series_uid)
         ).scalar()
-    if state == "error":
+    if state == SeriesState.ERROR:
         raise StageFailed("the router could not route the series (see the series' events)")
-    if state == "complete":
+    if state == SeriesState.COMPLETE:
         raise StageFailed(
             f"the router completed the series but made no task for rule {rule} "
             "(was the configuration changed meanwhile?)"
@@ -85,14 +86,14 @@ def dispatched(engine: Engine, task_id: str, target: str, timeout: float) -> str
             task = conn.execute(
                 select(TASKS.c.state, TASKS.c.error).where(TASKS.c.id == task_id)
             ).one()
-        if task.state in ("done", "error", "discarded"):
+        if task.state in (TaskState.DONE, TaskState.ERROR, TaskState.DISCARDED):
             return task.state, task.error or ""
         return None
 
     found = poll(outcome, timeout)
     if found is not None:
         state, error = found
-        if state == "done":
+        if state == TaskState.DONE:
             return f"task {task_id} delivered to {target}"
         raise StageFailed(f"task {task_id} ended as {state}" + (f": {error}" if error else ""))
     with engine.connect() as conn:

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from caduceus.core.states import SeriesState, TargetState
+
 # Named constraints make migrations portable between SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -36,6 +38,8 @@ UID = Text
 AET = Text
 # SQLite's INTEGER PRIMARY KEY is 64-bit already; PostgreSQL needs BIGINT for big installations.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Plain text, not the enum member: server defaults are rendered into migrations as written.
+RECEIVING = SeriesState.RECEIVING.value
 
 
 class Base(DeclarativeBase):
@@ -79,7 +83,7 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(Text, default="")
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    state: Mapped[str] = mapped_column(String(16), default="receiving", server_default="receiving")
+    state: Mapped[str] = mapped_column(String(16), default=RECEIVING, server_default=RECEIVING)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -108,10 +112,11 @@ class Series(Base):
     folder: Mapped[str] = mapped_column(String(80))
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # "receiving" while instances arrive (the receiver sets it with every instance), then
-    # "complete" once the router has handled it; `generation` counts the times it was completed,
-    # so instances that arrive after completion form a new, visible group.
-    state: Mapped[str] = mapped_column(String(16), default="receiving", server_default="receiving")
+    # A SeriesState (core/states.py): "receiving" while instances arrive (the receiver sets it
+    # with every instance), then "complete" once the router has handled it; `generation` counts
+    # the times it was completed, so instances that arrive after completion form a new, visible
+    # group.
+    state: Mapped[str] = mapped_column(String(16), default=RECEIVING, server_default=RECEIVING)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The cleaner removed the received files of the instances that arrived up to this moment.
@@ -143,7 +148,7 @@ class Task(Base):
     rule: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(String(16))
     level: Mapped[str] = mapped_column(String(8))  # series, study, patient
-    # queued, processing, dispatching, done, error, discarded
+    # A TaskState (core/states.py, with the moves allowed between them)
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer)  # 0 urgent, 1 normal, 2 offpeak
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -188,7 +193,8 @@ class TaskTarget(Base):
         ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
     )
     target: Mapped[str] = mapped_column(Text, primary_key=True)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, error
+    # A TargetState (core/states.py)
+    state: Mapped[str] = mapped_column(String(16), default=TargetState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -227,7 +233,7 @@ class PatientGroup(Base):
     __tablename__ = "patient_groups"
 
     patient_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    state: Mapped[str] = mapped_column(String(16), default="receiving")
+    state: Mapped[str] = mapped_column(String(16), default=RECEIVING)
     last_activity: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     generation: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -20,6 +20,7 @@ from caduceus.core.db.models import SERIES, STUDIES
 from caduceus.core.events import record_event
 from caduceus.core.ids import RowId
 from caduceus.core.rules import Budget
+from caduceus.core.states import SeriesState
 from caduceus.core.storage import DataRoot
 from caduceus.router.interface import NoSpace
 from caduceus.router.interface import force_complete as force_complete_now
@@ -103,7 +104,7 @@ def _force_complete(
         state = conn.execute(select(table.c.state).where(table.c.id == key)).scalar()
     if state is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {level}")
-    if state != "receiving":
+    if state != SeriesState.RECEIVING:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the {level} is {state}, not receiving")
     settings = request.app.state.settings
     config = store.current_or_default(engine)

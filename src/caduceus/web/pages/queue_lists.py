@@ -21,6 +21,7 @@ from caduceus.bookkeeper.search import (
     search_studies,
     search_tasks,
 )
+from caduceus.core.states import SeriesState
 
 PAGE_SIZE = 50
 
@@ -101,7 +102,7 @@ def load(engine: Engine, query: QueueQuery, size: int = PAGE_SIZE) -> Listing:
     """The rows of one page; ValueError for a position that is no position."""
     # One row more than shown tells whether an older page exists, without counting.
     more = size + 1
-    waiting = "receiving" if query.tab == "waiting" else ""
+    waiting = SeriesState.RECEIVING if query.tab == "waiting" else ""
     if query.kind == "tasks":
         where = TaskFilter(
             view="" if query.tab == "all" else query.tab,
