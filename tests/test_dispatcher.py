@@ -341,7 +341,7 @@ def test_a_live_dispatcher_renews_its_lease_and_a_lost_lease_is_not_written(
 ) -> None:
     import time
 
-    from caduceus.dispatcher.queue import keep_lease, renew
+    from caduceus.core.work_queue import keep_lease, renew
 
     send(receiver, tmp_path / "ct", count=1, modality="CT")
     cfg = config(storescp.port)

@@ -31,13 +31,7 @@ READ_SIDE = f"{ROOT}.bookkeeper"
 
 # Edges allowed until the change that removes them lands; delete each with it. An exception
 # that is no longer needed fails test_exceptions_are_still_needed, so the list only shrinks.
-EXCEPTIONS: set[tuple[str, str]] = {
-    # The queues' states move into core (issue 15, point 2): removed by i15-queue.
-    ("caduceus.bookkeeper.metrics", "caduceus.dispatcher.queue"),
-    ("caduceus.bookkeeper.metrics", "caduceus.processor.service"),
-    ("caduceus.bookkeeper.overview", "caduceus.dispatcher.queue"),
-    ("caduceus.bookkeeper.overview", "caduceus.processor.service"),
-}
+EXCEPTIONS: set[tuple[str, str]] = set()
 
 Edges = dict[tuple[str, str], str]  # (importer, imported) -> where: "path:line"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from caduceus.core.db_contact import Contact
 from caduceus.core.heartbeat import Heartbeat
 from caduceus.core.lease_owners import _kernel, _start_ticks, dead_owners, this_process
 from caduceus.core.work_queue import claim
+from tests.support.queue import add_task
 
 SILENT = timedelta(seconds=60)
 MINE = TASKS.c.state == "queued"
@@ -122,32 +122,6 @@ def test_a_holder_on_another_host_is_judged_by_its_heartbeat_only(web_engine: En
 def test_other_forms_of_owner_are_left_to_their_lease(web_engine: Engine) -> None:
     gone = a_pid_that_is_gone()
     assert dead(web_engine, "test", f"{socket.gethostname()}:{gone}", "a:b:c") == []
-
-
-def add_task(engine: Engine, owner: str) -> str:
-    task_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(TASKS).values(
-                id=task_id,
-                group_key=task_id,
-                created_at=now,
-                updated_at=now,
-                rule="r",
-                action="route",
-                level="series",
-                state="queued",
-                priority=1,
-                lease_owner=owner,
-                lease_expires=now + timedelta(minutes=10),
-                folder=f"tasks/{task_id}",
-                targets=[],
-                modules=[],
-                info={},
-            )
-        )
-    return task_id
 
 
 def test_claim_takes_over_a_dead_holders_task_at_once_and_a_live_ones_never(

@@ -591,9 +591,8 @@ def test_results_that_cannot_be_stored_fail_the_step(
 def test_unexpected_failures_end_in_error_instead_of_a_loop(
     receiver: Caduceus, tmp_path: Path
 ) -> None:
-    from caduceus.core.work_queue import claim
+    from caduceus.core.work_queue import PROCESSABLE, claim
     from caduceus.processor.pipeline import give_up_or_retry
-    from caduceus.processor.service import PROCESSABLE
 
     _, task_id = setup(receiver, tmp_path, {"m": {"command": ["/bin/true"], "sandbox": False}})
     engine = receiver.engine()

@@ -26,9 +26,8 @@ from caduceus.core.db.models import (
     TASKS,
 )
 from caduceus.core.storage import DataRoot
-from caduceus.core.work_queue import claim
+from caduceus.core.work_queue import PROCESSABLE, claim
 from caduceus.dispatcher.queue import claim as dispatcher_claim
-from caduceus.processor.service import PROCESSABLE
 from tests.support.browser import shot
 from tests.support.processes import Caduceus
 from tests.support.web import PASSWORD, add_user, as_role, web_client

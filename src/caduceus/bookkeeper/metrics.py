@@ -54,8 +54,7 @@ from caduceus.core.db.models import (
 )
 from caduceus.core.states import TargetState
 from caduceus.core.storage import DataRoot, used_percent
-from caduceus.dispatcher.queue import DISPATCHABLE
-from caduceus.processor.service import PROCESSABLE
+from caduceus.core.work_queue import DISPATCHABLE, PROCESSABLE
 
 log = logging.getLogger("caduceus.metrics")
 

@@ -15,8 +15,7 @@ from caduceus.core.config.models import Settings as ConfigSettings
 from caduceus.core.db.models import EVENTS, QUEUE_CONTROLS, TASKS
 from caduceus.core.states import TaskState
 from caduceus.core.storage import used_percent
-from caduceus.dispatcher.queue import DISPATCHABLE
-from caduceus.processor.service import PROCESSABLE
+from caduceus.core.work_queue import DISPATCHABLE, PROCESSABLE
 
 TASK_STATES: tuple[str, ...] = tuple(TaskState)
 ERROR_WINDOW = timedelta(hours=24)

@@ -16,10 +16,10 @@ from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import DELIVERIES, TASK_INSTANCES, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
-from caduceus.core.lease_guard import still_mine
 from caduceus.core.lifecycle import any_set
 from caduceus.core.states import TargetState, TaskState
 from caduceus.core.storage import DataRoot
+from caduceus.core.work_queue import held_by, still_mine
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 
 log = logging.getLogger("caduceus.dispatcher")
@@ -274,12 +274,9 @@ def _settle(engine: Engine, task_id: str, now: datetime, owner: str | None = Non
             error = "; ".join(
                 f"{r.target}: {r.last_error}" for r in rows if r.state == TargetState.ERROR
             )
-        mine = TASKS.c.id == task_id
-        if owner is not None:
-            mine = and_(mine, TASKS.c.lease_owner == owner)
         conn.execute(
             update(TASKS)
-            .where(mine)
+            .where(held_by(task_id, owner))
             .values(
                 state=state,
                 not_before=not_before,

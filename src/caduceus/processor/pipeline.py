@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from caduceus.core.config.models import Config, Module
 from caduceus.core.db.models import TASK_TARGETS, TASKS
@@ -41,6 +41,7 @@ from caduceus.core.events import record_event
 from caduceus.core.lifecycle import any_set
 from caduceus.core.states import TaskState
 from caduceus.core.storage import DataRoot
+from caduceus.core.work_queue import held_by
 from caduceus.processor.runners.base import ModuleRun, Runner, RunnerError
 
 log = logging.getLogger("caduceus.processor")
@@ -497,8 +498,7 @@ class Pipeline:
 
     def _mine(self, task_id: str, owner: str | None) -> Any:
         # A processor that lost its lease must not overwrite what the new holder writes.
-        mine = TASKS.c.id == task_id
-        return and_(mine, TASKS.c.lease_owner == owner) if owner is not None else mine
+        return held_by(task_id, owner)
 
     def _set(self, task_id: str, owner: str | None, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -573,7 +573,7 @@ def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseExcept
             select(TASKS.c.attempts).where(TASKS.c.id == task_id)
         ).scalar_one_or_none()
         attempts = (attempts or 0) + 1
-        mine = and_(TASKS.c.id == task_id, TASKS.c.lease_owner == owner)
+        mine = held_by(task_id, owner)
         reason = f"internal error in the processor: {type(error).__name__}"
         if attempts >= MAX_UNEXPECTED:
             conn.execute(

@@ -11,26 +11,29 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import and_
+from sqlalchemy import Engine
 
 from caduceus.core.config import store
 from caduceus.core.database import open_database
-from caduceus.core.db.models import TASKS
 from caduceus.core.lease_owners import this_process
 from caduceus.core.lifecycle import stop_on_signals
-from caduceus.core.logs import log_context
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
-from caduceus.core.work_queue import claim, keep_lease, release, suspended
+from caduceus.core.work_queue import PROCESS, Job, Worker, release
 from caduceus.processor.pipeline import Pipeline, give_up_or_retry
 from caduceus.processor.runners import RunnerError, runner_factory
 
 log = logging.getLogger("caduceus.processor")
-IDLE_WAIT = 0.5
 
-PROCESSABLE = and_(
-    TASKS.c.action.in_(("process", "both")), TASKS.c.state.in_(("queued", "processing"))
-)
+
+def _record_failure(engine: Engine, task_id: str, owner: str, error: Exception) -> None:
+    """Retry the task a little later, or put it in error after repeated failures; if even
+    that cannot be written, release it for the next processor."""
+    try:
+        give_up_or_retry(engine, task_id, owner, error)
+    except Exception:
+        log.exception("task %s: cannot record the failure", task_id)
+        release(engine, task_id, owner)
 
 
 def serve(settings: Settings) -> None:
@@ -49,37 +52,23 @@ def serve(settings: Settings) -> None:
     owner = this_process()
     silent = timedelta(seconds=settings.lease_owner_silent_seconds)
 
+    def run(job: Job) -> str:
+        config = store.current_or_default(engine)
+        return pipeline.run(config, job.task_id, owner=job.owner, lost=job.lost, stop=stopping)
+
     def work(number: int) -> None:
-        me = f"{owner}:{number}"
-        while not stopping.is_set():
-            try:
-                task_id = (
-                    None
-                    if "process" in suspended(engine)
-                    else claim(engine, me, PROCESSABLE, lease=lease, silent_after=silent)
-                )
-                if task_id is None:
-                    stopping.wait(IDLE_WAIT)
-                    continue
-                with log_context(task=task_id):
-                    try:
-                        with keep_lease(engine, task_id, me, lease) as lost:
-                            config = store.current_or_default(engine)
-                            state = pipeline.run(
-                                config, task_id, owner=me, lost=lost, stop=stopping
-                            )
-                        log.info("task %s: %s", task_id, state)
-                    except Exception as exc:
-                        log.exception("task %s failed in the processor", task_id)
-                        try:
-                            give_up_or_retry(engine, task_id, me, exc)
-                        except Exception:
-                            log.exception("task %s: cannot record the failure", task_id)
-                            release(engine, task_id, me)
-                        stopping.wait(IDLE_WAIT)
-            except Exception:
-                log.exception("processor loop failed; retrying")
-                stopping.wait(IDLE_WAIT * 4)
+        Worker(
+            engine,
+            PROCESS,
+            f"{owner}:{number}",
+            run,
+            stopping,
+            log,
+            service="processor",
+            lease=lease,
+            silent_after=silent,
+            on_failure=_record_failure,
+        ).run()
 
     log.info("processor %s started with %d worker(s)", owner, settings.processor_parallel)
     workers = [

@@ -1,4 +1,4 @@
-"""Claiming tasks from the shared queue with a lease, so that several workers never collide.
+"""Claiming a task from the shared queue with a lease, keeping the lease, and releasing it.
 
 A claim is one guarded UPDATE: it succeeds only if nobody holds a live lease on the task. A
 worker renews its lease while it works; one that dies stops renewing, its lease expires, and
@@ -17,49 +17,16 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, Engine, and_, not_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
+from caduceus.core.db.models import TASKS
 from caduceus.core.db_contact import DATABASE, Contact
 from caduceus.core.lease_owners import dead_owners
+from caduceus.core.work_queue.guard import held_by, leased_to
 
 log = logging.getLogger("caduceus.queue")
 
 LEASE = timedelta(minutes=10)
 # A holder on another host whose heartbeat is this quiet is taken for dead.
 OWNER_SILENT_AFTER = timedelta(seconds=60)
-
-
-def set_suspended(engine: Engine, name: str, value: bool, author: str) -> None:
-    """Suspend or resume a queue ("dispatch", "dispatch:<target>", "process"), as an event."""
-    from caduceus.core.db.upsert import insert_or_update
-    from caduceus.core.events import record_event
-
-    with engine.begin() as conn:
-        conn.execute(
-            insert_or_update(
-                conn.dialect.name,
-                QUEUE_CONTROLS,
-                {
-                    "name": name,
-                    "suspended": value,
-                    "changed_at": datetime.now(UTC),
-                    "changed_by": author,
-                },
-                "name",
-                ["suspended", "changed_at", "changed_by"],
-                returning=None,
-            )
-        )
-        record_event(conn, "queue.suspended" if value else "queue.resumed", f"{name} by {author}")
-
-
-def suspended(engine: Engine) -> set[str]:
-    """Names of suspended queues ("dispatch", "dispatch:<target>", "process", ...)."""
-    with engine.connect() as conn:
-        return set(
-            conn.execute(
-                select(QUEUE_CONTROLS.c.name).where(QUEUE_CONTROLS.c.suspended.is_(True))
-            ).scalars()
-        )
 
 
 def claim(
@@ -96,9 +63,7 @@ def _claim(
     # A worker claims only when it holds nothing, so a task still leased to its own name was
     # left behind when a database error also kept it from being released: take it again now,
     # not when that lease runs out.
-    free = or_(
-        TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now, TASKS.c.lease_owner == owner
-    )
+    free = or_(TASKS.c.lease_expires.is_(None), TASKS.c.lease_expires < now, leased_to(owner))
     due = or_(TASKS.c.not_before.is_(None), TASKS.c.not_before <= now)
     with engine.begin() as conn:
         held = (
@@ -151,9 +116,7 @@ def renew(
     with engine.begin() as conn:
         return bool(
             conn.execute(
-                update(TASKS)
-                .where(and_(TASKS.c.id == task_id, TASKS.c.lease_owner == owner))
-                .values(lease_expires=now + lease)
+                update(TASKS).where(held_by(task_id, owner)).values(lease_expires=now + lease)
             ).rowcount
         )
 
@@ -187,9 +150,10 @@ def keep_lease(
 
 
 def release(engine: Engine, task_id: str, owner: str) -> None:
+    """Give the task back to the queue at once (if the lease is still ours)."""
     with engine.begin() as conn:
         conn.execute(
             update(TASKS)
-            .where(and_(TASKS.c.id == task_id, TASKS.c.lease_owner == owner))
+            .where(held_by(task_id, owner))
             .values(lease_owner=None, lease_expires=None)
         )
