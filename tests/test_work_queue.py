@@ -12,10 +12,13 @@ from sqlalchemy import Engine, select, update
 
 from caduceus.core.clock import as_utc
 from caduceus.core.db.models import TASKS
+from caduceus.core.settings import Settings
 from caduceus.core.states import TaskState
 from caduceus.core.work_queue import (
     DISPATCH,
     DISPATCHABLE,
+    LEASE,
+    OWNER_SILENT_AFTER,
     PROCESS,
     PROCESSABLE,
     Job,
@@ -28,9 +31,8 @@ from caduceus.core.work_queue import (
     set_suspended,
     still_mine,
 )
+from caduceus.core.work_queue.worker import IDLE_WAIT
 from tests.support.queue import add_task
-
-LEASE = timedelta(minutes=10)
 
 
 def lease_of(engine: Engine, task_id: str) -> tuple[str | None, datetime | None]:
@@ -234,3 +236,11 @@ def test_the_loop_survives_its_own_failures_and_stops_when_asked(
         w.run()
     assert calls == 3
     assert caplog.text.count("tester loop failed; retrying") == 3
+
+
+def test_the_queue_defaults_are_the_settings_defaults() -> None:
+    fields = Settings.model_fields
+    assert fields["queue_idle_wait_seconds"].default == IDLE_WAIT
+    assert LEASE.total_seconds() == fields["dispatcher_lease_seconds"].default
+    assert LEASE.total_seconds() == fields["processor_lease_seconds"].default
+    assert OWNER_SILENT_AFTER.total_seconds() == fields["lease_owner_silent_seconds"].default

@@ -35,6 +35,7 @@ from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
 from caduceus.cleaner.history import prune_history
 from caduceus.cleaner.quarantine import clean_quarantine
+from caduceus.cleaner.tuning import BATCH, PRESSURE_RESERVES, RELIEF_RESERVES
 from caduceus.core.clock import as_utc
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import (
@@ -55,11 +56,6 @@ log = logging.getLogger("caduceus.cleaner")
 FINISHED = FINISHED_TASKS
 # Finished with nothing left to deliver: what disk pressure may remove.
 DELIVERED = (TaskState.DONE, TaskState.DISCARDED)
-BATCH = 200
-# Disk pressure starts below this many receiver reserves of free space, before the receiver
-# refuses, and ends at RELIEF_RESERVES, so that receiving resumes with room to spare.
-PRESSURE_RESERVES = 2
-RELIEF_RESERVES = 3
 
 
 @dataclass

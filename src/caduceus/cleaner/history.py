@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Column, Engine, Table, and_, delete, exists, select
 
+from caduceus.cleaner.tuning import HISTORY_BATCH
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import (
     ASSOCIATIONS,
@@ -30,8 +31,6 @@ from caduceus.core.db.models import (
 )
 from caduceus.core.events import record_event
 from caduceus.core.states import FINISHED_TASKS, SeriesState
-
-BATCH = 5000
 
 
 @dataclass
@@ -78,14 +77,14 @@ def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
         EVENTS,
         EVENTS.c.id,
         and_(EVENTS.c.at < cutoff, ~unfinished_task, ~awaited),
-        BATCH,
+        HISTORY_BATCH,
     )
     pruned.counts["notifications"] = _prune(
         engine,
         NOTIFICATIONS,
         NOTIFICATIONS.c.id,
         and_(NOTIFICATIONS.c.created_at < cutoff, NOTIFICATIONS.c.state != "pending"),
-        BATCH,
+        HISTORY_BATCH,
     )
     # Finished tasks whose files the cleaner removed: their rows, targets and deliveries.
     pruned.counts["tasks"] = _prune(
@@ -97,7 +96,7 @@ def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
             TASKS.c.cleaned_at.is_not(None),
             TASKS.c.updated_at < cutoff,
         ),
-        BATCH,
+        HISTORY_BATCH,
     )
     # Received series whose files are gone and that no task refers to any more; their
     # instances go with them. Few per pass: a series may have thousands of instances.
@@ -144,7 +143,7 @@ def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
             STUDIES.c.last_received_at < cutoff,
             ~exists().where(SERIES.c.study_id == STUDIES.c.id),
         ),
-        BATCH,
+        HISTORY_BATCH,
     )
     pruned.counts["associations"] = _prune(
         engine,
@@ -154,7 +153,7 @@ def prune_history(engine: Engine, config: Config, now: datetime) -> Pruned:
             ASSOCIATIONS.c.started_at < cutoff,
             ~exists().where(INSTANCES.c.association_id == ASSOCIATIONS.c.id),
         ),
-        BATCH,
+        HISTORY_BATCH,
     )
     with engine.begin() as conn:
         conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.expires_at < now))

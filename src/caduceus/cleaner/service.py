@@ -1,4 +1,5 @@
-"""The cleaner service: a pass every few seconds, so the disk's high-water mark is noticed early."""
+"""The cleaner service: a pass every few seconds (cleaner_interval_seconds), so the disk's
+high-water mark is noticed early."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 
 log = logging.getLogger("caduceus.cleaner")
-INTERVAL = 10.0
 
 
 def serve(settings: Settings) -> None:
@@ -40,6 +40,6 @@ def serve(settings: Settings) -> None:
                 )
         except Exception:
             log.exception("cleaner pass failed; retrying")
-        stopping.wait(INTERVAL)
+        stopping.wait(settings.cleaner_interval_seconds)
     engine.dispose()
     log.info("cleaner stopped")

@@ -145,6 +145,14 @@ class Settings(BaseSettings):
         "where module programs and their interpreters live, e.g. /opt/modules.",
     )
     processor_lease_seconds: int = Field(default=600, ge=2)
+    queue_idle_wait_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="How long an idle dispatcher or processor worker waits before it asks the "
+        "queue again: how soon a new task is taken up, against a few queries a second per "
+        "worker on the database.",
+    )
     processor_runner: Literal["container", "kubernetes"] = Field(
         default="container",
         description="Where modules with an image run: the container engine, or a Kubernetes "
@@ -256,6 +264,20 @@ class Settings(BaseSettings):
         "has been silent this long (on the database's clock) is taken over at once, not after "
         "its lease, by a worker that has itself reached the database this long without a "
         "break. One on this host is taken over as soon as its process is gone.",
+    )
+    cleaner_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between the cleaner's passes: how soon a full disk is noticed and "
+        "an expired folder removed.",
+    )
+    notifier_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="Seconds between the notifier's passes: how soon an event becomes a "
+        "notification and a due one is sent.",
     )
     supervisor_start_grace_seconds: float = Field(
         default=10.0,

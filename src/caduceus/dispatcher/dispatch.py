@@ -21,10 +21,9 @@ from caduceus.core.states import TargetState, TaskState
 from caduceus.core.storage import DataRoot
 from caduceus.core.work_queue import held_by, still_mine
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
+from caduceus.dispatcher.tuning import MAX_BACKOFF
 
 log = logging.getLogger("caduceus.dispatcher")
-
-MAX_BACKOFF = timedelta(hours=6)
 
 
 def backoff(attempt: int, base_seconds: int) -> timedelta:

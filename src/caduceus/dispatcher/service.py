@@ -48,5 +48,6 @@ def serve(settings: Settings) -> None:
         service="dispatcher",
         lease=timedelta(seconds=settings.dispatcher_lease_seconds),
         silent_after=timedelta(seconds=settings.lease_owner_silent_seconds),
+        idle_wait=settings.queue_idle_wait_seconds,
     ).run()
     engine.dispose()

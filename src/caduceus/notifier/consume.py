@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, select, update
@@ -40,15 +40,11 @@ from caduceus.core.db.engine import writer
 from caduceus.core.db.models import CURSORS, EVENTS, NOTIFICATIONS, TASK_TARGETS, TASKS
 from caduceus.core.events import record_event
 from caduceus.core.states import TargetState, TaskState
+from caduceus.notifier.tuning import EVENT_BATCH, FIRST_LOOKBACK, GAP_GRACE
 
 log = logging.getLogger("caduceus.notifier")
 
 CURSOR = "notifier"
-BATCH = 500
-GAP_GRACE = timedelta(seconds=30)
-# A first start reads the last hour only: a new notifier on an old installation must not mail
-# about its whole history.
-FIRST_LOOKBACK = timedelta(hours=1)
 
 RECEPTION_KINDS = frozenset({"task.created"})
 COMPLETION_KINDS = frozenset({"dispatch.done", "process.done", "task.done"})
@@ -73,7 +69,7 @@ def channels(notification: Notification) -> list[str]:
 
 
 def consume(
-    engine: Engine, config: Config, now: datetime | None = None, batch: int = BATCH
+    engine: Engine, config: Config, now: datetime | None = None, batch: int = EVENT_BATCH
 ) -> Consumed:
     """Read one batch of events; make their notifications and move the cursor, atomically."""
     now = now or datetime.now(UTC)

@@ -28,14 +28,10 @@ from caduceus.core.db.models import NOTIFICATIONS
 from caduceus.core.events import record_event
 from caduceus.notifier import render, send
 from caduceus.notifier.context import Gone, template_context
+from caduceus.notifier.tuning import CLAIM, DELIVERY_BATCH, FIRST_DELAY, MAX_ATTEMPTS, MAX_DELAY
 
 log = logging.getLogger("caduceus.notifier")
 
-MAX_ATTEMPTS = 8
-FIRST_DELAY = timedelta(seconds=10)
-MAX_DELAY = timedelta(hours=1)
-CLAIM = timedelta(minutes=5)
-BATCH = 20
 MAX_ERROR = 2000
 
 
@@ -62,7 +58,7 @@ def deliver_due(
     config: Config,
     now: datetime | None = None,
     *,
-    limit: int = BATCH,
+    limit: int = DELIVERY_BATCH,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[Outcome]:
     """Attempt up to `limit` due notifications; return what became of each."""

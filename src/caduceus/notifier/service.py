@@ -1,4 +1,5 @@
-"""The notifier service: every second, new events become notifications and due ones are sent."""
+"""The notifier service: every second (notifier_interval_seconds), new events become
+notifications and due ones are sent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from caduceus.notifier.consume import consume
 from caduceus.notifier.deliver import deliver_due
 
 log = logging.getLogger("caduceus.notifier")
-INTERVAL = 1.0
 
 
 def serve(settings: Settings) -> None:
@@ -32,6 +32,6 @@ def serve(settings: Settings) -> None:
         except Exception as exc:
             # No traceback: a frame could hold a rendered payload or a webhook URL.
             log.error("notifier pass failed (%s: %s); retrying", type(exc).__name__, exc)
-        stopping.wait(INTERVAL)
+        stopping.wait(settings.notifier_interval_seconds)
     engine.dispose()
     log.info("notifier stopped")

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,13 @@ from caduceus.core.states import TaskState
 from caduceus.core.storage import DataRoot
 from caduceus.core.work_queue import held_by
 from caduceus.processor.runners.base import ModuleRun, Runner, RunnerError
+from caduceus.processor.tuning import LOG_TAIL_LINES, MAX_UNEXPECTED, UNEXPECTED_RETRY_STEP
 
 log = logging.getLogger("caduceus.processor")
 
-LOG_TAIL_LINES = 20
 NOTIFICATION = "__mercure_notification"
 ROUTING = "__mercure_routing"
 MAX_RESULT_BYTES = 1024 * 1024
-MAX_UNEXPECTED = 3
 
 
 def _no_constant(name: str) -> Any:
@@ -595,7 +594,7 @@ def give_up_or_retry(engine: Engine, task_id: str, owner: str, error: BaseExcept
             .where(mine)
             .values(
                 attempts=attempts,
-                not_before=now + timedelta(seconds=30 * attempts),
+                not_before=now + UNEXPECTED_RETRY_STEP * attempts,
                 lease_owner=None,
                 lease_expires=None,
             )

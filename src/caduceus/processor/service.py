@@ -67,6 +67,7 @@ def serve(settings: Settings) -> None:
             service="processor",
             lease=lease,
             silent_after=silent,
+            idle_wait=settings.queue_idle_wait_seconds,
             on_failure=_record_failure,
         ).run()
 

@@ -36,12 +36,9 @@ from caduceus.router.exclusive import claim_group
 from caduceus.router.levels import Level, Opened
 from caduceus.router.rules import match, matches_any
 from caduceus.router.taskmaker import Group, MissingFile, NoSpace, make_task
+from caduceus.router.tuning import BATCH, NO_SPACE_RETRY
 
 log = logging.getLogger("caduceus.router")
-
-BATCH = 200
-# How soon a pass that found the data root full is tried again.
-NO_SPACE_RETRY = timedelta(seconds=5)
 
 
 @dataclass

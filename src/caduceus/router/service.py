@@ -18,11 +18,9 @@ from caduceus.core.rules import Budget
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
+from caduceus.router.tuning import MAX_SLEEP, MIN_SLEEP
 
 log = logging.getLogger("caduceus.router")
-
-MAX_SLEEP = 1.0
-MIN_SLEEP = 0.05
 
 
 def serve(settings: Settings) -> None:

@@ -21,8 +21,9 @@ from caduceus.core.work_queue.controls import suspended
 from caduceus.core.work_queue.lease import LEASE, OWNER_SILENT_AFTER, claim, keep_lease, release
 from caduceus.core.work_queue.predicates import DISPATCHABLE, PROCESSABLE
 
-# Seconds an idle worker waits before it asks the queue again: short, so that a new task is
-# taken up at once, yet the database sees only a couple of cheap queries a second per worker.
+# Seconds an idle worker waits before it asks the queue again; the services pass the setting
+# queue_idle_wait_seconds, whose default this is: short, so that a new task is taken up at
+# once, yet the database sees only a couple of cheap queries a second per worker.
 IDLE_WAIT = 0.5
 # After a failed pass of the loop (the database unreachable, locked), it waits this many idle
 # waits: the failure is logged once every two seconds, not on every try.
