@@ -23,7 +23,8 @@ from caduceus.web import auth
 from caduceus.web.app import OPEN_ROUTES, all_routes, create_app
 from caduceus.web.throttle import LoginThrottle
 from tests.support.processes import Caduceus
-from tests.test_router import router_for, send
+from tests.support.routing import router_for
+from tests.support.sending import send
 
 PASSWORD = "correct horse battery"
 
@@ -317,7 +318,7 @@ def test_configuration_is_validated_and_secrets_stay_masked(
 def test_caduceus_run_serves_the_api(launch: Any) -> None:
     import httpx
 
-    from tests.support.processes import wait_for_port
+    from tests.support.waiting import wait_for_port
 
     instance = launch("run")
     wait_for_port(instance.web_port, timeout=60)

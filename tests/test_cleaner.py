@@ -22,7 +22,9 @@ from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import dispatch, restart
 from caduceus.dispatcher.queue import claim
 from tests.support.processes import Caduceus
-from tests.test_router import events, router_for, send, tasks
+from tests.support.routing import router_for
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 
 DAY = 86400
 

@@ -28,11 +28,13 @@ from sqlalchemy import Engine, func, select
 from caduceus.core.db.models import EVENTS, SERIES, TASK_INSTANCES, TASKS
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.router.completion import PassResult, Router
+from tests.support.clock import later
 from tests.support.cluster import Machine, Network, Service
 from tests.support.cluster import storescu as send_to
 from tests.support.processes import Caduceus, free_port, storescu
+from tests.support.routing import config, router_for
+from tests.support.sending import send
 from tests.support.storescp import StoreSCP, start_storescp
-from tests.test_router import config, later, router_for, send
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

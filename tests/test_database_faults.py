@@ -29,11 +29,13 @@ from sqlalchemy.engine import make_url
 from caduceus.core.db.engine import make_engine, writer
 from caduceus.core.service_names import SERVICES
 from caduceus.web import auth
-from tests.support.processes import Caduceus, free_port, postgres_admin_engine, wait_for_port
+from tests.support.processes import Caduceus, free_port, postgres_admin_engine
+from tests.support.proctree import children
+from tests.support.rows import tasks
+from tests.support.sending import send
 from tests.support.storescp import start_storescp
 from tests.support.tcp_proxy import TcpProxy
-from tests.test_router import send, tasks
-from tests.test_run_and_cli import children
+from tests.support.waiting import wait_for_port
 
 OUTAGE = 6.0  # seconds; longer than the busy timeout and every service loop's pause but one
 COPY = """

@@ -21,10 +21,14 @@ from caduceus.core.db.models import DELIVERIES, TASK_TARGETS, TASKS
 from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import backoff, dispatch, restart
 from caduceus.dispatcher.queue import claim
+from tests.support.clock import later
 from tests.support.dicomfiles import dataset_bytes
+from tests.support.dispatching import run_dispatcher
 from tests.support.processes import Caduceus, free_port
+from tests.support.routing import router_for
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 from tests.support.storescp import StoreSCP, start_storescp
-from tests.test_router import events, later, router_for, send, tasks
 
 
 @pytest.fixture
@@ -50,15 +54,6 @@ def config(port: int, **settings: Any) -> Config:
             "rules": {"ct": {"rule": "@Modality@ == 'CT'", "targets": ["scp"]}},
         }
     )
-
-
-def run_dispatcher(receiver: Caduceus, cfg: Config, now: datetime) -> list[str]:
-    engine = receiver.engine()
-    root = DataRoot(receiver.home)
-    states = []
-    while (task_id := claim(engine, "test", now)) is not None:
-        states.append(dispatch(engine, root, cfg, task_id, set(), now))
-    return states
 
 
 def target_rows(receiver: Caduceus) -> list[dict[str, Any]]:

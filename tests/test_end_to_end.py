@@ -6,8 +6,6 @@ DCMTK's storescu sends; caduceus receives, routes and dispatches; DCMTK's stores
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +15,10 @@ from pydicom import dcmread
 from tests.support.dicomfiles import dataset_bytes
 from tests.support.orthanc import start_orthanc
 from tests.support.processes import Caduceus, free_port
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 from tests.support.storescp import start_storescp
-from tests.test_router import events, send, tasks
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 90) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
+from tests.support.waiting import wait_until
 
 
 def start_run(launch: Any, tmp_path: Path, document: dict[str, Any]) -> Caduceus:

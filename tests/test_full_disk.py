@@ -31,9 +31,11 @@ from tests.conftest import Launch
 from tests.support.deflate import deflated_bomb
 from tests.support.processes import Caduceus, free_port, require, run
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
+from tests.support.routing import router_for
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 from tests.support.storescp import start_storescp
 from tests.support.web import as_role, web_client
-from tests.test_router import events, router_for, send, tasks
 
 MB = 1024 * 1024
 

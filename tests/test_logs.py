@@ -17,8 +17,9 @@ import yaml
 
 from caduceus.core import logs
 from caduceus.core.logs import log_context, make_handler, phi, setup_logging
-from tests.test_end_to_end import wait_until
-from tests.test_router import send, tasks
+from tests.support.rows import tasks
+from tests.support.sending import send
+from tests.support.waiting import wait_until
 
 Attach = Callable[..., io.StringIO]
 log = logging.getLogger("caduceus.test")

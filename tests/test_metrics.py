@@ -25,10 +25,12 @@ from caduceus.core.db.engine import make_engine
 from caduceus.core.db.migrate import upgrade
 from caduceus.core.db.models import EVENTS
 from caduceus.core.storage import DataRoot
+from tests.support.dispatching import run_dispatcher
+from tests.support.pipelines import COUNTED, module, pipeline_for
 from tests.support.processes import Caduceus
-from tests.test_dispatcher import run_dispatcher
-from tests.test_processor import COUNTED, module, pipeline_for
-from tests.test_router import router_for, send, tasks
+from tests.support.routing import router_for
+from tests.support.rows import tasks
+from tests.support.sending import send
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -36,9 +36,12 @@ from caduceus.notifier import consume as consume_module
 from caduceus.notifier.consume import consume
 from caduceus.notifier.deliver import FIRST_DELAY, MAX_ATTEMPTS, Outcome, deliver_due
 from caduceus.notifier.render import TemplateProblem, render_html, render_payload
+from tests.support.clock import later
+from tests.support.dispatching import run_dispatcher
 from tests.support.processes import Caduceus, free_port
-from tests.test_dispatcher import run_dispatcher
-from tests.test_router import events, later, router_for, send, tasks
+from tests.support.routing import router_for
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 
 # -- a webhook receiver and a mail server ------------------------------------------------
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-import textwrap
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +27,12 @@ from caduceus.core.storage import DataRoot
 from caduceus.dispatcher.dispatch import restart
 from caduceus.processor.pipeline import Pipeline
 from caduceus.processor.runners import runner_factory
+from tests.support.pipelines import COUNTED, module, pipeline_for, task_for_modules
 from tests.support.processes import Caduceus
+from tests.support.routing import router_for
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 from tests.support.storescp import start_storescp
-from tests.test_router import events, router_for, send, tasks
 
 TAGGER = """
     import json, os, pathlib
@@ -59,41 +60,11 @@ ROUTER = """
     }))
 """
 
-COUNTED = """
-    import os, pathlib, shutil, sys, time
-    src = pathlib.Path(os.environ["MERCURE_IN_DIR"])
-    dst = pathlib.Path(os.environ["MERCURE_OUT_DIR"])
-    with open(os.environ["COUNTER"], "a") as fh:
-        fh.write(f"start {time.time()}\\n")
-    time.sleep(float(os.environ.get("SLEEP", "0")))
-    while pathlib.Path(os.environ.get("HOLD", "/nonexistent")).exists():
-        time.sleep(0.1)
-    if pathlib.Path(os.environ.get("FAIL_IF", "/nonexistent")).exists():
-        print("the model could not load its weights")
-        sys.exit(3)
-    for path in src.glob("*.dcm"):
-        shutil.copyfile(path, dst / path.name)
-    if os.environ.get("RESULT") is not None:
-        (dst / "result.json").write_text(os.environ["RESULT"])
-    if os.environ.get("RESULT_FILE"):
-        shutil.copyfile(os.environ["RESULT_FILE"], dst / "result.json")
-    with open(os.environ["COUNTER"], "a") as fh:
-        fh.write(f"end {time.time()}\\n")
-"""
-
 
 @pytest.fixture
 def tmp_path(reachable_tmp: Path) -> Path:
     """Every test here hands its modules files by path: see reachable_tmp."""
     return reachable_tmp
-
-
-def module(tmp_path: Path, name: str, source: str, **options: Any) -> dict[str, Any]:
-    script = tmp_path / f"{name}.py"
-    script.write_text(textwrap.dedent(source))
-    # The sandbox is the default, but these modules need this interpreter's packages, which
-    # a fresh sandbox does not see; the sandbox has its own tests (test_runner_local.py).
-    return {"command": [sys.executable, str(script)], "sandbox": False, **options}
 
 
 def test_two_step_pipeline_through_caduceus_run(launch: Any, tmp_path: Path) -> None:
@@ -159,29 +130,6 @@ def test_two_step_pipeline_through_caduceus_run(launch: Any, tmp_path: Path) -> 
 # -- the pipeline in the test, with an explicit clock ------------------------------------
 
 
-def pipeline_for(receiver: Caduceus) -> Pipeline:
-    settings = Settings(home=receiver.home, database_url=receiver.database_url)
-    return Pipeline(receiver.engine(), DataRoot(receiver.home), runner_factory(settings))
-
-
-def setup(
-    receiver: Caduceus, tmp_path: Path, modules: dict[str, Any], **rule: Any
-) -> tuple[Config, str]:
-    send(receiver, tmp_path / "ct", count=3, modality="CT")
-    cfg = Config.model_validate(
-        {
-            "targets": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
-            "modules": modules,
-            "rules": {
-                "ai": {"rule": "True", "action": "process", "modules": list(modules), **rule}
-            },
-        }
-    )
-    router_for(receiver).run_pass(cfg, datetime.now(UTC) + timedelta(seconds=61))
-    [task] = tasks(receiver)
-    return cfg, task["id"]
-
-
 def starts(counter: Path) -> int:
     return sum(1 for line in counter.read_text().splitlines() if line.startswith("start"))
 
@@ -201,7 +149,7 @@ def test_a_failed_step_keeps_everything_and_a_restart_resumes_there(
             environment={"COUNTER": str(second), "FAIL_IF": str(broken)},
         ),
     }
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     pipeline = pipeline_for(receiver)
     assert pipeline.run(cfg, task_id) == "error"
     [task] = tasks(receiver)
@@ -235,7 +183,7 @@ def test_a_module_past_its_time_limit_is_killed_and_the_task_fails(
             timeout_seconds=2,
         )
     }
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
     assert "killed after its time limit of 2 s" in tasks(receiver)[0]["error"]
     assert "end" not in counter.read_text()
@@ -256,14 +204,14 @@ def test_invalid_output_fails_the_task(
             environment={"COUNTER": str(tmp_path / "c"), "RESULT": result},
         )
     }
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
     assert reason in tasks(receiver)[0]["error"]
 
 
 def test_a_missing_command_or_module_is_a_clear_error(receiver: Caduceus, tmp_path: Path) -> None:
     modules = {"ghost": {"command": ["/nonexistent/model-runner"], "sandbox": False}}
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
     assert "not found" in tasks(receiver)[0]["error"]
     gone = cfg.model_copy(update={"modules": {}}, deep=True)
@@ -288,7 +236,7 @@ def test_retained_input_images_are_sent_along_with_the_results(
         ds.save_as(dst / "summary.dcm")
     """
     modules = {"summary": module(tmp_path, "summary", derived)}
-    cfg, task_id = setup(receiver, tmp_path, modules, retain_input_images=True)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules, retain_input_images=True)
     assert pipeline_for(receiver).run(cfg, task_id) == "done"
     [task] = tasks(receiver)
     out = receiver.home / task["folder"] / "out"
@@ -307,7 +255,7 @@ def test_a_module_can_discard_when_the_rule_allows_it(receiver: Caduceus, tmp_pa
             environment={"COUNTER": str(tmp_path / "c"), "RESULT": discard},
         )
     }
-    cfg, task_id = setup(
+    cfg, task_id = task_for_modules(
         receiver,
         tmp_path,
         modules,
@@ -331,7 +279,7 @@ def test_routing_the_rule_does_not_allow_is_ignored(receiver: Caduceus, tmp_path
             environment={"COUNTER": str(tmp_path / "c"), "RESULT": wish},
         )
     }
-    cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules, action="both", targets=["archive"])
     assert pipeline_for(receiver).run(cfg, task_id) == "dispatching"
     with receiver.engine().connect() as conn:
         targets = conn.execute(select(TASK_TARGETS.c.target)).scalars().all()
@@ -351,7 +299,7 @@ def processor_in_module(
     tmp_path/long.count) has started once."""
     counter = tmp_path / "long.count"
     modules = {"long": module(tmp_path, "long", COUNTED, environment=environment)}
-    cfg, _ = setup(receiver, tmp_path, modules)
+    cfg, _ = task_for_modules(receiver, tmp_path, modules)
     (tmp_path / "config.yaml").write_text(
         yaml.safe_dump(cfg.model_dump(mode="json", context={"reveal_secrets": True}))
     )
@@ -431,7 +379,7 @@ def test_a_container_module_in_the_pipeline(receiver: Caduceus, tmp_path: Path) 
     try:
         script = "cp /tmp/data/*.dcm /tmp/output/ && id -u && echo copied in a container"
         modules = {"copy": {"image": podman.image, "environment": {"TEST_SCRIPT": script}}}
-        cfg, task_id = setup(receiver, tmp_path, modules)
+        cfg, task_id = task_for_modules(receiver, tmp_path, modules)
         settings = Settings(
             home=receiver.home,
             database_url=receiver.database_url,
@@ -504,7 +452,7 @@ def test_a_link_left_in_the_output_fails_the_step(receiver: Caduceus, tmp_path: 
         os.symlink({str(secret)!r}, dst / "leak.dcm")
     """
     modules = {"linker": module(tmp_path, "linker", linker)}
-    cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules, action="both", targets=["archive"])
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
     assert "invalid output: leak.dcm is a symbolic link" in tasks(receiver)[0]["error"]
 
@@ -524,7 +472,7 @@ def test_a_failure_after_the_last_module_reruns_it_on_restart(
             tmp_path, "maybe", nothing, environment={"COUNTER": str(counter), "EMPTY": str(empty)}
         )
     }
-    cfg, task_id = setup(receiver, tmp_path, modules, action="both", targets=["archive"])
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules, action="both", targets=["archive"])
     pipeline = pipeline_for(receiver)
     assert pipeline.run(cfg, task_id) == "error"
     assert "produced no DICOM files to send" in tasks(receiver)[0]["error"]
@@ -552,7 +500,7 @@ def test_each_step_gets_its_own_answer_and_any_step_may_ask_for_a_notification(
         ),
         "second": module(tmp_path, "second", copy_all),
     }
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     assert pipeline_for(receiver).run(cfg, task_id) == "done"
     [task] = tasks(receiver)
     log = (receiver.home / task["folder"] / "logs" / "1-second.log").read_text()
@@ -583,7 +531,7 @@ def test_results_that_cannot_be_stored_fail_the_step(
             environment={"COUNTER": str(tmp_path / "c"), "RESULT_FILE": str(answer)},
         )
     }
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     assert pipeline_for(receiver).run(cfg, task_id) == "error"
     assert reason in tasks(receiver)[0]["error"]
 
@@ -594,7 +542,9 @@ def test_unexpected_failures_end_in_error_instead_of_a_loop(
     from caduceus.core.work_queue import PROCESSABLE, claim
     from caduceus.processor.pipeline import give_up_or_retry
 
-    _, task_id = setup(receiver, tmp_path, {"m": {"command": ["/bin/true"], "sandbox": False}})
+    _, task_id = task_for_modules(
+        receiver, tmp_path, {"m": {"command": ["/bin/true"], "sandbox": False}}
+    )
     engine = receiver.engine()
     states = []
     for attempt in range(3):
@@ -623,7 +573,7 @@ def test_a_sandboxed_module_in_the_pipeline(receiver: Caduceus, tmp_path: Path) 
     script.chmod(0o755)
     database = receiver.database_url.removeprefix("sqlite:///")
     modules = {"copy": {"command": [str(script)], "environment": {"CADUCEUS_DB": database}}}
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     assert pipeline_for(receiver).run(cfg, task_id) == "done", tasks(receiver)[0]["error"]
     [task] = tasks(receiver)
     folder = receiver.home / task["folder"]

@@ -18,7 +18,7 @@ from tests.conftest import Launch
 from tests.support.dicomfiles import dataset_bytes, stored_instances
 from tests.support.processes import Caduceus, free_port, require, run, storescu
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
-from tests.test_receiver_bad_input import wait_closed
+from tests.support.rows import wait_closed
 
 
 def echo(receiver: Caduceus, calling: str = "ECHOSCU", called: str = "CADUCEUS") -> str:

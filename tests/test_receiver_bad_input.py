@@ -10,14 +10,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE
-from sqlalchemy import select
 
-from caduceus.core.db.models import ASSOCIATIONS, EVENTS
 from tests.conftest import Launch
 from tests.support.deflate import deflated_bomb, empty_elements_bomb, send_deflated
 from tests.support.dicomfiles import dataset_bytes, stored_instances, transfer_syntax
 from tests.support.processes import Caduceus, require, run
 from tests.support.rawscu import CT_IMAGE_STORAGE, RawSCU, c_store_command, p_data
+from tests.support.rows import events, wait_closed
 
 
 def echo_works(receiver: Caduceus) -> bool:
@@ -30,32 +29,6 @@ def echo_works(receiver: Caduceus) -> bool:
 def temp_files(receiver: Caduceus) -> list[Path]:
     """Partly written files. (The receiver keeps a few empty files ready to write into.)"""
     return [p for p in (receiver.home / "tmp").iterdir() if p.stat().st_size > 0]
-
-
-def events(receiver: Caduceus, kind: str) -> list[dict[str, object]]:
-    with receiver.engine().connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(EVENTS).where(EVENTS.c.kind == kind))]
-
-
-def associations(receiver: Caduceus) -> list[dict[str, object]]:
-    with receiver.engine().connect() as conn:
-        return [
-            dict(r._mapping) for r in conn.execute(select(ASSOCIATIONS).order_by(ASSOCIATIONS.c.id))
-        ]
-
-
-def wait_closed(receiver: Caduceus, count: int = 1) -> list[dict[str, object]]:
-    """Associations are closed in the database just after the socket closes: wait for it."""
-    import time
-
-    deadline = time.monotonic() + 10
-    rows = associations(receiver)
-    while time.monotonic() < deadline:
-        rows = associations(receiver)
-        if len(rows) >= count and all(r["status"] != "open" for r in rows):
-            return rows
-        time.sleep(0.05)
-    return rows
 
 
 def test_garbage_bytes_are_dropped_and_others_still_served(receiver: Caduceus) -> None:

@@ -8,58 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from caduceus.core.config.models import Config
-from caduceus.core.db.models import EVENTS, INSTANCES, SERIES, TASK_INSTANCES, TASKS
-from caduceus.core.dicom.synthetic import SeriesSpec, write_series
-from caduceus.core.storage import DataRoot
+from caduceus.core.db.models import INSTANCES, SERIES, TASK_INSTANCES
 from caduceus.router import completion
-from caduceus.router.completion import Router
-from tests.support.processes import Caduceus, storescu
-
-TARGETS = {
-    "pacs": {"type": "dicom", "host": "127.0.0.1", "port": 104, "called_aet": "PACS"},
-    "archive": {"type": "folder", "path": "/tmp/archive"},
-}
-MODULES = {"ai": {"command": ["true"]}}
-
-
-def config(rules: dict[str, Any], **settings: Any) -> Config:
-    return Config.model_validate(
-        {"settings": settings, "targets": TARGETS, "modules": MODULES, "rules": rules}
-    )
-
-
-def send(receiver: Caduceus, folder: Path, **spec: Any) -> list[Path]:
-    files = write_series(folder, SeriesSpec(**spec))
-    result = storescu(receiver, folder)
-    assert result.returncode == 0, result.stderr
-    return files
-
-
-def router_for(receiver: Caduceus) -> Router:
-    return Router(receiver.engine(), DataRoot(receiver.home))
-
-
-def later(seconds: float) -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=seconds)
-
-
-def tasks(receiver: Caduceus) -> list[dict[str, Any]]:
-    with receiver.engine().connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(TASKS).order_by(TASKS.c.created_at))]
-
-
-def events(receiver: Caduceus, kind: str) -> list[dict[str, Any]]:
-    with receiver.engine().connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(EVENTS).where(EVENTS.c.kind == kind))]
-
+from tests.support.clock import later
+from tests.support.processes import Caduceus
+from tests.support.routing import TARGETS, config, router_for
+from tests.support.rows import events, tasks
+from tests.support.sending import send
 
 CT_TO_PACS = {"ct": {"rule": "@Modality@ == 'CT'", "targets": ["pacs"]}}
 

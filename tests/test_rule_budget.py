@@ -26,9 +26,12 @@ from caduceus.core.storage import DataRoot
 from caduceus.router.completion import Router
 from caduceus.web import auth
 from tests.conftest import Launch
-from tests.support.processes import Caduceus, free_port, storescu, wait_for_port
+from tests.support.clock import later
+from tests.support.processes import Caduceus, free_port, storescu
+from tests.support.routing import TARGETS, config
+from tests.support.rows import tasks
+from tests.support.waiting import wait_for_port
 from tests.support.web import PASSWORD
-from tests.test_router import TARGETS, config, later, tasks
 
 # The pattern: Python's re took 14 s of CPU on these 512 characters, per search.
 SLOW_FOR_RE = "a*.?a*.?.?.?.?.?z"

@@ -16,14 +16,11 @@ from sqlalchemy import inspect
 from caduceus.core.db.engine import make_engine
 from caduceus.core.db.migrate import alembic_config, upgrade
 from tests.support.dicomfiles import stored_instances
-from tests.support.processes import Caduceus, free_port, require, run, wait_for_port
+from tests.support.processes import Caduceus, free_port, require, run
+from tests.support.proctree import children
+from tests.support.waiting import wait_for_port
 
 CADUCEUS = [sys.executable, "-m", "caduceus"]
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def receiver_pid(supervisor_pid: int) -> int:

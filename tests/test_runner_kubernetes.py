@@ -40,9 +40,9 @@ from caduceus.processor.runners.kubernetes import (
     label_value,
 )
 from tests.support.fake_kubernetes import Script, fake_cluster
+from tests.support.pipelines import task_for_modules
 from tests.support.processes import Caduceus
-from tests.test_processor import setup
-from tests.test_router import events, tasks
+from tests.support.rows import events, tasks
 
 TASK = "3f2b8c1e-7d4a-5b6c-8e9f-0a1b2c3d4e5f"
 
@@ -416,7 +416,7 @@ def test_a_task_processed_by_jobs_is_done_or_fails_with_the_modules_log(
     receiver: Caduceus, tmp_path: Path
 ) -> None:
     modules = {"copy": {"image": "registry.example/copy:1"}}
-    cfg, task_id = setup(receiver, tmp_path, modules)
+    cfg, task_id = task_for_modules(receiver, tmp_path, modules)
     with fake_cluster(receiver.home) as (cluster, url):
         runner = _runner(receiver.home, url)
         pipeline = Pipeline(receiver.engine(), DataRoot(receiver.home), lambda module: runner)

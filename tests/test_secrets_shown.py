@@ -15,7 +15,8 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Config, DicomWebTarget, S3Target
 from caduceus.web import auth
 from tests.conftest import Launch
-from tests.support.processes import Caduceus, wait_for_port
+from tests.support.processes import Caduceus
+from tests.support.waiting import wait_for_port
 
 PASSWORD = "correct horse battery"
 APIKEY = "QueryApiKey-44120"

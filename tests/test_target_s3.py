@@ -27,7 +27,8 @@ from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from caduceus.dispatcher.targets.s3 import S3Uploader
 from tests.support.interrupt import after
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for_port
 
 BUCKET = "caduceus-test"
 UNCHECKED_SETUP_REQUESTS = 7  # the calls in the moto fixture before it checks authentication

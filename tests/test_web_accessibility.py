@@ -17,9 +17,9 @@ import pytest
 
 from caduceus.web.app import all_routes
 from tests.support.browser import browser_login
+from tests.support.hostile import hostile_world, page_visits
 from tests.support.processes import Caduceus
 from tests.support.web import add_user, as_role, serve, web_client
-from tests.test_web_security import hostile_world, page_visits
 
 CONTROLS = {"input", "select", "textarea"}
 UNLABELLED_INPUTS = {"hidden", "submit", "button", "reset", "image"}

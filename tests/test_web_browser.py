@@ -18,9 +18,10 @@ import pytest
 
 from tests.conftest import Launch
 from tests.support.browser import assert_no_errors, shot
-from tests.support.processes import Caduceus, free_port, wait_for_port
+from tests.support.processes import Caduceus, free_port
+from tests.support.sending import send
 from tests.support.storescp import start_storescp
-from tests.test_router import send
+from tests.support.waiting import wait_for_port
 
 NEW_PASSWORD = "a much better passphrase"
 

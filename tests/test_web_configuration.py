@@ -15,8 +15,8 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import CONFIG_VERSIONS
 from tests.support.browser import assert_no_errors, browser_login, shot
+from tests.support.mercure_config import MERCURE
 from tests.support.web import add_user, as_role
-from tests.test_config import MERCURE
 
 SECRET = "pacs-password-1234"
 

@@ -28,7 +28,13 @@ from caduceus.web.body_limit import MAX_BODY_BYTES
 from caduceus.web.password_work import Busy, PasswordWork
 from caduceus.web.throttle import LoginThrottle
 from tests.support.browser import browser_login
-from tests.support.processes import Caduceus, wait_for_port
+from tests.support.clock import later
+from tests.support.dispatching import run_dispatcher
+from tests.support.processes import Caduceus
+from tests.support.routing import router_for
+from tests.support.rows import tasks
+from tests.support.sending import send
+from tests.support.waiting import wait_for_port
 from tests.support.web import (
     PASSWORD,
     WebProcess,
@@ -37,8 +43,6 @@ from tests.support.web import (
     client_from,
     web_client,
 )
-from tests.test_dispatcher import run_dispatcher
-from tests.test_router import later, router_for, send, tasks
 
 
 @pytest.mark.parametrize("bad", ["/%09/example.com/", "/%0A/example.com/", "/%5C/example.com/"])

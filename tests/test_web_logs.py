@@ -15,11 +15,11 @@ from caduceus.core import logs
 from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.logs import log_context, make_file_handler
-from tests.support.processes import Caduceus
+from tests.support.processes import Caduceus, launch_patiently
+from tests.support.rows import tasks
+from tests.support.sending import send
+from tests.support.waiting import wait_until
 from tests.support.web import as_role
-from tests.test_end_to_end import wait_until
-from tests.test_router import send, tasks
-from tests.test_web_overview import start
 
 Writer = logging.Logger
 
@@ -130,7 +130,7 @@ def test_a_real_tasks_lines_appear_filtered_by_its_id(
         }
     )
     store.save(web_engine, config, "test")
-    receiver = start(launch, caduceus_factory)
+    receiver = launch_patiently(launch, caduceus_factory)
     launch("router")
     launch("dispatcher")
     send(receiver, tmp_path / "first", count=2, modality="CT")

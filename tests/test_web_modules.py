@@ -16,9 +16,8 @@ from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, TASK_INSTANCES, TASKS
 from tests.conftest import Launch
-from tests.support.browser import shot
+from tests.support.browser import browser_login, shot
 from tests.support.web import add_user, as_role, log_in
-from tests.test_web_targets import sign_in
 
 ECHO = """
     import json, os, pathlib, shutil
@@ -174,7 +173,7 @@ def test_modules_in_a_browser(
     served: str, web: TestClient, web_engine: Engine, page: Any, tmp_path: Path
 ) -> None:
     add_user(web_engine, "admin-user", "admin")
-    sign_in(page, served, "/modules/new")
+    browser_login(page, served, "admin-user", "/modules/new")
     page.fill("#field-name", "echo")
     page.fill("#field-command", f"{sys.executable}\n{tmp_path / 'echo.py'}")
     settings = page.locator("#field-settings")

@@ -34,21 +34,9 @@ from caduceus.core.heartbeat import Heartbeat, record_restarting
 from caduceus.core.service_names import SERVICES
 from caduceus.core.work_queue import set_suspended
 from caduceus.web.pages.charts import bar_chart, nice_ceiling
-from tests.support.processes import Caduceus, wait_for_port
+from tests.support.processes import Caduceus, launch_patiently
+from tests.support.waiting import wait_until
 from tests.support.web import as_role
-from tests.test_end_to_end import wait_until
-
-
-def start(launch: Any, started: list[Caduceus], command: str = "receiver", **env: str) -> Caduceus:
-    """launch(), with more patience for a busy machine: `caduceus run` imports seven
-    services before its receiver listens."""
-    try:
-        return launch(command, **env)  # type: ignore[no-any-return]
-    except TimeoutError:
-        instance = started[-1]
-        assert instance.process is not None
-        wait_for_port(instance.port, timeout=120, process=instance.process)
-        return instance
 
 
 def processes(client: TestClient) -> list[dict[str, Any]]:
@@ -87,7 +75,7 @@ def test_a_running_receiver_is_running_and_a_stopped_one_stopped(
 ) -> None:
     """One worker: the heartbeat is a thread; several: the forking parent's loop beats."""
     as_role(web, web_engine, "viewer")
-    receiver = start(launch, caduceus_factory, CADUCEUS_RECEIVER_WORKERS=workers)
+    receiver = launch_patiently(launch, caduceus_factory, CADUCEUS_RECEIVER_WORKERS=workers)
     assert receiver.process is not None
     assert wait_until(lambda: [p["state"] for p in of(web, "receiver")] == ["running"], 30)
     [first] = of(web, "receiver")
@@ -143,7 +131,7 @@ def test_run_restarts_a_killed_service_and_counts_the_restart(
     launch: Any, caduceus_factory: list[Caduceus], web: TestClient, web_engine: Engine
 ) -> None:
     as_role(web, web_engine, "viewer")
-    instance = start(launch, caduceus_factory, "run")
+    instance = launch_patiently(launch, caduceus_factory, "run")
 
     def all_running() -> bool:
         found = processes(web)

@@ -19,8 +19,8 @@ from caduceus.core.settings import Settings
 from caduceus.web.app import create_app
 from tests.support.browser import shot
 from tests.support.processes import Caduceus
+from tests.support.sending import send
 from tests.support.web import PASSWORD, add_user, as_role, serve, web_client
-from tests.test_router import send
 
 SETUP = {
     "targets": {

@@ -15,7 +15,6 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -27,18 +26,15 @@ from sqlalchemy import Engine, select
 
 from caduceus.core.config import store
 from caduceus.core.config.models import Config
-from caduceus.core.db.models import API_TOKENS, EVENTS, SERIES, STUDIES, TASKS, USERS, Base
+from caduceus.core.db.models import API_TOKENS, EVENTS, USERS, Base
 from caduceus.core.settings import Settings
-from caduceus.core.storage import DataRoot
-from caduceus.dispatcher.dispatch import dispatch
-from caduceus.dispatcher.queue import claim
 from caduceus.web import auth
 from caduceus.web.app import OPEN_ROUTES, all_routes, create_app
 from tests.support.browser import assert_no_errors, browser_login, shot
+from tests.support.hostile import IMG_SHOWN, SCRIPT, SCRIPT_SHOWN, hostile_world, page_visits
 from tests.support.processes import Caduceus, free_port
+from tests.support.queue_rows import add_series, add_study, add_task
 from tests.support.web import add_user, as_role, log_in, serve, web_client
-from tests.test_router import router_for, send
-from tests.test_web_queue import add_series, add_study, add_task
 
 ROLES = ("viewer", "operator", "admin")
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -92,11 +88,6 @@ LEAST_ROLE: dict[tuple[str, str], str] = {
 }
 # A self-test run waits this long at most for each stage (its least allowed).
 BODIES: dict[tuple[str, str], dict[str, Any]] = {("POST", "/api/selftest"): {"timeout": 5}}
-
-SCRIPT = "<script>alert(1)</script>"
-SCRIPT_SHOWN = "&lt;script&gt;alert(1)&lt;/script&gt;"
-IMG = "<img src=x onerror=alert(2)>"
-IMG_SHOWN = "&lt;img src=x onerror=alert(2)&gt;"
 
 
 def unsafe_routes(app: FastAPI) -> set[tuple[str, str]]:
@@ -236,96 +227,6 @@ def wait_for_selftest(client: TestClient, run_id: str) -> None:
 
 
 # -- 2: values from DICOM escaped on every page -----------------------------------------------
-
-
-@dataclass
-class Hostile:
-    """A received series whose tags hold markup, routed to one target that takes it and one
-    that fails, and configuration whose comments hold markup."""
-
-    engine: Engine
-    ids: dict[str, str]
-
-
-def hostile_world(receiver: Caduceus, tmp_path: Path) -> Hostile:
-    send(
-        receiver,
-        tmp_path / "series",
-        count=2,
-        rows=16,
-        columns=16,
-        patient_name=SCRIPT,
-        patient_id="XSS1",
-        study_description=f"HEAD {IMG}",
-        series_description=f"AXIAL {IMG}",
-    )
-    (tmp_path / "out").mkdir()
-    document: dict[str, Any] = {
-        "settings": {"retry_max": 0},
-        "targets": {
-            "archive": {"type": "folder", "path": str(tmp_path / "out"), "comment": IMG},
-            "broken": {"type": "folder", "path": str(tmp_path / "missing")},
-        },
-        "rules": {
-            "to_archive": {"rule": "True", "targets": ["archive"], "comment": SCRIPT},
-            "to_broken": {"rule": "True", "targets": ["broken"], "comment": "<script>"},
-        },
-    }
-    engine = receiver.engine()
-    store.save(engine, Config.model_validate(document), "tester", SCRIPT)
-    document["modules"] = {"mod": {"command": [sys.executable, "-c", "pass"], "comment": SCRIPT}}
-    config = Config.model_validate(document)
-    version, _ = store.save(engine, config, "tester", IMG)
-    now = datetime.now(UTC) + timedelta(seconds=61)
-    router_for(receiver).run_pass(config, now)
-    root = DataRoot(receiver.home)
-    while (claimed := claim(engine, "test", now)) is not None:
-        dispatch(engine, root, config, claimed, set(), now)
-    with engine.connect() as conn:
-        by_rule = dict(conn.execute(select(TASKS.c.rule, TASKS.c.id)).all())
-        states = dict(conn.execute(select(TASKS.c.rule, TASKS.c.state)).all())
-        series_id = conn.execute(select(SERIES.c.id)).scalar_one()
-        study_id = conn.execute(select(STUDIES.c.id)).scalar_one()
-    assert states == {"to_archive": "done", "to_broken": "error"}
-    return Hostile(
-        engine,
-        {
-            "done": by_rule["to_archive"],
-            "failed": by_rule["to_broken"],
-            "series_id": str(series_id),
-            "study_id": str(study_id),
-            "version": str(version),
-        },
-    )
-
-
-def page_visits(route: str, ids: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
-    """Each page with real ids, and the variants (tabs, filters) that show other data."""
-    by_route: dict[str, list[tuple[str, dict[str, str]]]] = {
-        "/tasks/{task_id}": [(f"/tasks/{ids['done']}", {}), (f"/tasks/{ids['failed']}", {})],
-        "/series/{series_id}": [(f"/series/{ids['series_id']}", {})],
-        "/studies/{study_id}": [(f"/studies/{ids['study_id']}", {})],
-        "/rules/{name}": [("/rules/to_archive", {}), ("/rules/to_broken", {})],
-        "/targets/{name}": [("/targets/archive", {}), ("/targets/broken", {})],
-        "/modules/{name}": [("/modules/mod", {})],
-        "/configuration/versions/{version}": [(f"/configuration/versions/{ids['version']}", {})],
-        "/configuration/diff": [(route, {}), (route, {"from": "1", "to": ids["version"]})],
-        "/logs": [(route, {}), (route, {"task": ids["failed"]})],
-        "/logs/lines": [(route, {}), (route, {"task": ids["failed"]})],
-    }
-    queue = [
-        {"tab": "received"},
-        {"tab": "waiting", "level": "series"},
-        {"tab": "waiting", "level": "studies"},
-        {"tab": "waiting", "level": "patients"},
-        {"tab": "processing"},
-        {"tab": "dispatching"},
-        {"tab": "failed"},
-        {"tab": "finished"},
-        {"tab": "all"},
-    ]
-    by_route["/queue"] = by_route["/queue/rows"] = [(route, params) for params in queue]
-    return by_route.get(route, [(route, {})])
 
 
 def test_dicom_values_are_escaped_on_every_page(receiver: Caduceus, tmp_path: Path) -> None:

@@ -17,34 +17,18 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from tests.support.processes import Caduceus, free_port, require, run
+from tests.support.waiting import wait_for_port
 
 SERVICES = ("receiver", "router", "processor", "dispatcher")
-
-
-def wait_for(
-    address: str, port: int, process: subprocess.Popen[bytes], timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
-        try:
-            with socket.create_connection((address, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {address}:{port} after {timeout}s")
 
 
 def _tag() -> str:
@@ -173,7 +157,7 @@ class Service(Caduceus):
                 start_new_session=True,  # its own process group: killed without its siblings
             )
         if command == "receiver":
-            wait_for(self.address, self.port, self.process)
+            wait_for_port(self.port, process=self.process, address=self.address)
         return self
 
     def kill(self) -> None:

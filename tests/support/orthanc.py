@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import free_port, require, wait_for_port
+from tests.support.processes import free_port, require
+from tests.support.waiting import wait_for_port
 
 # Where Debian's orthanc-dicomweb package puts the plug-in (the first) and its versioned library.
 DICOMWEB_PLUGINS = (

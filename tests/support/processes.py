@@ -9,9 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine
@@ -20,6 +20,7 @@ from caduceus.core.database import open_keyring
 from caduceus.core.db.engine import make_engine, writer
 from caduceus.core.engine_keyring import attach_keyring
 from caduceus.core.settings import DISK_RESERVE_FLOOR_MB
+from tests.support.waiting import wait_for_port
 
 # Tests run in parallel workers (pytest-xdist). A port the kernel hands out for port 0 is
 # free now, but another worker may be handed the same one before our server binds it. So each
@@ -47,21 +48,6 @@ def free_port() -> int:
                 continue  # still in use (or in TIME_WAIT) from an earlier test
             return port
     raise RuntimeError(f"no free port in {first}-{first + _RANGE - 1}")
-
-
-def wait_for_port(
-    port: int, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
 def require(tool: str) -> str:
@@ -172,6 +158,20 @@ class Caduceus:
         engine = make_engine(url)
         attach_keyring(engine, open_keyring(self.home / "secret.key", engine))
         return writer(engine)
+
+
+def launch_patiently(
+    launch: Any, started: list[Caduceus], command: str = "receiver", **env: str
+) -> Caduceus:
+    """launch(), with more patience for a busy machine: `caduceus run` imports seven
+    services before its receiver listens."""
+    try:
+        return launch(command, **env)  # type: ignore[no-any-return]
+    except TimeoutError:
+        instance = started[-1]
+        assert instance.process is not None
+        wait_for_port(instance.port, timeout=120, process=instance.process)
+        return instance
 
 
 def run(cmd: list[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:

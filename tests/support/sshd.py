@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for_port
 
 
 def make_key(private_path: Path) -> str:

@@ -6,7 +6,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import free_port, require, wait_for_port
+from tests.support.processes import free_port, require
+from tests.support.waiting import wait_for_port
 
 
 @dataclass

@@ -26,7 +26,8 @@ from caduceus.core.database import open_database
 from caduceus.core.settings import Settings
 from caduceus.web import auth
 from caduceus.web.app import create_app
-from tests.support.processes import Caduceus, free_port, wait_for_port
+from tests.support.processes import Caduceus, free_port
+from tests.support.waiting import wait_for_port
 
 PASSWORD = "correct horse battery"
 
