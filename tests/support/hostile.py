@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from sqlalchemy import Engine, select
 from caduceus.core.config import store
 from caduceus.core.config.models import Config
 from caduceus.core.db.models import SERIES, STUDIES, TASKS
+from tests.support.clock import later
 from tests.support.dispatching import run_dispatcher
 from tests.support.processes import Caduceus
 from tests.support.routing import router_for
@@ -66,7 +66,7 @@ def hostile_world(receiver: Caduceus, tmp_path: Path) -> Hostile:
     document["modules"] = {"mod": {"command": [sys.executable, "-c", "pass"], "comment": SCRIPT}}
     config = Config.model_validate(document)
     version, _ = store.save(engine, config, "tester", IMG)
-    now = datetime.now(UTC) + timedelta(seconds=61)
+    now = later(61)
     router_for(receiver).run_pass(config, now)
     run_dispatcher(receiver, config, now)
     with engine.connect() as conn:
