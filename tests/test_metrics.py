@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,8 @@ from tests.support.sending import send
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(engine: Engine, home: Path) -> Samples:
-    body, content_type = render_metrics(engine, DataRoot(home))
+def scrape(engine: Engine, home: Path, now: datetime | None = None) -> Samples:
+    body, content_type = render_metrics(engine, DataRoot(home), now)
     assert content_type.startswith("text/plain")
     samples: Samples = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -68,15 +67,6 @@ def route(receiver: Caduceus, cfg: Config) -> None:
     router_for(receiver).run_pass(cfg, later(1.2))
 
 
-def route_on_the_real_clock(receiver: Caduceus, cfg: Config) -> None:
-    """Let the series go quiet for the trigger, then route on the real clock. For the queues'
-    ages: a scrape reads the real clock (render_metrics takes no time), and a task made on a
-    clock ahead of it has no age yet."""
-    time.sleep(1.2)
-    router_for(receiver).run_pass(cfg)
-    time.sleep(0.05)  # a measurable age
-
-
 def stored_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in (home / "incoming").rglob("*.dcm"))
 
@@ -101,8 +91,8 @@ def test_reception_tasks_and_queues_through_routing_and_dispatch(
     assert value(before, "caduceus_queue_tasks", queue="dispatch") == 0
     assert value(before, "caduceus_queue_oldest_task_age_seconds", queue="dispatch") == 0
 
-    route_on_the_real_clock(receiver, cfg)
-    routed = scrape(engine, receiver.home)
+    route(receiver, cfg)
+    routed = scrape(engine, receiver.home, later(1.25))  # a measurable age
     assert value(routed, "caduceus_series", state="complete") == 2  # MR matched nothing
     assert value(routed, "caduceus_series", state="receiving") is None
     assert value(routed, "caduceus_tasks", state="queued", action="route") == 1
@@ -114,7 +104,7 @@ def test_reception_tasks_and_queues_through_routing_and_dispatch(
     target_age = value(routed, "caduceus_queue_target_oldest_task_age_seconds", target="archive")
     assert target_age is not None and 0 < target_age < 60
 
-    assert run_dispatcher(receiver, cfg, datetime.now(UTC)) == ["done"]
+    assert run_dispatcher(receiver, cfg, later(1.3)) == ["done"]
     sent = scrape(engine, receiver.home)
     assert value(sent, "caduceus_tasks", state="done", action="route") == 1
     assert value(sent, "caduceus_tasks", state="queued", action="route") is None

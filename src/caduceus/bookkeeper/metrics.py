@@ -131,17 +131,25 @@ def _histogram(
 class DatabaseCollector(Collector):
     """The caduceus_* metrics of one installation: its database and its data root."""
 
-    def __init__(self, engine: Engine, root: DataRoot, window: timedelta = WINDOW):
+    def __init__(
+        self,
+        engine: Engine,
+        root: DataRoot,
+        window: timedelta = WINDOW,
+        now: datetime | None = None,
+    ):
         # Plain reads: a writer engine's transactions would take SQLite's write lock.
         self.engine = engine.execution_options(caduceus_write=False)
         self.root = root
         self.window = window
+        # A fixed time for every scrape (tests: ages without waiting); None reads the clock.
+        self.now = now
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing fixed ahead: registering must not query the database
 
     def collect(self) -> Iterator[Metric]:
-        now = datetime.now(UTC)
+        now = self.now or datetime.now(UTC)
         groups: dict[str, Callable[[datetime], Iterable[Metric]]] = {
             "instances": self._instances,
             "reception": self._reception,
@@ -470,10 +478,13 @@ class DatabaseCollector(Collector):
         )
 
 
-def render_metrics(engine: Engine, root: DataRoot) -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format, and its content type, for a web route."""
+def render_metrics(
+    engine: Engine, root: DataRoot, now: datetime | None = None
+) -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format, and its content type, for a web route; ages and
+    windows are measured from `now` (default: the clock)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(engine, root))
+    registry.register(DatabaseCollector(engine, root, now=now))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
