@@ -95,11 +95,12 @@ def test_keywords_and_explain() -> None:
     assert rule.keywords == frozenset({"Modality", "SeriesNumber", "PatientName"})
     result, used = rule.explain(MR_KNEE)
     assert result is True
-    assert used == {"Modality": "MR", "SeriesNumber": "101", "PatientName": None}
+    # PatientName is one of the tags mercure's receiver always writes, empty when absent.
+    assert used == {"Modality": "MR", "SeriesNumber": "101", "PatientName": ""}
     assert list(used) == ["Modality", "SeriesNumber", "PatientName"]  # order of the text
     assert rule.explain(CT_HEAD) == (
         False,
-        {"Modality": "CT", "SeriesNumber": "3", "PatientName": None},
+        {"Modality": "CT", "SeriesNumber": "3", "PatientName": ""},
     )
 
 
@@ -121,17 +122,33 @@ def test_pydicom_values_become_plain_values() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "@PatientName@ == 'Doe'",
-        "not (@PatientName@ == 'Doe')",  # missing makes the whole rule False, not just a comparison
-        "@PatientName@ != 'Doe'",
-        "@Modality@ == 'CT' and @PatientName@ != 'x'",
-        "len(@PatientName@) >= 0",
+        "@PatientComments@ == 'Doe'",
+        "not (@PatientComments@ == 'Doe')",  # missing makes the whole rule False, not a part
+        "@PatientComments@ != 'Doe'",
+        "@Modality@ == 'CT' and @PatientComments@ != 'x'",
+        "len(@PatientComments@) >= 0",
+        "tags['PatientComments'] != 'x'",
     ],
 )
 def test_missing_tags_make_the_rule_false(text: str) -> None:
     rule = parse_rule(text)
     assert rule.evaluate(CT_HEAD) is False
-    assert rule.evaluate({**CT_HEAD, "PatientName": None}) is False
+    assert rule.evaluate({**CT_HEAD, "PatientComments": None}) is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("@PatientName@ == ''", True),
+        ("not (@PatientName@ == 'Doe')", True),
+        ("@PatientName@ != 'Doe'", True),
+        ("len(@ContrastBolusAgent@) == 0", True),
+        ("tags.ImageComments.lower() == ''", True),
+    ],
+)
+def test_tags_mercure_always_writes_are_empty_when_absent(text: str, expected: bool) -> None:
+    # mercure's receiver writes its fixed list of tags for every file, '' when absent.
+    assert parse_rule(text).evaluate(CT_HEAD) is expected
 
 
 def test_a_tag_that_is_never_reached_does_not_matter() -> None:
@@ -148,7 +165,6 @@ def test_a_tag_that_is_never_reached_does_not_matter() -> None:
         "int(@SeriesNumber@) / 0 == 1",  # ZeroDivisionError
         "int(@SeriesNumber@) % 0 == 1",
         "@Modality@ - 1",
-        "'%s' % @Modality@ == 'CT'",  # no printf-style formatting on text
         "@Modality@[10] == 'C'",  # IndexError
         "@Modality@['x'] == 'C'",
         "@ImageType@.lower() == 'x'",  # a method on a list
@@ -208,8 +224,9 @@ def test_parse_error_at_the_end() -> None:
         ("match(@SeriesDescription@, r'(a)\\1')", 32, "backreferences"),
         ("match(@SeriesDescription@, '(a)\\\\1')", 27, "backreferences"),  # escaped: the literal
         ("lower(@Modality@, 'x')", 0, "lower() takes 1 argument"),
-        ("@Modality@ is None", 0, "compare"),
-        ("@Modality@[1:]", 0, "slices"),
+        ("@Modality@.__class__", 11, "attribute '__class__'"),
+        ("tags[@Modality@] == 1", 0, "tags[...] takes the name of a tag in quotes"),
+        ("dict(**{'a': 1})", 0, "'**' arguments"),
     ],
 )
 def test_parse_errors_point_into_the_original_text(text: str, position: int, words: str) -> None:
@@ -235,37 +252,34 @@ def test_multi_line_error_reports_line_and_column() -> None:
         "@Modality@.__class__",
         "__import__('os')",
         "__import__('os').system('true')",
-        "(lambda: 1)()",
-        "[x for x in ()]",
-        "(x for x in ())",
         "open('/etc/passwd')",
         "eval('1')",
         "exec('1')",
         "getattr(tags, 'x')",
         "globals()",
-        "9**9**9",
-        "'a' * 10**10",
-        "{}.keys()",
-        "{1, 2}",
-        "{'a': 1}",
+        "(lambda: 1).__code__",
+        "[c for c in ().__class__.__bases__]",
+        "str.__dict__",
+        "str.format('{0.__class__}', 1)",
+        "(lambda tags: tags)(1)",
+        "[1 for tags in ()]",
+        "type(1)",
+        "vars()",
+        "dir()",
+        "print(1)",
+        "tags.Modality.encode()",
+        "tags[0]",
+        "(x := 1)",
         "tags.Modality.__len__()",
         "@Modality@.format(x=1)",
         "@Modality@.format(1)",
         "'{0.__class__}'.format(@Modality@)",
         "f'{@Modality@}'",
-        "f'{tags.Modality}' == 'CT'",
         "(y := 1)",
         "len(*@Modality@)",
         "len(tags)",
-        "tags['Modality']",
         "@Modality@.lower",
-        "1 if @Modality@ else 0",
-        "@Modality@ is 'CT'",
-        "~1",
-        "1 // 2",
-        "1 << 2",
         "b'CT' == @Modality@",
-        "1j",
         "...",
         "import os",
         "@Modality@ == 'CT'; 1",
@@ -294,7 +308,6 @@ def test_escapes_and_unbounded_constructs_are_refused_at_parse_time(text: str) -
         ("-" * (MAX_DEPTH + 1) + "1", f"nested more than {MAX_DEPTH} levels"),
         ("-" * 3000 + "1", "too complex"),  # deeper than Python's own parser manages
         ("(" * 300 + "1" + ")" * 300, "too many nested parentheses"),
-        ("2 ** 3", "'**' is not allowed"),
     ],
 )
 def test_size_limits(text: str, words: str) -> None:
@@ -304,20 +317,54 @@ def test_size_limits(text: str, words: str) -> None:
     parse_rule("-" * MAX_DEPTH + "1")
 
 
-def test_big_repetitions_are_refused_at_run_time() -> None:
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("'a' * 10000000000 == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("10000000000 * 'a' == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("['a'] * 10000000000 == []", "CADUCEUS_RULES_MAX_ITEMS"),
+        ("len(@Modality@ * 100000000) > 0", "CADUCEUS_RULES_MAX_TEXT"),
+        ("(@Modality@ * 50000).replace('C', @Modality@ * 50000) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("@Modality@.replace('', 'x' * 60000) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("'x'.center(10**9) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("'x'.zfill(10**9) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("'\\t'.expandtabs(10**9) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("','.join(['a' * 90000, 'b' * 90000]) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("format(1, '>1000000000') == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("f'{1:>1000000000}' == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("'%1000000000s' % 'a' == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("str(['a' * 90000] * 5) == ''", "CADUCEUS_RULES_MAX_TEXT"),
+        ("list(range(10**9)) == []", "CADUCEUS_RULES_MAX_STEPS"),
+        ("sum(range(10**12)) > 0", "CADUCEUS_RULES_MAX_STEPS"),
+        ("len([x for x in range(20000)]) > 0", "CADUCEUS_RULES_MAX_STEPS"),
+        ("len([1] * 9000 + [2] * 9000) > 0", "CADUCEUS_RULES_MAX_ITEMS"),
+        ("len(sorted(range(10**8))) > 0", "CADUCEUS_RULES_MAX_STEPS"),
+        ("9**9**9 > 0", "bits"),
+        ("pow(10, 10**8) > 0", "bits"),
+        ("1 << 10**9 > 0", "bits"),
+        ("factorial(10**6) > 0", "factorial"),
+        ("(lambda f: f(f))(lambda f: f(f))", "lambdas more than"),
+        (" * ".join(["int('9' * 100) ** 20"] * 11) + " > 0", "bits"),
+        ("len([['a' * 9000] * 100 for i in range(200)]) > 0", "CADUCEUS_RULES_MAX_PRODUCED"),
+    ],
+)
+def test_big_results_are_refused_at_run_time_naming_the_limit(text: str, setting: str) -> None:
     started = time.monotonic()
-    for text in [
-        "'a' * 10000000000 == ''",
-        "10000000000 * 'a' == ''",
-        "['a'] * 10000000000 == []",
-        "len(@Modality@ * 100000000) > 0",
-        "(@Modality@ * 50000).replace('C', @Modality@ * 50000) == ''",
-        "@Modality@.replace('', 'x' * 1000) * 1 == ''",
-        "[['a'] * 10000] * 10000 == []",  # nested repetition would make == quadratic
-        " * ".join(["int('9' * 100)"] * 13) + " > 0",  # 13 x 333 bits
-    ]:
-        assert parse_rule(text).evaluate(CT_HEAD) is False, text
-    assert time.monotonic() - started < 5  # a sanity bound: the refusals allocate nothing big
+    budget = Budget(steps=10_000)
+    with pytest.raises(EvaluationError, match=re.escape(setting)):
+        parse_rule(text).evaluate(CT_HEAD, budget)
+    assert time.monotonic() - started < 2  # the refusals allocate nothing big
+
+
+def test_nested_repetition_is_false_as_before() -> None:
+    # Repeating lists of lists would make == quadratic: refused as unusable data.
+    assert parse_rule("[['a'] * 10000] * 10000 == []").evaluate(CT_HEAD) is False
+
+
+def test_ranges_are_lazy_as_in_python() -> None:
+    assert parse_rule("5 in range(10**12)").evaluate(CT_HEAD) is True
+    assert parse_rule("'a' in range(10**12)").evaluate(CT_HEAD) is False  # not gone through
+    assert parse_rule("len(range(10**12)) > 0").evaluate(CT_HEAD) is True
 
 
 def test_long_values_are_not_searched_by_regular_expressions() -> None:
@@ -420,10 +467,24 @@ def test_the_budget_defaults_are_the_settings_defaults() -> None:
         cpu_seconds=fields["rules_cpu_seconds"].default,
         steps=fields["rules_max_steps"].default,
         match_chars=fields["rules_match_max_chars"].default,
+        text_chars=fields["rules_max_text"].default,
+        items=fields["rules_max_items"].default,
+        produced=fields["rules_max_produced"].default,
     )
-    assert Budget.of(Settings(rules_cpu_seconds=2, rules_max_steps=500)) == Budget(
-        cpu_seconds=2, steps=500, match_chars=fields["rules_match_max_chars"].default
-    )
+    assert Budget.of(
+        Settings(rules_cpu_seconds=2, rules_max_steps=500, rules_max_text=2_000)
+    ) == Budget(cpu_seconds=2, steps=500, text_chars=2_000)
+
+
+def test_the_size_limits_are_settings() -> None:
+    rule = parse_rule("len('a' * 3000) > 0")
+    assert rule.evaluate({}) is True
+    with pytest.raises(EvaluationError, match=r"more than 2000 .*CADUCEUS_RULES_MAX_TEXT"):
+        rule.evaluate({}, Budget(text_chars=2_000))
+    with pytest.raises(EvaluationError, match="CADUCEUS_RULES_MAX_ITEMS"):
+        parse_rule("len([1] * 200) > 0").evaluate({}, Budget(items=100))
+    with pytest.raises(EvaluationError, match="CADUCEUS_RULES_MAX_PRODUCED"):
+        parse_rule("len(['a' * 9000 for i in range(3)]) > 0").evaluate({}, Budget(produced=20_000))
 
 
 @pytest.mark.parametrize(

@@ -224,7 +224,16 @@ def test_an_expression_is_tried_on_a_received_series(
     assert match.json()["tags"] == {"Modality": "CT", "StudyDescription": "HEAD ROUTINE"}
     miss = attempt("@Modality@ == 'MR' or @BodyPartExamined@ == 'KNEE'").json()
     assert miss["result"] is False and miss["tags"]["Modality"] == "CT"
-    assert miss["tags"]["BodyPartExamined"] is None
+    # mercure's receiver always writes BodyPartExamined, empty when absent; other tags are
+    # missing (None), and a rule that reads one is False.
+    assert miss["tags"]["BodyPartExamined"] == ""
+    absent = attempt("tags['PatientComments'] != 'x'").json()
+    assert absent["result"] is False and absent["tags"] == {"PatientComments": None}
+    mercure_forms = attempt("tags['Modality'][:1] == 'C' and any(c in 'CT' for c in 'XC')")
+    assert mercure_forms.json()["result"] is True, mercure_forms.text
+    too_big = attempt("len('a' * 10**9) > 0")
+    assert too_big.status_code == 422
+    assert "CADUCEUS_RULES_MAX_TEXT" in too_big.json()["detail"][0]["msg"]
     assert attempt("@Modality@ ==").status_code == 422
     assert attempt("1", series_id=series["id"] + 1000).status_code == 404
 

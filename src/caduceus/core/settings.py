@@ -120,6 +120,27 @@ class Settings(BaseSettings):
         description="Longest text match() searches (the router reads texts up to 4,096 "
         "characters); a longer one does not match.",
     )
+    rules_max_text: int = Field(
+        default=100_000,
+        ge=1_000,
+        le=10_000_000,
+        description="Longest text one operation of a rule may make (repetition, replace(), "
+        "join(), format(), str() of a list...); beyond it, an evaluation error.",
+    )
+    rules_max_items: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Most items a list, set, dict, tuple or comprehension made by a rule may "
+        "hold (list(range(...)), repetition, sorted()...); beyond it, an evaluation error.",
+    )
+    rules_max_produced: int = Field(
+        default=1_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="Characters and items all operations of one evaluation may make "
+        "together, which bounds its memory; beyond it, an evaluation error.",
+    )
     web_rule_tests_parallel: int = Field(
         default=2,
         ge=1,

@@ -19,6 +19,7 @@ from pydicom.valuerep import PersonName
 from sqlalchemy import Engine, select
 
 from caduceus.core.db.models import INSTANCES, SERIES
+from caduceus.core.rules.tagnames import number_key
 from caduceus.core.storage import DataRoot
 
 # Values larger than this (binary data, long text) are left out of the rule's view.
@@ -56,11 +57,11 @@ def read_tags(path: Path) -> dict[str, Any]:
         raise UnreadableSeries(f"{path.name}: {exc}") from exc
     tags: dict[str, Any] = {}
     for element in ds:
-        keyword = element.keyword
-        if keyword:
-            plain = _plain(element)
-            if plain is not None:
-                tags[keyword] = plain
+        # Private and unknown elements by number, so rules can name them (see rules.tagnames).
+        keyword = element.keyword or number_key(element.tag.group, element.tag.element)
+        plain = _plain(element)
+        if plain is not None:
+            tags[keyword] = plain
     return tags
 
 

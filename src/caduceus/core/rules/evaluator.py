@@ -2,42 +2,43 @@
 
 The evaluator walks the tree that the parser checked; it never compiles or executes code. Tag
 values are first turned into plain str, int, float and list objects, so that no user-defined
-method (a pydicom value's __eq__, say) can run while a rule is evaluated, and every operation
-that can make values larger is bounded before it allocates anything. A Budget bounds the whole
-evaluation: its steps (each part of the rule, each value of a tag gone through) and its CPU
-time; beyond it, evaluate() raises EvaluationError instead of answering.
+method (a pydicom value's __eq__, say) can run while a rule is evaluated. Functions, methods
+and operators are the evaluator's own (see functions.py), each bounded before it allocates:
+a Budget bounds the whole evaluation, its steps (each part of the rule, each item gone
+through), its CPU time, the size of each text and collection it makes and of all of them
+together. Beyond it, evaluate() raises EvaluationError instead of answering.
 """
 
 from __future__ import annotations
 
 import ast
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from caduceus.core.rules.budget import Budget, Meter
-from caduceus.core.rules.parser import FUNCTIONS, METHODS, parse
-from caduceus.core.rules.patterns import PatternError, compile_pattern
+from caduceus.core.rules import functions as fn
+from caduceus.core.rules.budget import Budget, EvaluationError, Meter
+from caduceus.core.rules.functions import DataError, Function, Lambda, Stream
+from caduceus.core.rules.parser import NUMBER_ATTRIBUTES, parse
+from caduceus.core.rules.patterns import PatternError
+from caduceus.core.rules.tagnames import (
+    MERCURE_ALWAYS_PRESENT,
+    number_key,
+    private_parts,
+    tag_key,
+)
 
-MAX_TEXT = 100_000  # characters in a string built by + * or replace()
-MAX_ITEMS = 10_000  # items in a list built by + or *
-MAX_INT_BITS = 4_096  # about 1,200 digits: far beyond any DICOM number
-MAX_NUMBER_TEXT = 100  # characters given to int() or float()
 DEFAULT_BUDGET = Budget()
+MAX_CALL_DEPTH = 10  # lambdas calling lambdas: Python's own stack must not run out first
 
 
 class _MissingTag(Exception):
-    """A tag the rule reads is absent: the whole rule is False."""
-
-
-class _DataError(Exception):
-    """The values cannot be used as the rule asks: the whole rule is False."""
+    """A tag the rule reads is absent: the whole rule is False (mercure: TagNotFound)."""
 
 
 # Errors that the data, not the rule, can cause; the rule is then False.
 _DATA_ERRORS = (
     _MissingTag,
-    _DataError,
+    DataError,
     ValueError,
     TypeError,
     ArithmeticError,
@@ -45,22 +46,6 @@ _DATA_ERRORS = (
     PatternError,
     RecursionError,
 )
-
-_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], object]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda item, container: item in container,
-    ast.NotIn: lambda item, container: item not in container,
-}
-_UNARY: dict[type[ast.unaryop], Callable[[Any], object]] = {
-    ast.Not: operator.not_,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
 
 
 class Rule:
@@ -95,7 +80,7 @@ class Rule:
 
     def _evaluate(self, run: _Run) -> bool:
         try:
-            return bool(_value(self._tree, run))
+            return fn.truth(_value(self._tree, run, {}))
         except _DATA_ERRORS:
             return False
 
@@ -114,24 +99,58 @@ def parse_rule(text: str) -> Rule:
     return Rule(text)
 
 
-class _Run:
+class _Run(fn.Run):
     """One evaluation: the tags it reads and what it has cost so far."""
 
-    __slots__ = ("budget", "meter", "tags")
+    __slots__ = ("tags",)
 
     def __init__(self, tags: Mapping[str, object], budget: Budget) -> None:
+        super().__init__(budget, Meter(budget))
         self.tags = tags
-        self.budget = budget
-        self.meter = Meter(budget)
 
-    def tag(self, keyword: str, *, missing_ok: bool = False) -> object:
-        value = self.tags.get(keyword)
+    def call(self, function: object, args: Sequence[object], kwargs: dict[str, Any]) -> object:
+        if isinstance(function, Function):
+            return function.impl(self, *args, **kwargs)
+        if not isinstance(function, Lambda):
+            raise DataError("only functions can be called")
+        node = function.node
+        assert isinstance(node, ast.Lambda)
+        names = [argument.arg for argument in node.args.args]
+        if kwargs or len(args) != len(names):
+            raise DataError(f"the lambda takes {len(names)} arguments")
+        if self.depth >= MAX_CALL_DEPTH:
+            raise EvaluationError(
+                f"the rule nests calls of lambdas more than {MAX_CALL_DEPTH} deep"
+            )
+        self.depth += 1
+        try:
+            return _value(node.body, self, {**function.env, **dict(zip(names, args, strict=True))})
+        finally:
+            self.depth -= 1
+
+    def tag(self, key: str, *, missing_ok: bool = False) -> object:
+        value = self.tags.get(self.resolve(key))
         if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
             self.meter.step(len(value))  # each value of a multi-valued tag is converted
         plain = _plain(value)
+        if plain is None and key in MERCURE_ALWAYS_PRESENT:
+            return ""  # mercure's receiver writes these for every file, empty when absent
         if plain is None and not missing_ok:
-            raise _MissingTag(keyword)
+            raise _MissingTag(key)
         return plain
+
+    def resolve(self, key: str) -> str:
+        """The key of a private element named by its creator, in the block this series has."""
+        parts = private_parts(key)
+        if parts is None:
+            return key
+        group, element, creator = parts
+        for block in range(0x10, 0x100):
+            self.meter.step()
+            reserved = self.tags.get(number_key(group, block))
+            if isinstance(reserved, str) and reserved.strip() == creator:
+                return number_key(group, (block << 8) | element)
+        return key
 
 
 def _plain(value: object, *, item: bool = False) -> object:
@@ -153,228 +172,160 @@ def _plain(value: object, *, item: bool = False) -> object:
     return str(value)
 
 
-def _value(node: ast.expr, run: _Run) -> object:
+Env = dict[str, object]
+
+
+def _value(node: ast.expr, run: _Run, env: Env) -> object:
     run.meter.step()
     if isinstance(node, ast.Constant):
         return node.value
-    if isinstance(node, ast.Attribute):  # the checker allows only tags.Keyword here
-        return run.tag(node.attr)
+    if isinstance(node, ast.Name):
+        return _name(node.id, env)
+    if isinstance(node, ast.Attribute):
+        if isinstance(node.value, ast.Name) and node.value.id == "tags" and "tags" not in env:
+            return run.tag(tag_key(node.attr, exact_case=False) or node.attr)
+        if node.attr in NUMBER_ATTRIBUTES:
+            return fn.number_attribute(_value(node.value, run, env), node.attr)
+        return fn.unbound_str_method(node.attr)  # str.lower and the like: the checker says so
+    if isinstance(node, ast.Subscript):
+        return _subscript(node, run, env)
     if isinstance(node, ast.BoolOp):
         # Python's semantics: the first operand that decides, so unread tags do not matter.
         stop_when = isinstance(node.op, ast.Or)
         result: object = None
         for operand in node.values:
-            result = _value(operand, run)
-            if bool(result) is stop_when:
+            result = _value(operand, run, env)
+            if fn.truth(result) is stop_when:
                 break
         return result
     if isinstance(node, ast.UnaryOp):
-        return _UNARY[type(node.op)](_value(node.operand, run))
+        return fn.unary(run, node.op, _value(node.operand, run, env))
     if isinstance(node, ast.BinOp):
-        return _arithmetic(node.op, _value(node.left, run), _value(node.right, run))
+        left, right = _value(node.left, run, env), _value(node.right, run, env)
+        return fn.binary(run, node.op, left, right)
     if isinstance(node, ast.Compare):
-        left = _value(node.left, run)
+        left = _value(node.left, run, env)
         for op, comparator in zip(node.ops, node.comparators, strict=True):
-            right = _value(comparator, run)
-            if not _COMPARE[type(op)](left, right):
+            right = _value(comparator, run, env)
+            if not fn.compare(run, op, left, right):
                 return False
             left = right
         return True
+    if isinstance(node, ast.IfExp):
+        chosen = node.body if fn.truth(_value(node.test, run, env)) else node.orelse
+        return _value(chosen, run, env)
     if isinstance(node, ast.Call):
-        return _call(node, run)
-    if isinstance(node, ast.List):
-        return [_value(item, run) for item in node.elts]
-    if isinstance(node, ast.Tuple):
-        return tuple(_value(item, run) for item in node.elts)
-    if isinstance(node, ast.Subscript):
-        container, index = _value(node.value, run), _value(node.slice, run)
-        if not isinstance(container, str | list | tuple) or type(index) is not int:
-            raise _DataError("only a text or list can be indexed, and only by an integer")
-        return container[index]
+        return _call(node, run, env)
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        run.meter.items(len(node.elts))
+        items = [_value(item, run, env) for item in node.elts]
+        return fn.collection(type(node).__name__.lower(), items)
+    if isinstance(node, ast.Dict):
+        run.meter.items(len(node.keys))
+        return {
+            _value(key, run, env): _value(value, run, env)
+            for key, value in zip(node.keys, node.values, strict=True)
+            if key is not None
+        }
+    if isinstance(node, ast.GeneratorExp):
+        return Stream(_value(node.elt, run, inner) for inner in _scopes(node, run, env))
+    if isinstance(node, ast.ListComp | ast.SetComp):
+        made = fn.collect(run, (_value(node.elt, run, inner) for inner in _scopes(node, run, env)))
+        return made if isinstance(node, ast.ListComp) else set(made)
+    if isinstance(node, ast.DictComp):
+        pairs = fn.collect(
+            run,
+            (
+                (_value(node.key, run, inner), _value(node.value, run, inner))
+                for inner in _scopes(node, run, env)
+            ),
+        )
+        return dict(pairs)  # type: ignore[arg-type]
+    if isinstance(node, ast.Lambda):
+        return Lambda(node, env)
+    if isinstance(node, ast.JoinedStr):
+        return _fstring(node, run, env)
     raise AssertionError(f"the checker let through {type(node).__name__}")
 
 
-def _call(node: ast.Call, run: _Run) -> object:
-    args = [_value(arg, run) for arg in node.args]
-    if isinstance(node.func, ast.Name):
-        if node.func.id in _SEARCHES:
-            return _SEARCHES[node.func.id](run, *args)
-        return _FUNCTIONS[node.func.id](*args)
-    assert isinstance(node.func, ast.Attribute)
-    receiver = _value(node.func.value, run)
-    if not isinstance(receiver, str):
-        raise _DataError(f".{node.func.attr}() needs a text")
-    return _METHODS[node.func.attr](receiver, *args)
+def _name(name: str, env: Env) -> object:
+    if name in env:
+        return env[name]
+    return fn.named(name)
 
 
-def _arithmetic(op: ast.operator, left: object, right: object) -> object:
-    numbers = _is_number(left) and _is_number(right)
-    if isinstance(op, ast.Add):
-        if numbers:
-            return _bounded(left + right)  # type: ignore[operator]
-        if isinstance(left, str) and isinstance(right, str):
-            _limit(len(left) + len(right), MAX_TEXT)
-            return left + right
-        if isinstance(left, list | tuple) and type(left) is type(right):
-            assert isinstance(right, list | tuple)
-            _limit(len(_flat(left)) + len(_flat(right)), MAX_ITEMS)
-            return left + right  # type: ignore[operator]
-        raise _DataError("+ needs two numbers, two texts or two lists")
-    if isinstance(op, ast.Mult):
-        if numbers:
-            if isinstance(left, int) and isinstance(right, int):
-                _limit(left.bit_length() + right.bit_length(), MAX_INT_BITS)
-            return left * right  # type: ignore[operator]
-        sequence, count = (right, left) if type(left) is int else (left, right)
-        if type(count) is not int:
-            raise _DataError("* needs numbers, or a text or list and an integer")
-        if isinstance(sequence, str):
-            _limit(len(sequence) * max(count, 0), MAX_TEXT)
-            return sequence * count
-        if isinstance(sequence, list | tuple):
-            _limit(len(_flat(sequence)) * max(count, 0), MAX_ITEMS)
-            return sequence * count
-        raise _DataError("* needs numbers, or a text or list and an integer")
-    if not numbers:
-        # Also keeps % away from strings, where it would be printf-style formatting.
-        raise _DataError("- / % need numbers")
-    if isinstance(op, ast.Sub):
-        return _bounded(left - right)  # type: ignore[operator]
-    if isinstance(op, ast.Div):
-        return left / right  # type: ignore[operator]
-    return _bounded(left % right)  # type: ignore[operator]
+def _subscript(node: ast.Subscript, run: _Run, env: Env) -> object:
+    if isinstance(node.value, ast.Name) and node.value.id == "tags" and "tags" not in env:
+        assert isinstance(node.slice, ast.Constant)
+        return run.tag(tag_key(str(node.slice.value), exact_case=True) or str(node.slice.value))
+    container = _value(node.value, run, env)
+    if isinstance(node.slice, ast.Slice):
+        parts = [
+            None if part is None else _value(part, run, env)
+            for part in (node.slice.lower, node.slice.upper, node.slice.step)
+        ]
+        return fn.sliced(run, container, parts)
+    return fn.item(container, _value(node.slice, run, env))
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float)
+def _call(node: ast.Call, run: _Run, env: Env) -> object:
+    func = node.func
+    args = [_value(arg, run, env) for arg in node.args]
+    kwargs = {kw.arg: _value(kw.value, run, env) for kw in node.keywords if kw.arg}
+    if isinstance(func, ast.Attribute) and not (
+        isinstance(func.value, ast.Name) and func.value.id == "str" and "str" not in env
+    ):
+        receiver = _value(func.value, run, env)
+        return fn.method(run, receiver, func.attr, args, kwargs)
+    return run.call(_value(func, run, env), args, kwargs)
 
 
-def _bounded(number: object) -> object:
-    if isinstance(number, int):
-        _limit(number.bit_length(), MAX_INT_BITS)
-    return number
+def _scopes(
+    node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp, run: _Run, env: Env
+) -> Iterator[Env]:
+    """The variables of each turn of a comprehension, in order; its filters applied."""
+
+    def turns(index: int, scope: Env) -> Iterator[Env]:
+        if index == len(node.generators):
+            yield scope
+            return
+        generator = node.generators[index]
+        for element in fn.iterate(run, _value(generator.iter, run, scope)):
+            inner = dict(scope)
+            _bind(generator.target, element, inner)
+            if all(fn.truth(_value(test, run, inner)) for test in generator.ifs):
+                yield from turns(index + 1, inner)
+
+    return turns(0, env)
 
 
-def _limit(size: int, most: int) -> None:
-    if size > most:
-        raise _DataError(f"result would be larger than {most}")
+def _bind(target: ast.expr, value: object, scope: Env) -> None:
+    if isinstance(target, ast.Name):
+        scope[target.id] = value
+        return
+    assert isinstance(target, ast.Tuple | ast.List)
+    if not isinstance(value, list | tuple | str) or len(value) != len(target.elts):
+        raise DataError(f"cannot unpack into {len(target.elts)} variables")
+    for part, element in zip(target.elts, value, strict=True):
+        _bind(part, element, scope)
 
 
-def _flat(sequence: list[object] | tuple[object, ...]) -> list[object] | tuple[object, ...]:
-    # Repeating nested lists would make comparisons cost the product of their sizes.
-    if any(isinstance(item, list | tuple) for item in sequence):
-        raise _DataError("only lists of plain values can be joined or repeated")
-    return sequence
-
-
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise _DataError(f"{what} needs a text")
-    return value
-
-
-def _texts(value: object) -> list[str]:
-    """A value's texts: numbers as their digits, and every value of a multi-valued tag."""
-    items = value if isinstance(value, list | tuple) else [value]
-    return [str(item) for item in items if isinstance(item, str | int | float)]
-
-
-def _number(value: object, what: str) -> str | int | float:
-    if isinstance(value, str) and len(value) > MAX_NUMBER_TEXT:
-        raise _DataError(f"text is too long for {what}")
-    if not isinstance(value, str | int | float):
-        raise _DataError(f"{what} needs a text or a number")
-    return value
-
-
-def _int(value: object) -> int:
-    return int(_number(value, "int()"))
-
-
-def _float(value: object) -> float:
-    return float(_number(value, "float()"))
-
-
-def _str(value: object) -> str:
-    # Lists are refused: a short list can hold many references to one long text.
-    if not isinstance(value, str | int | float):
-        raise _DataError("str() needs a text or a number")
-    return str(value)
-
-
-def _contains(run: _Run, haystack: object, needle: object) -> bool:
-    wanted = _text(needle, "contains()").lower()
-    for text in _texts(haystack):
-        run.meter.step()
-        if wanted in text.lower():
-            return True
-    return False
-
-
-def _match(run: _Run, value: object, pattern: object) -> bool:
-    regex = compile_pattern(_text(pattern, "match()"))
-    texts = _texts(value)
-    most = run.budget.match_chars
-    if any(len(text) > most for text in texts):
-        raise _DataError(f"match() searches texts of at most {most} characters")
-    for text in texts:
-        run.meter.step()
-        # One search is not interrupted, but bounded: RE2's time grows with the text's length
-        # times the pattern's compiled size, and both are limited.
-        run.meter.check_clock()
-        if regex.search(text):
-            return True
-    return False
-
-
-def _any_text(name: str) -> Callable[[_Run, object, object], bool]:
-    """startswith() or endswith(): true when any value of the tag has the wanted end."""
-
-    def check(run: _Run, value: object, affix: object) -> bool:
-        wanted = _text(affix, f"{name}()")
-        for text in _texts(value):
-            run.meter.step()
-            if getattr(text, name)(wanted):
-                return True
-        return False
-
-    return check
-
-
-def _replace(text: str, old: object, new: object) -> str:
-    before, after = _text(old, ".replace()"), _text(new, ".replace()")
-    if len(after) > len(before):
-        # An empty text is found between every two characters.
-        found = text.count(before) if before else len(text) + 1
-        _limit(len(text) + found * (len(after) - len(before)), MAX_TEXT)
-    return text.replace(before, after)
-
-
-_FUNCTIONS: dict[str, Callable[..., object]] = {
-    "len": len,
-    "int": _int,
-    "float": _float,
-    "str": _str,
-    "lower": lambda value: _text(value, "lower()").lower(),
-    "upper": lambda value: _text(value, "upper()").upper(),
-}
-# The functions that go through every value of a multi-valued tag, one step each.
-_SEARCHES: dict[str, Callable[..., bool]] = {
-    "contains": _contains,
-    "match": _match,
-    "startswith": _any_text("startswith"),
-    "endswith": _any_text("endswith"),
-}
-_METHODS: dict[str, Callable[..., object]] = {
-    "lower": str.lower,
-    "upper": str.upper,
-    "strip": str.strip,
-    "startswith": str.startswith,
-    "endswith": str.endswith,
-    "split": str.split,
-    "replace": _replace,
-    "find": str.find,
-    "count": str.count,
-}
-assert _FUNCTIONS.keys() | _SEARCHES.keys() == FUNCTIONS.keys()
-assert _METHODS.keys() == METHODS.keys()
+def _fstring(node: ast.JoinedStr, run: _Run, env: Env) -> str:
+    pieces: list[str] = []
+    size = 0
+    for part in node.values:
+        if isinstance(part, ast.Constant):
+            piece = str(part.value)
+        else:
+            assert isinstance(part, ast.FormattedValue)
+            value = _value(part.value, run, env)
+            if part.conversion in (ord("r"), ord("a")):
+                value = fn.show(run, value, as_repr=True)
+            elif part.conversion == ord("s"):
+                value = fn.show(run, value, as_repr=False)
+            spec = "" if part.format_spec is None else _value(part.format_spec, run, env)
+            piece = fn.formatted(run, value, str(spec))
+        size += len(piece)
+        run.meter.text(size)
+        pieces.append(piece)
+    return "".join(pieces)
