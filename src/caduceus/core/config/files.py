@@ -50,12 +50,12 @@ def describe(error: ValidationError) -> str:
 def parse(data: Any, origin: str = "configuration", *, allow_root_modules: bool = False) -> Loaded:
     """The configuration in data (ours, or a mercure.json). allow_root_modules is the host's
     CADUCEUS_PROCESSOR_ALLOW_ROOT: without it a module's root-only docker_arguments are
-    refused here, when the configuration is saved; an import of a mercure.json reports them."""
+    refused here, when the configuration is saved, and dropped (reported) from an import."""
     if not isinstance(data, dict):
         raise ConfigFileError(f"{origin}: the top level must be a mapping")
     source_format, not_mapped = "caduceus", list[str]()
     if looks_like_mercure(data):
-        data, not_mapped = from_mercure(data)
+        data, not_mapped = from_mercure(data, allow_root_modules=allow_root_modules)
         source_format = "mercure"
     try:
         config = Config.model_validate(data, context={ALLOW_ROOT_KEY: allow_root_modules})
