@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy import Engine
 
-from caduceus.core.config import files
+from caduceus.core.config import files, store
 from caduceus.core.config.docker_arguments import ALLOW_ROOT_KEY
 from caduceus.core.config.models import STORED, Module
 from caduceus.core.storage import DataRoot
@@ -30,6 +32,7 @@ from tests.support.pipelines import task_for_modules
 from tests.support.podman import IMAGE, Podman, start_podman
 from tests.support.processes import Caduceus
 from tests.support.rows import tasks
+from tests.support.web import as_role
 
 ROOT_ALLOWED = {ALLOW_ROOT_KEY: True}
 
@@ -380,3 +383,33 @@ def test_kubernetes_root_only_arguments_and_what_a_job_cannot_say(tmp_path: Path
         "devices, cpuset_cpus"
     ]
     assert "hostPID" not in job_for(tmp_path / "plain", module())["spec"]["template"]["spec"]
+
+
+# -- saving through the web ----------------------------------------------------------------------
+
+
+def test_the_web_refuses_root_only_arguments_unless_the_host_allows_root(
+    web: TestClient, web_engine: Engine
+) -> None:
+    csrf = as_role(web, web_engine, "admin")
+    body = {
+        "name": "seg",
+        "image": "vendor/seg:2",
+        "requires_root": True,
+        "docker_arguments": {"privileged": True, "shm_size": "1g"},
+    }
+    refused = web.post("/api/modules", json=body, headers=csrf)
+    assert refused.status_code == 422
+    assert "docker_arguments -> privileged: root only" in refused.text
+    assert "CADUCEUS_PROCESSOR_ALLOW_ROOT" in refused.text
+    assert store.current(web_engine) is None, "nothing was stored"
+    not_json = web.post("/api/modules", json={**body, "docker_arguments": "[]"}, headers=csrf)
+    assert not_json.status_code == 422 and "JSON object" in not_json.text
+
+    web.app.state.settings = web.app.state.settings.model_copy(  # type: ignore[attr-defined]
+        update={"processor_allow_root": True}
+    )
+    added = web.post("/api/modules", json=body, headers=csrf)
+    assert added.status_code == 201, added.text
+    stored = store.current_or_default(web_engine).modules["seg"]
+    assert stored.docker_arguments == {"privileged": True, "shm_size": 1024**3}
