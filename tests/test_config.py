@@ -134,7 +134,8 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
     )
     assert config.targets["share"].path == "/mnt/share"  # type: ignore[union-attr]
     assert config.modules["ai"].image == "vendor/ai:2"
-    assert config.modules["ai"].volumes == ["/models:/models"]
+    assert config.modules["ai"].volumes == ["/models:/models:ro"]
+    assert config.modules["ai"].environment == {"MODEL": "large"}
     brain = config.rules["brain"]
     assert (brain.action, brain.trigger, brain.modules, brain.module_settings) == (
         "both",

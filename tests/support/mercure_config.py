@@ -60,8 +60,9 @@ MERCURE = {
         "ai": {
             "docker_tag": "vendor/ai:2",
             "settings": {"threshold": 0.5},
-            "environment": {},
-            "additional_volumes": "/models:/models",
+            # JSON inside a string, as mercure's Module model keeps them.
+            "environment": '{"MODEL": "large"}',
+            "additional_volumes": '{"/models": {"bind": "/models", "mode": "ro"}}',
             "requires_root": False,
             "contact": "",
         },

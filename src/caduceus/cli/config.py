@@ -30,7 +30,7 @@ def _engine() -> Engine:
 
 def _load(path: Path) -> files.Loaded:
     try:
-        loaded = files.load(path)
+        loaded = files.load(path, allow_root_modules=load_settings().processor_allow_root)
     except (files.ConfigFileError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc

@@ -316,7 +316,10 @@ class Pipeline:
         log_path = logs / f"{index}-{_file_name(name)}.log"
         persistence = None
         if module.persistence:
-            persistence = self.root.home / "persistence" / _file_name(name)
+            # Like mercure: modules that name the same persistence folder share it (and may
+            # run at the same time); the name is validated as one plain folder name.
+            folder = module.persistence_folder_name or _file_name(name)
+            persistence = self.root.home / "persistence" / folder
             persistence.mkdir(parents=True, exist_ok=True)
         self._event(task.id, "process.step.started", f"step {index + 1}: {name}")
         started = time.monotonic()

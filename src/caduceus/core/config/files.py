@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from caduceus.core.config.docker_arguments import ALLOW_ROOT_KEY
 from caduceus.core.config.mercure_import import from_mercure, looks_like_mercure
 from caduceus.core.config.models import Config
 
@@ -46,22 +47,25 @@ def describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse(data: Any, origin: str = "configuration") -> Loaded:
+def parse(data: Any, origin: str = "configuration", *, allow_root_modules: bool = False) -> Loaded:
+    """The configuration in data (ours, or a mercure.json). allow_root_modules is the host's
+    CADUCEUS_PROCESSOR_ALLOW_ROOT: without it a module's root-only docker_arguments are
+    refused here, when the configuration is saved, and dropped (reported) from an import."""
     if not isinstance(data, dict):
         raise ConfigFileError(f"{origin}: the top level must be a mapping")
     source_format, not_mapped = "caduceus", list[str]()
     if looks_like_mercure(data):
-        data, not_mapped = from_mercure(data)
+        data, not_mapped = from_mercure(data, allow_root_modules=allow_root_modules)
         source_format = "mercure"
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context={ALLOW_ROOT_KEY: allow_root_modules})
     except ValidationError as exc:
         raise ConfigFileError(f"{origin} is not valid:\n{describe(exc)}") from exc
     return Loaded(config, source_format, not_mapped)
 
 
-def load(path: Path) -> Loaded:
-    return parse(_read(path), str(path))
+def load(path: Path, *, allow_root_modules: bool = False) -> Loaded:
+    return parse(_read(path), str(path), allow_root_modules=allow_root_modules)
 
 
 def dump(config: Config, fmt: str = "yaml", with_secrets: bool = False) -> str:

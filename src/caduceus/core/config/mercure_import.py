@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from caduceus.core.config.mercure_modules import module_from_mercure
+
 _MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
 _SETTINGS = {
     "series_complete_trigger",
@@ -122,36 +124,6 @@ def _target(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]
     return target
 
 
-def _module(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
-    module = {
-        "image": raw.get("docker_tag", ""),
-        "settings": raw.get("settings") or {},
-        "environment": {k: str(v) for k, v in (raw.get("environment") or {}).items()},
-        "requires_root": bool(raw.get("requires_root", False)),
-        "persistence": bool(raw.get("requires_persistence", False)),
-        "network": bool(raw.get("network_enabled", False)),
-        "comment": raw.get("comment", ""),
-    }
-    # mercure's additional_volumes: "host:container[:mode],..." in one string.
-    volumes = [v.strip() for v in str(raw.get("additional_volumes") or "").split(",") if v.strip()]
-    if volumes:
-        module["volumes"] = volumes
-    known = {
-        "docker_tag",
-        "settings",
-        "environment",
-        "requires_root",
-        "requires_persistence",
-        "network_enabled",
-        "additional_volumes",
-        "comment",
-    }
-    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
-        if raw[key] not in (None, "", [], {}, False):
-            report.append(f"modules -> {name} -> {key}: no equivalent, not imported")
-    return module
-
-
 def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
     rule: dict[str, Any] = {
         ours: raw[theirs] for theirs, ours in _RULE_FIELDS.items() if theirs in raw
@@ -197,8 +169,23 @@ def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
     return rule
 
 
-def from_mercure(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Our configuration document for a mercure.json, and what could not be carried over."""
+def _modules(raw_modules: dict[str, Any], report: list[str], allow_root: bool) -> dict[str, Any]:
+    """mercure's modules (mapped in mercure_modules.py); those that cannot run are reported."""
+    modules = {}
+    for name, raw in raw_modules.items():
+        module = module_from_mercure(name, raw, report, allow_root=allow_root)
+        if module is not None:
+            modules[name] = module
+    return modules
+
+
+def from_mercure(
+    data: dict[str, Any], *, allow_root_modules: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """Our configuration document for a mercure.json, and what could not be carried over.
+
+    allow_root_modules: the processor's CADUCEUS_PROCESSOR_ALLOW_ROOT; without it a module's
+    root-only docker_arguments are left out (reported)."""
     report: list[str] = []
     settings = {key: data[key] for key in _SETTINGS if key in data}
     targets = {}
@@ -206,9 +193,7 @@ def from_mercure(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         target = _target(name, raw, report)
         if target is not None:
             targets[name] = target
-    modules = {
-        name: _module(name, raw, report) for name, raw in (data.get("modules") or {}).items()
-    }
+    modules = _modules(data.get("modules") or {}, report, allow_root_modules)
     rules = {}
     for name, raw in (data.get("rules") or {}).items():
         rule = _rule(name, raw, report)

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from caduceus.core.config import docker_arguments
 from caduceus.core.rules import RuleError, parse_rule
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$"
@@ -288,6 +289,16 @@ GRANTABLE_CAPABILITIES = frozenset(
 )
 
 
+# One plain folder name: never a path, never hidden, never "..".
+PERSISTENCE_FOLDER = r"^$|^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+NODE_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
+)
+NODE_LABEL_VALUE = re.compile(r"^$|^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
 class Module(Strict):
     """A processing module: a container image or, without a container engine, a command."""
 
@@ -314,6 +325,16 @@ class Module(Strict):
     # Linux capabilities the administrator grants this module's container (none by default),
     # from GRANTABLE_CAPABILITIES only; e.g. ["NET_BIND_SERVICE"].
     capabilities: list[str] = Field(default_factory=list)
+    # mercure's docker_arguments: more options for the container, from an allow-list
+    # (core/config/docker_arguments.py); the root-only ones need requires_root and
+    # CADUCEUS_PROCESSOR_ALLOW_ROOT.
+    docker_arguments: dict[str, Any] = Field(default_factory=dict)
+    # Kubernetes placement: the labels a node must carry to run this module's pods.
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    # mercure's persistence_folder_name: modules naming the same folder share it
+    # (persistence/<name> under the data root); empty: the module's own name.
+    persistence_folder_name: str = Field(default="", pattern=PERSISTENCE_FOLDER)
+    contact: str = ""
     comment: str = ""
 
     def is_secret(self, setting: str) -> bool:
@@ -359,6 +380,51 @@ class Module(Strict):
     def _capabilities_for_containers(self) -> Module:
         if self.capabilities and not self.image:
             raise ValueError("capabilities apply to a module's container; a command has none")
+        return self
+
+    @model_validator(mode="after")
+    def _docker_arguments_allowed(self, info: ValidationInfo) -> Module:
+        """Checked against the allow-list; root-only options only where the context says the
+        administrator allows root modules (a stored version loads as it was: the runner
+        checks again before each run)."""
+        if not self.docker_arguments:
+            return self
+        if not self.image:
+            raise ValueError("docker_arguments apply to a module's container; a command has none")
+        context = info.context or {}
+        checked, problems = docker_arguments.check(
+            self.docker_arguments,
+            requires_root=self.requires_root,
+            allow_root=bool(context.get(docker_arguments.ALLOW_ROOT_KEY)),
+        )
+        if problems and not context.get(STORED_KEY):
+            raise ValueError("; ".join(problems))
+        if not problems:
+            # validate_assignment would run this validator again: set the field directly.
+            self.__dict__["docker_arguments"] = checked
+        return self
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_labels(cls, selector: dict[str, str]) -> dict[str, str]:
+        for key, value in selector.items():
+            if not NODE_LABEL_KEY.match(key) or not NODE_LABEL_VALUE.match(value):
+                raise ValueError(
+                    f"node_selector {key!r}: a Kubernetes label ([prefix/]name = value; "
+                    "letters, digits, - _ . and at most 63 each)"
+                )
+        return selector
+
+    @model_validator(mode="after")
+    def _node_selector_for_containers(self) -> Module:
+        if self.node_selector and not self.image:
+            raise ValueError("node_selector places a container's pod; a command has none")
+        return self
+
+    @model_validator(mode="after")
+    def _persistence_folder_needs_persistence(self) -> Module:
+        if self.persistence_folder_name and not self.persistence:
+            raise ValueError("persistence_folder_name needs persistence: true")
         return self
 
 

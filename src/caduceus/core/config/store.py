@@ -204,6 +204,8 @@ _MODULE_REACH = (
     "requires_root",
     "capabilities",
     "secret_settings",
+    "docker_arguments",
+    "persistence_folder_name",
 )
 
 

@@ -30,6 +30,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
 
+from caduceus.core.config import docker_arguments
 from caduceus.core.config.models import Module
 from caduceus.processor.runners.base import (
     CANCEL_POLL_SECONDS,
@@ -170,7 +171,34 @@ def container_options(
         options["network_mode"] = "none"
     if module.gpu:
         options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    _add_docker_arguments(options, job, allow_root=allow_root)
     return options
+
+
+def checked_docker_arguments(job: ModuleRun, *, allow_root: bool) -> dict[str, Any]:
+    """The module's docker_arguments, checked again before each run: a version stored while
+    the administrator allowed root modules does not run root-only options once they do not."""
+    module = job.module
+    checked, problems = docker_arguments.check(
+        module.docker_arguments, requires_root=module.requires_root, allow_root=allow_root
+    )
+    if problems:
+        raise RunnerError(f"module {job.module_name}: " + "; ".join(problems))
+    return checked
+
+
+def _add_docker_arguments(options: dict[str, Any], job: ModuleRun, *, allow_root: bool) -> None:
+    """The allow-listed options, over the runner's where they add to them (labels,
+    capabilities, security options) or replace them (network_mode "host")."""
+    for key, value in checked_docker_arguments(job, allow_root=allow_root).items():
+        if key == "labels":
+            options["labels"] = {**value, **options["labels"]}  # ours cannot be overwritten
+        elif key == "cap_add":
+            options["cap_add"] = [*options.get("cap_add", []), *value]
+        elif key == "security_opt":
+            options["security_opt"] = [*options["security_opt"], *value]
+        else:
+            options[key] = value
 
 
 class ContainerRunner:
@@ -303,6 +331,8 @@ class ContainerRunner:
             return []
         if oom:
             return [f"caduceus: killed for lack of memory (memory_mb={job.module.memory_mb})"]
+        if job.module.node_selector:
+            return ["caduceus: node_selector places Kubernetes pods; this engine ran it here"]
         return []
 
     # -- leftovers -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from caduceus.processor.runners.container import (
     PERSISTENT_PATH,
     TASK_LABEL,
     _hand_over_folders,
+    checked_docker_arguments,
     container_environment,
     extra_volume,
     module_capabilities,
@@ -143,6 +145,40 @@ def _volume_mounts(job: ModuleRun, options: JobOptions) -> list[dict[str, Any]]:
     return mounts
 
 
+# docker_arguments and their place in a Job; those without one are left out, and the run's
+# log says so (kubernetes_notes).
+_POD_HOST = {"pid_mode": "hostPID", "ipc_mode": "hostIPC", "network_mode": "hostNetwork"}
+_NO_EQUIVALENT = (
+    "init",
+    "labels",
+    "cpu_shares",
+    "cpuset_cpus",
+    "cpuset_mems",
+    "pids_limit",
+    "uts_mode",
+    "userns_mode",
+    "cgroupns",
+    "devices",
+    "security_opt",
+)
+SHM_VOLUME = "shm"
+
+
+def kubernetes_notes(job: ModuleRun) -> list[str]:
+    """What of the module's docker_arguments a Job cannot say: written to the run's log."""
+    left_out = [key for key in job.module.docker_arguments if key in _NO_EQUIVALENT]
+    if not left_out:
+        return []
+    return [
+        "caduceus: docker_arguments without an equivalent in a Kubernetes Job, left out: "
+        + ", ".join(left_out)
+    ]
+
+
+def _words(value: str | list[str]) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else list(value)
+
+
 def _security(job: ModuleRun, options: JobOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pod's and the container's securityContext."""
     user = module_user(job.module_name, job.module, options.allow_root)
@@ -152,9 +188,18 @@ def _security(job: ModuleRun, options: JobOptions) -> tuple[dict[str, Any], dict
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
     }
+    arguments = checked_docker_arguments(job, allow_root=options.allow_root)
     added = module_capabilities(job.module, root=user is None)
+    added += [name for name in arguments.get("cap_add", []) if name not in added]
     if added:
         container["capabilities"]["add"] = added
+    if arguments.get("privileged"):
+        # Only with requires_root and CADUCEUS_PROCESSOR_ALLOW_ROOT (checked above).
+        container.update(privileged=True, allowPrivilegeEscalation=True)
+    if arguments.get("read_only"):
+        container["readOnlyRootFilesystem"] = True
+    if arguments.get("sysctls"):
+        pod["sysctls"] = [{"name": k, "value": v} for k, v in arguments["sysctls"].items()]
     if user is None:
         pod["runAsNonRoot"] = False
     else:
@@ -173,8 +218,13 @@ def _resources(job: ModuleRun) -> dict[str, Any]:
     }
     if module.gpu:
         amounts[GPU_RESOURCE] = "1"
-    # Requests equal to limits: the scheduler reserves what the module may use.
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    # Requests equal to limits: the scheduler reserves what the module may use, unless the
+    # module asks for less to be reserved (docker_arguments mem_reservation).
+    requests = dict(amounts)
+    reservation = module.docker_arguments.get("mem_reservation")
+    if isinstance(reservation, int) and reservation < module.memory_mb * 1024 * 1024:
+        requests["memory"] = f"{max(1, reservation // (1024 * 1024))}Mi"
+    return {"requests": requests, "limits": dict(amounts)}
 
 
 def job_manifest(job: ModuleRun, options: JobOptions, name: str) -> dict[str, Any]:
@@ -191,7 +241,7 @@ def job_manifest(job: ModuleRun, options: JobOptions, name: str) -> dict[str, An
     }
     annotations = {TASK_LABEL: job.task_id, MODULE_LABEL: job.module_name}
     environment = container_environment(job)
-    container = {
+    container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": module.image,
         "imagePullPolicy": "Always" if module.pull == "always" else options.pull_policy,
@@ -201,6 +251,13 @@ def job_manifest(job: ModuleRun, options: JobOptions, name: str) -> dict[str, An
         "securityContext": container_security,
         "workingDir": OUT_PATH,
     }
+    arguments = module.docker_arguments
+    if "entrypoint" in arguments:
+        container["command"] = _words(arguments["entrypoint"])
+    if "command" in arguments:
+        container["args"] = _words(arguments["command"])
+    if "working_dir" in arguments:
+        container["workingDir"] = arguments["working_dir"]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # A module has no business with the cluster's API nor with its services' addresses.
@@ -212,6 +269,22 @@ def job_manifest(job: ModuleRun, options: JobOptions, name: str) -> dict[str, An
             {"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": options.data_claim}}
         ],
     }
+    for key, field in _POD_HOST.items():
+        if key in arguments:  # "host", with root allowed (checked in _security)
+            pod_spec[field] = True
+    if "hostname" in arguments:
+        pod_spec["hostname"] = arguments["hostname"]
+    if module.node_selector:
+        pod_spec["nodeSelector"] = dict(module.node_selector)
+    if "shm_size" in arguments:
+        # /dev/shm as memory of the pod's own, as large as the module asked for.
+        pod_spec["volumes"].append(
+            {
+                "name": SHM_VOLUME,
+                "emptyDir": {"medium": "Memory", "sizeLimit": str(arguments["shm_size"])},
+            }
+        )
+        container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})  # noqa: S108 - in the pod
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -275,6 +348,10 @@ class KubernetesRunner:
         if "runAsUser" in security:
             _hand_over_folders(job, f"{security['runAsUser']}:{security['runAsGroup']}")
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        notes = kubernetes_notes(job)
+        if notes:
+            with job.log_path.open("a") as out:
+                out.writelines(f"{note}\n" for note in notes)
         started = time.monotonic()
         try:
             batch.create_namespaced_job(

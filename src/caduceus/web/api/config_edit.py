@@ -18,6 +18,13 @@ from caduceus.web.api.engines import writer
 from caduceus.web.auth import Principal
 
 
+def allow_root_modules(request: Request) -> bool:
+    """The host's CADUCEUS_PROCESSOR_ALLOW_ROOT: root-only docker_arguments are refused when
+    saved without it."""
+    settings = getattr(request.app.state, "settings", None)
+    return bool(getattr(settings, "processor_allow_root", False))
+
+
 class Refused(Exception):
     """A change that makes no sense (a name taken, a rule that does not exist)."""
 
@@ -38,7 +45,9 @@ def edit_config(
     def apply(previous: Config | None) -> Config:
         document = (previous or Config()).model_dump(mode="json")
         change(document)
-        return files.parse(document, "request").config
+        return files.parse(
+            document, "request", allow_root_modules=allow_root_modules(request)
+        ).config
 
     try:
         version, changed = store.edit(writer(request), apply, who.username, comment)

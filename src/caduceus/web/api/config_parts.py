@@ -37,12 +37,14 @@ def field_error(field: str, message: str) -> HTTPException:
     return HTTPException(UNPROCESSABLE, [{"loc": [field], "msg": message, "type": "value_error"}])
 
 
-def validated(model: type[BaseModel], settings: dict[str, Any]) -> dict[str, Any]:
+def validated(
+    model: type[BaseModel], settings: dict[str, Any], context: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The settings, once the model accepts them, or 422 naming each field at fault.
 
     They are returned as given, not as the model dumps them: a dump masks the secrets."""
     try:
-        model.model_validate(settings)
+        model.model_validate(settings, context=context)
     except ValidationError as exc:
         problems = [
             {

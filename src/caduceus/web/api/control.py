@@ -16,7 +16,7 @@ from caduceus.core.db.models import QUEUE_CONTROLS, TASKS
 from caduceus.core.ids import MAX_ROW_ID, RowId
 from caduceus.core.work_queue import set_suspended
 from caduceus.web.api.config_diff import unified_diff
-from caduceus.web.api.config_edit import edit_config
+from caduceus.web.api.config_edit import allow_root_modules, edit_config
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.auth import Admin, Operator, Principal, Viewer
 
@@ -102,10 +102,10 @@ def config(request: Request, who: Viewer) -> dict[str, Any]:
 
 
 @router.post("/config/validate")
-def validate(_: Viewer, document: dict[str, Any] = Body(...)) -> dict[str, Any]:
+def validate(request: Request, _: Viewer, document: dict[str, Any] = Body(...)) -> dict[str, Any]:
     """Check a configuration document (caduceus or mercure.json format) without saving it."""
     try:
-        loaded = files.parse(document, "request")
+        loaded = files.parse(document, "request", allow_root_modules=allow_root_modules(request))
     except files.ConfigFileError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return {
@@ -129,7 +129,7 @@ def save_config(
 ) -> dict[str, Any]:
     """Validate and store as the newest version; masked secrets keep their stored values."""
     try:
-        loaded = files.parse(document, "request")
+        loaded = files.parse(document, "request", allow_root_modules=allow_root_modules(request))
         version, changed = store.save(
             writer(request), loaded.config, who.username, comment or "changed through the API"
         )

@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Body, Request, status
 
 from caduceus.core.config import store
+from caduceus.core.config.docker_arguments import ALLOW_ROOT_KEY
 from caduceus.core.config.models import Module
 from caduceus.core.storage import DataRoot
 from caduceus.web.api import config_parts
+from caduceus.web.api.config_edit import allow_root_modules
 from caduceus.web.api.control import module_shown
 from caduceus.web.api.engines import reader, writer
 from caduceus.web.api.module_trial import start_trial
@@ -17,7 +19,7 @@ from caduceus.web.auth import Admin, Operator, Principal, Viewer
 from caduceus.web.model_forms import lines_to_lists
 
 router = APIRouter(prefix="/api", tags=["modules"])
-OBJECTS = ("settings", "environment")
+OBJECTS = ("settings", "environment", "docker_arguments", "node_selector")
 
 
 def summary(name: str, module: Module, who: Principal) -> dict[str, Any]:
@@ -44,21 +46,23 @@ def one_module(request: Request, name: str, who: Viewer) -> dict[str, Any]:
     return summary(name, config_parts.found(_modules(request), name, "module"), who)
 
 
-def _builder(body: dict[str, Any]) -> config_parts.Build:
+def _builder(request: Request, body: dict[str, Any]) -> config_parts.Build:
     settings = dict(body)
     settings.pop("name", None)
     for field in OBJECTS:
         if field in settings and not isinstance(settings[field], dict):
             raise config_parts.field_error(field, "must be a JSON object ({...})")
     settings = lines_to_lists(Module, settings)
-    return lambda _before: config_parts.validated(Module, settings)
+    # Root-only docker_arguments are refused here unless the host allows root modules.
+    context = {ALLOW_ROOT_KEY: allow_root_modules(request)}
+    return lambda _before: config_parts.validated(Module, settings, context)
 
 
 @router.post("/modules", status_code=status.HTTP_201_CREATED)
 def add_module(request: Request, who: Admin, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     """Add a module: {"name": ..., "image": ... or "command": [...], "settings": {...}, ...}."""
     name = config_parts.check_name(body.get("name"))
-    return config_parts.save(request, who, "modules", "module", name, _builder(body), True)
+    return config_parts.save(request, who, "modules", "module", name, _builder(request, body), True)
 
 
 @router.put("/modules/{name}")
@@ -67,7 +71,9 @@ def change_module(
 ) -> dict[str, Any]:
     if body.get("name", name) != name:
         raise config_parts.field_error("name", "a module cannot be renamed; add a new one")
-    return config_parts.save(request, who, "modules", "module", name, _builder(body), False)
+    return config_parts.save(
+        request, who, "modules", "module", name, _builder(request, body), False
+    )
 
 
 def _uses_module(rule: dict[str, Any], name: str) -> bool:

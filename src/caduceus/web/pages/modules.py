@@ -35,6 +35,13 @@ HELP = {
     "volumes": "extra bind mounts HOST:CONTAINER[:ro], HOST inside the allowed volume root",
     "pull": "fetch the image only when missing, or before every run",
     "sandbox": "run a local command in a bubblewrap sandbox (where bwrap is installed)",
+    "docker_arguments": 'more container options from an allow-list, e.g. {"shm_size": "1g"}; '
+    "privileged, host namespaces, devices and the like only with requires_root where the "
+    "processor allows root modules",
+    "node_selector": 'Kubernetes only: the node labels its pods need, e.g. {"gpu": "a100"}',
+    "persistence_folder_name": "share the persistent folder with the modules naming the same "
+    "one (empty: the module's own)",
+    "contact": "who to ask about this module",
     "comment": "a note for the people who read this page",
 }
 GROUPS = (
@@ -51,9 +58,11 @@ GROUPS = (
             "requires_root",
             "capabilities",
             "volumes",
+            "docker_arguments",
+            "node_selector",
         ),
     ),
-    ("More", ("persistence", "comment")),
+    ("More", ("persistence", "persistence_folder_name", "contact", "comment")),
 )
 
 
