@@ -51,7 +51,8 @@ def parse(data: Any, origin: str = "configuration") -> Loaded:
         raise ConfigFileError(f"{origin}: the top level must be a mapping")
     source_format, not_mapped = "caduceus", list[str]()
     if looks_like_mercure(data):
-        data, not_mapped = from_mercure(data)
+        data, report = from_mercure(data)
+        not_mapped = report.lines()
         source_format = "mercure"
     try:
         config = Config.model_validate(data)

@@ -6,6 +6,7 @@ the reason, so that nothing is dropped silently.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 _MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
@@ -46,6 +47,25 @@ _NOTIFICATION_FIELDS = {
     "notification_trigger_error": "on_error",
 }
 _IGNORED_EMPTY = {"contact", "tags", "notification_payload_body"}
+
+
+@dataclass
+class Report:
+    """What the import could not carry over as it was, each field once, in three groups."""
+
+    # mercure machinery caduceus does without (folders, scan intervals, bookkeeper...).
+    not_needed: list[str] = field(default_factory=list)
+    # Features caduceus does not have; the line says why.
+    not_supported: list[str] = field(default_factory=list)
+    # Carried over, but as something else; the line says what it became.
+    changed: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return (
+            [f"not needed here: {line}" for line in self.not_needed]
+            + [f"not supported: {line}" for line in self.not_supported]
+            + [f"changed meaning: {line}" for line in self.changed]
+        )
 
 
 def looks_like_mercure(data: dict[str, Any]) -> bool:
@@ -98,12 +118,14 @@ _TARGET_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
-def _target(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any] | None:
+def _target(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any] | None:
     kind = raw.get("target_type", "dicom")
     where = f"targets -> {name}"
     fields = _TARGET_FIELDS.get(kind)
     if fields is None:
-        report.append(f"{where}: target type {kind!r} is not supported yet; target not imported")
+        report.not_supported.append(
+            f"{where}: target type {kind!r} is not supported yet; target not imported"
+        )
         return None
     target: dict[str, Any] = {"type": kind, "comment": raw.get("comment", "")}
     for theirs, ours in fields.items():
@@ -114,15 +136,15 @@ def _target(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]
     if kind == "sftp":
         # mercure does not check the server's host key; we do, once it is configured.
         target["accept_unknown_host_key"] = True
-        report.append(f"{where}: the SFTP server's host key is not verified; set host_key")
+        report.changed.append(f"{where}: the SFTP server's host key is not verified; set host_key")
     known = {"target_type", "comment", *fields}
     for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
         if raw[key] not in (None, "", [], {}, False):
-            report.append(f"{where} -> {key}: no equivalent, not imported")
+            report.not_supported.append(f"{where} -> {key}: no equivalent, not imported")
     return target
 
 
-def _module(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
+def _module(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     module = {
         "image": raw.get("docker_tag", ""),
         "settings": raw.get("settings") or {},
@@ -148,11 +170,11 @@ def _module(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]
     }
     for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
         if raw[key] not in (None, "", [], {}, False):
-            report.append(f"modules -> {name} -> {key}: no equivalent, not imported")
+            report.not_supported.append(f"modules -> {name} -> {key}: no equivalent, not imported")
     return module
 
 
-def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
+def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     rule: dict[str, Any] = {
         ours: raw[theirs] for theirs, ours in _RULE_FIELDS.items() if theirs in raw
     }
@@ -193,38 +215,59 @@ def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
     )
     for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
         if raw[key] not in (None, "", [], {}, False):
-            report.append(f"rules -> {name} -> {key}: no equivalent, not imported")
+            report.not_supported.append(f"rules -> {name} -> {key}: no equivalent, not imported")
     return rule
 
 
-def from_mercure(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Our configuration document for a mercure.json, and what could not be carried over."""
-    report: list[str] = []
+def _settings(data: dict[str, Any], report: Report) -> dict[str, Any]:
+    """The top-level fields of mercure's Config other than targets, modules and rules."""
     settings = {key: data[key] for key in _SETTINGS if key in data}
+    for key, variable in _BOOTSTRAP.items():
+        if key in data:
+            report.changed.append(f"{key}: a bootstrap setting here; set {variable} instead")
+    handled = _SETTINGS | set(_BOOTSTRAP) | {"targets", "modules", "rules"}
+    for key in sorted(data.keys() - handled):
+        if data[key] not in (None, "", [], {}):
+            report.not_supported.append(f"{key}: no equivalent, not imported")
+    return settings
+
+
+def _targets(data: dict[str, Any], report: Report) -> dict[str, Any]:
     targets = {}
     for name, raw in (data.get("targets") or {}).items():
         target = _target(name, raw, report)
         if target is not None:
             targets[name] = target
-    modules = {
-        name: _module(name, raw, report) for name, raw in (data.get("modules") or {}).items()
-    }
+    return targets
+
+
+def _modules(data: dict[str, Any], report: Report) -> dict[str, Any]:
+    return {name: _module(name, raw, report) for name, raw in (data.get("modules") or {}).items()}
+
+
+def _rules(
+    data: dict[str, Any], targets: dict[str, Any], modules: dict[str, Any], report: Report
+) -> dict[str, Any]:
     rules = {}
     for name, raw in (data.get("rules") or {}).items():
         rule = _rule(name, raw, report)
         missing = [t for t in rule["targets"] if t not in targets]
         if missing:
-            report.append(
+            report.not_supported.append(
                 f"rules -> {name}: refers to target(s) not imported ({', '.join(missing)}); "
                 "rule not imported"
             )
             continue
         rules[name] = rule
-    for key, variable in _BOOTSTRAP.items():
-        if key in data:
-            report.append(f"{key}: a bootstrap setting here; set {variable} instead")
-    handled = _SETTINGS | set(_BOOTSTRAP) | {"targets", "modules", "rules"}
-    for key in sorted(data.keys() - handled):
-        if data[key] not in (None, "", [], {}):
-            report.append(f"{key}: no equivalent, not imported")
+    return rules
+
+
+def from_mercure(data: dict[str, Any]) -> tuple[dict[str, Any], Report]:
+    """Our configuration document for a mercure.json, and what could not be carried over as
+    it was. Each part has its own function: settings, targets, modules, rules."""
+    report = Report()
+    settings = _settings(data, report)
+    targets = _targets(data, report)
+    modules = _modules(data, report)
+    rules = _rules(data, targets, modules, report)
     return {"settings": settings, "targets": targets, "modules": modules, "rules": rules}, report
