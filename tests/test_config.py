@@ -153,7 +153,6 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
         "router_scan_interval",
         "graphite_ip",
         "appliance_name",
-        "port: a bootstrap setting",
     ):
         assert name in report, name
     assert "offsite" not in config.rules and "remote" not in config.targets

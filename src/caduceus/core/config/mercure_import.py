@@ -6,10 +6,16 @@ the reason, so that nothing is dropped silently.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from caduceus.core.config.models import Module, Rule, Target
+
 _MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
+# mercure's Config fields that are ours under the same name and meaning.
 _SETTINGS = {
     "series_complete_trigger",
     "study_complete_trigger",
@@ -20,33 +26,90 @@ _SETTINGS = {
     "retry_max",
     "retention",
 }
+# ... under another name (ours is in settings:, the smtp sender one level down).
+_RENAMED_SETTINGS = {
+    "emergency_clean_percentage": "disk_high_water",
+    "phi_notifications": "notifications_include_phi",
+    "webhook_certificate_location": "webhook_ca_bundle",
+}
+# mercure's machinery that caduceus does without: reported once per group, with the reason.
+_NOT_NEEDED = {
+    "caduceus keeps its data under CADUCEUS_HOME": (
+        "incoming_folder",
+        "studies_folder",
+        "outgoing_folder",
+        "success_folder",
+        "error_folder",
+        "discard_folder",
+        "processing_folder",
+        "jobs_folder",
+        "persistence_folder",
+    ),
+    "caduceus' services are woken through the database, nothing scans folders": (
+        "router_scan_interval",
+        "dispatcher_scan_interval",
+        "cleaner_scan_interval",
+    ),
+    "caduceus records every event in its own database; there is no bookkeeper service": (
+        "bookkeeper",
+        "bookkeeper_api_key",
+    ),
+    "the web's name and look are caduceus' own": ("appliance_name", "appliance_color"),
+    "caduceus has no feature switches": ("features",),
+    "caduceus keeps module logs with the task": ("processing_logs",),
+    "caduceus stores and answers times in UTC": ("server_time",),
+    "caduceus keeps the tags of every received series": ("store_sample_dicom_tags",),
+}
+_METRICS = (
+    "graphite_ip",
+    "graphite_port",
+    "influxdb_host",
+    "influxdb_token",
+    "influxdb_org",
+    "influxdb_bucket",
+)
+# Kept in the environment here (bootstrap settings), not in the versioned configuration.
 _BOOTSTRAP = {"port": "CADUCEUS_DICOM_PORT"}
-# Keys that describe mercure's own machinery (folders, scan intervals, metrics endpoints, UI):
-# caduceus has no counterpart, or a different one, so they are reported as not mapped.
+_CADUCEUS_DICOM_PORT = 11112  # caduceus.core.settings.Settings.dicom_port's default
+# mercure's Rule fields and ours.
 _RULE_FIELDS = {
     "rule": "rule",
     "action": "action",
     "action_trigger": "trigger",
     "study_trigger_condition": "study_trigger_condition",
     "study_trigger_series": "required_series",
+    "study_force_completion_action": "study_force_completion_action",
     "priority": "priority",
     "processing_retain_images": "retain_input_images",
     "disabled": "disabled",
     "fallback": "fallback",
     "comment": "comment",
+    "contact": "contact",
+    "tags": "tags",
+    # mercure's newer releases: a module's result may choose the targets.
     "dynamic_routing": "dynamic_routing",
     "conditional_alternate_target": "alternate_target",
 }
 _NOTIFICATION_FIELDS = {
     "notification_webhook": "webhook_url",
     "notification_payload": "webhook_payload",
+    "notification_payload_body": "webhook_payload_body",
     "notification_email_body": "email_body",
     "notification_trigger_reception": "on_reception",
     "notification_trigger_completion": "on_completion",
     "notification_trigger_completion_on_request": "on_completion_on_request",
     "notification_trigger_error": "on_error",
 }
-_IGNORED_EMPTY = {"contact", "tags", "notification_payload_body"}
+# mercure's Rule defaults where ours differ (a missing field means mercure's default).
+_RULE_DEFAULTS = {
+    "rule": "False",
+    "study_force_completion_action": "discard",
+    "notification_trigger_reception": True,
+    "notification_trigger_completion": True,
+    "notification_trigger_completion_on_request": False,
+    "notification_trigger_error": True,
+}
+_IGNORED_EMPTY = {"contact", "tags", "notification_payload_body"}  # targets and modules
 
 
 @dataclass
@@ -144,18 +207,39 @@ def _target(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any] | 
     return target
 
 
+def _volumes(parsed: Any) -> list[str]:
+    """mercure's additional_volumes, Docker's form as JSON: {"/host": {"bind": "/container",
+    "mode": "ro"}}, as our "HOST:CONTAINER[:ro]". A plain "a:b,c:d" string (an older form) too."""
+    if isinstance(parsed, dict):
+        volumes = []
+        for host, spec in parsed.items():
+            spec = spec if isinstance(spec, dict) else {"bind": spec}
+            mode = ":ro" if spec.get("mode") == "ro" else ""
+            volumes.append(f"{host}:{spec.get('bind', host)}{mode}")
+        return volumes
+    return [v.strip() for v in str(parsed or "").split(",") if v.strip()]
+
+
 def _module(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     module = {
         "image": raw.get("docker_tag", ""),
         "settings": raw.get("settings") or {},
-        "environment": {k: str(v) for k, v in (raw.get("environment") or {}).items()},
+        "environment": {
+            k: str(v)
+            for k, v in (
+                json_in_string(raw.get("environment"), f"modules -> {name} -> environment", report)
+                or {}
+            ).items()
+        },
         "requires_root": bool(raw.get("requires_root", False)),
         "persistence": bool(raw.get("requires_persistence", False)),
         "network": bool(raw.get("network_enabled", False)),
         "comment": raw.get("comment", ""),
     }
-    # mercure's additional_volumes: "host:container[:mode],..." in one string.
-    volumes = [v.strip() for v in str(raw.get("additional_volumes") or "").split(",") if v.strip()]
+    volumes = raw.get("additional_volumes")
+    if isinstance(volumes, str) and volumes.strip().startswith("{"):
+        volumes = json_in_string(volumes, f"modules -> {name} -> additional_volumes", report)
+    volumes = _volumes(volumes)
     if volumes:
         module["volumes"] = volumes
     known = {
@@ -174,10 +258,32 @@ def _module(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     return module
 
 
+def json_in_string(value: Any, where: str, report: Report) -> Any:
+    """mercure keeps some mappings as JSON text in a string field (a module's environment and
+    additional_volumes, say): the parsed value; "" or a broken text gives None (reported)."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        report.not_supported.append(f"{where}: not valid JSON ({exc.msg}); not imported")
+        return None
+
+
 def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
+    where = f"rules -> {name}"
+    raw = {**_RULE_DEFAULTS, **raw}
     rule: dict[str, Any] = {
         ours: raw[theirs] for theirs, ours in _RULE_FIELDS.items() if theirs in raw
     }
+    if rule.get("trigger") not in (None, "series", "study"):
+        report.not_supported.append(
+            f"{where} -> action_trigger: {rule['trigger']!r} is not one of mercure's; "
+            "read as series"
+        )
+        rule["trigger"] = "series"
     allowed = raw.get("dynamic_routing_allowed_targets")
     if allowed:
         rule["dynamic_routing_allowed_targets"] = _as_list(
@@ -187,15 +293,23 @@ def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
         rule.pop("alternate_target", None)
     rule["targets"] = _as_list(raw.get("target"))
     rule["modules"] = _as_list(raw.get("processing_module"))
-    settings = raw.get("processing_settings")
+    settings = json_in_string(
+        raw.get("processing_settings"), f"{where} -> processing_settings", report
+    )
     if isinstance(settings, dict):
         settings = [settings] if settings else []
     rule["module_settings"] = settings or []
     notification = {
         ours: raw[theirs] for theirs, ours in _NOTIFICATION_FIELDS.items() if theirs in raw
     }
-    if str(raw.get("notification_email_type", "")).lower() in ("plain", "html"):
-        notification["email_type"] = str(raw["notification_email_type"]).lower()
+    email_type = str(raw.get("notification_email_type") or "plain").lower()
+    if email_type in ("plain", "html"):
+        notification["email_type"] = email_type
+    else:
+        report.not_supported.append(
+            f"{where} -> notification_email_type: {email_type!r} is neither plain nor html; "
+            "mails are sent as plain text"
+        )
     if raw.get("notification_email"):
         notification["email"] = [
             a.strip() for a in str(raw["notification_email"]).split(",") if a.strip()
@@ -213,52 +327,236 @@ def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
             "dynamic_routing_allowed_targets",
         }
     )
-    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
+    for key in sorted(raw.keys() - known):
         if raw[key] not in (None, "", [], {}, False):
-            report.not_supported.append(f"rules -> {name} -> {key}: no equivalent, not imported")
+            report.not_supported.append(
+                f"{where} -> {key}: not a field of mercure's rules; ignored"
+            )
     return rule
+
+
+def _trigger_seconds(data: dict[str, Any], key: str, report: Report) -> int:
+    """A completion trigger: mercure's test configuration uses zero or negative values (no
+    wait); ours waits at least a second."""
+    value = int(data[key])
+    if value < 1:
+        report.changed.append(f"{key}: {value} seconds becomes 1 second, the shortest wait here")
+        return 1
+    return value
 
 
 def _settings(data: dict[str, Any], report: Report) -> dict[str, Any]:
     """The top-level fields of mercure's Config other than targets, modules and rules."""
     settings = {key: data[key] for key in _SETTINGS if key in data}
-    for key, variable in _BOOTSTRAP.items():
-        if key in data:
-            report.changed.append(f"{key}: a bootstrap setting here; set {variable} instead")
-    handled = _SETTINGS | set(_BOOTSTRAP) | {"targets", "modules", "rules"}
+    for key in ("series_complete_trigger", "study_complete_trigger", "study_forcecomplete_trigger"):
+        if key in settings:
+            settings[key] = _trigger_seconds(data, key, report)
+    for theirs, ours in _RENAMED_SETTINGS.items():
+        if data.get(theirs) not in (None, ""):
+            settings[ours] = data[theirs]
+    if "disk_high_water" in settings:
+        # mercure cleans until use is below its percentage; ours stops at a low-water mark.
+        high = int(settings["disk_high_water"])
+        settings["disk_low_water"] = max(0, min(80, high - 10))
+    if data.get("email_notification_from"):
+        settings["smtp"] = {"sender": data["email_notification_from"]}
+    handled = (
+        _SETTINGS
+        | set(_RENAMED_SETTINGS)
+        | {"targets", "modules", "rules", "email_notification_from"}
+    )
+    handled |= _environment_settings(data, report)
+    handled |= _not_needed(data, report)
+    handled |= _not_supported_settings(data, report)
     for key in sorted(data.keys() - handled):
-        if data[key] not in (None, "", [], {}):
-            report.not_supported.append(f"{key}: no equivalent, not imported")
+        report.not_supported.append(f"{key}: not a field of mercure's configuration; ignored")
     return settings
+
+
+def _environment_settings(data: dict[str, Any], report: Report) -> set[str]:
+    """Fields that are environment (bootstrap) settings here; reported only where the value
+    differs from ours, since the configuration file cannot carry them."""
+    port = data.get("port")
+    if port not in (None, "") and int(port) != _CADUCEUS_DICOM_PORT:
+        report.changed.append(
+            f"port: the receiver's port is the environment setting "
+            f"CADUCEUS_DICOM_PORT; set CADUCEUS_DICOM_PORT={int(port)}"
+        )
+    if data.get("support_root_modules"):
+        report.changed.append(
+            "support_root_modules: the environment setting CADUCEUS_PROCESSOR_ALLOW_ROOT; "
+            "set CADUCEUS_PROCESSOR_ALLOW_ROOT=true"
+        )
+    runner = data.get("process_runner") or ""
+    if runner == "nomad":
+        report.changed.append(
+            "process_runner: modules run in containers (CADUCEUS_PROCESSOR_RUNNER=container or "
+            "kubernetes); under Nomad, run caduceus itself as a Nomad job (deploy/nomad)"
+        )
+    return {"port", "support_root_modules", "process_runner"}
+
+
+def _not_needed(data: dict[str, Any], report: Report) -> set[str]:
+    handled: set[str] = set()
+    for why, keys in _NOT_NEEDED.items():
+        present = [k for k in keys if k in data]
+        if present:
+            report.not_needed.append(f"{', '.join(present)}: {why}")
+            handled.update(present)
+    metrics = [k for k in _METRICS if k in data]
+    if metrics:
+        pushing = data.get("graphite_ip") or data.get("influxdb_host")
+        line = (
+            f"{', '.join(metrics)}: caduceus does not push metrics; "
+            "it serves them in Prometheus format at /metrics"
+        )
+        (report.not_supported if pushing else report.not_needed).append(line)
+        handled.update(metrics)
+    return handled
+
+
+def _not_supported_settings(data: dict[str, Any], report: Report) -> set[str]:
+    receiver = data.get("dicom_receiver") or {}
+    extra_tags = receiver.get("additional_tags") if isinstance(receiver, dict) else None
+    if extra_tags:
+        report.not_supported.append(
+            "dicom_receiver -> additional_tags: rules read tags from DICOM's standard "
+            f"dictionary; {', '.join(sorted(extra_tags))} not imported"
+        )
+    retrieve = data.get("dicom_retrieve") or {}
+    if isinstance(retrieve, dict) and any(retrieve.values()):
+        report.not_supported.append(
+            "dicom_retrieve: caduceus does not query or retrieve from DICOM nodes"
+        )
+    if data.get("processing_runtime") not in (None, "", "runc"):
+        report.not_supported.append(
+            f"processing_runtime: {data['processing_runtime']!r}: modules run with the "
+            "container engine's default runtime; a module that needs a GPU sets gpu: true"
+        )
+    if data.get("local_time") not in (None, "", "UTC"):
+        report.not_supported.append(
+            f"local_time: {data['local_time']!r}: the web shows times in UTC"
+        )
+    if data.get("accept_compressed_images") is False:
+        # mercure then proposes only uncompressed syntaxes; this receiver accepts both.
+        report.not_supported.append(
+            "accept_compressed_images: false: the receiver also accepts compressed transfer "
+            "syntaxes; modules get the images as they were sent"
+        )
+    return {
+        "processing_runtime",
+        "dicom_receiver",
+        "dicom_retrieve",
+        "local_time",
+        "accept_compressed_images",
+    }
+
+
+# mercure tells a target's type by which type's fields it has, when target_type is missing
+# (its Target.validate tries each in turn); a target with an address is DICOM.
+_TYPE_BY_FIELDS = (
+    ("dicom", ("ip", "port", "aet_target")),
+    ("dicomweb", ("url",)),
+    ("xnat", ("project_id", "host", "user")),
+    ("s3", ("bucket",)),
+    ("sftp", ("folder", "user", "host")),
+    ("folder", ("folder",)),
+)
+
+
+def _target_type(raw: dict[str, Any]) -> str:
+    if raw.get("target_type"):
+        return str(raw["target_type"])
+    for kind, needed in _TYPE_BY_FIELDS:
+        if all(key in raw for key in needed):
+            return kind
+    return "dicom"
+
+
+def _valid(model: Any, document: dict[str, Any], where: str, report: Report) -> bool:
+    """Whether one target, module or rule is valid here; an invalid one is left out with the
+    reason, so that the rest of the file still imports."""
+    try:
+        TypeAdapter(model).validate_python(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            (" -> ".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "") + e["msg"]
+            for e in exc.errors()
+        )
+        report.not_supported.append(f"{where}: not imported: {problems}")
+        return False
+    return True
 
 
 def _targets(data: dict[str, Any], report: Report) -> dict[str, Any]:
     targets = {}
     for name, raw in (data.get("targets") or {}).items():
-        target = _target(name, raw, report)
-        if target is not None:
+        mark = len(report.changed)
+        target = _target(name, {**raw, "target_type": _target_type(raw)}, report)
+        if target is None:
+            continue
+        if _valid(Target, target, f"targets -> {name}", report):
             targets[name] = target
+        else:
+            del report.changed[mark:]  # what it would have become: moot, it is left out
     return targets
 
 
 def _modules(data: dict[str, Any], report: Report) -> dict[str, Any]:
-    return {name: _module(name, raw, report) for name, raw in (data.get("modules") or {}).items()}
+    modules = {}
+    for name, raw in (data.get("modules") or {}).items():
+        mark = len(report.changed)
+        module = _module(name, raw, report)
+        if _valid(Module, module, f"modules -> {name}", report):
+            modules[name] = module
+        else:
+            del report.changed[mark:]
+    return modules
+
+
+def _drop_missing(
+    rule: dict[str, Any], key: str, known: dict[str, Any], where: str, report: Report
+) -> None:
+    kept = [n for n in rule.get(key, []) if n in known]
+    dropped = [n for n in rule.get(key, []) if n not in known]
+    if dropped:
+        rule[key] = kept
+        report.changed.append(f"{where}: {', '.join(dropped)} not imported; left out of {key}")
 
 
 def _rules(
     data: dict[str, Any], targets: dict[str, Any], modules: dict[str, Any], report: Report
 ) -> dict[str, Any]:
+    """The rules, each referring only to what was imported; a rule that cannot work without
+    what was left out (a route rule with no target left, say) is left out with the reason."""
     rules = {}
     for name, raw in (data.get("rules") or {}).items():
+        where = f"rules -> {name}"
         rule = _rule(name, raw, report)
-        missing = [t for t in rule["targets"] if t not in targets]
-        if missing:
-            report.not_supported.append(
-                f"rules -> {name}: refers to target(s) not imported ({', '.join(missing)}); "
-                "rule not imported"
+        # The settings belong to the module at the same position: keep them paired.
+        settings = rule["module_settings"] + [{}] * (
+            len(rule["modules"]) - len(rule["module_settings"])
+        )
+        pairs = list(zip(rule["modules"], settings, strict=False))
+        _drop_missing(rule, "targets", targets, where, report)
+        _drop_missing(rule, "dynamic_routing_allowed_targets", targets, where, report)
+        if rule.get("alternate_target") and rule["alternate_target"] not in targets:
+            report.changed.append(
+                f"{where}: alternate target {rule['alternate_target']} not imported; left out"
             )
-            continue
-        rules[name] = rule
+            del rule["alternate_target"]
+        dropped = [m for m, _ in pairs if m not in modules]
+        if dropped:
+            report.changed.append(
+                f"{where}: {', '.join(dropped)} not imported; left out of modules"
+            )
+            kept = [(m, s) for m, s in pairs if m in modules]
+            rule["modules"] = [m for m, _ in kept]
+            rule["module_settings"] = [s for _, s in kept]
+            while rule["module_settings"] and not rule["module_settings"][-1]:
+                rule["module_settings"].pop()
+        if _valid(Rule, rule, where, report):
+            rules[name] = rule
     return rules
 
 
