@@ -37,6 +37,17 @@ def _read(path: Path) -> Any:
         ) from exc
 
 
+def parse_text(text: str, origin: str = "the file") -> Any:
+    """A YAML (or JSON) text as plain values; a mapping at the top, or ConfigFileError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{origin} is not valid YAML or JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{origin}: the top level must be a mapping")
+    return data
+
+
 def describe(error: ValidationError) -> str:
     """One line per problem, each naming where it is (rules -> NAME -> field)."""
     lines = []
