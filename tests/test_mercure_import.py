@@ -246,3 +246,29 @@ def test_mercures_test_configuration_imports(tmp_path: Path, sqlite_url: str) ->
     assert config.targets["test_target_2"].port == 11113  # type: ignore[union-attr]
     assert config.modules["test_module"].image == "alpine:3.11"
     assert config.settings.series_complete_trigger == 1
+
+
+ODD_VALUES: list[Any] = [None, "", "x", "{", -1, 0, 1.5, True, [], ["a"], {}, {"a": 1}]
+
+
+def test_odd_values_anywhere_give_a_clear_answer_never_a_traceback() -> None:
+    """Every field of the Config, of a rule, a target and a module set in turn to values of the
+    wrong kind: the file imports with a report, or is refused with ConfigFileError naming the
+    field; nothing else is raised (the web answered 500 on such files)."""
+    base = every_field()
+    places: list[tuple[list[str], str]] = [([], key) for key in base]
+    places += [(["rules", "brain"], key) for key in RULE_FIELDS]
+    places += [(["targets", "pacs"], key) for key in ("ip", "port", "aet_target", "target_type")]
+    places += [(["modules", "ai"], key) for key in ("docker_tag", "environment", "settings")]
+    places += [(["modules", "ai"], "additional_volumes"), (["rules"], "bad/name")]
+    for path, key in places:
+        for value in ODD_VALUES:
+            data = every_field()
+            node = data
+            for part in path:
+                node = node[part]
+            node[key] = value
+            try:
+                files.parse(data)
+            except files.ConfigFileError as exc:
+                assert str(exc), (path, key, value)

@@ -7,12 +7,15 @@ the reason, so that nothing is dropped silently.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from caduceus.core.config.models import Module, Rule, Target
+from caduceus.core.config.models import NAME, Module, Rule, Target
 
 _MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
 # mercure's Config fields that are ours under the same name and meaning.
@@ -258,6 +261,18 @@ def _module(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     return module
 
 
+def _names(value: Any, where: str, report: Report) -> list[str]:
+    """A name or a list of names (mercure's target, processing_module); what is not a name is
+    left out with a line."""
+    names = []
+    for item in _as_list(value):
+        if isinstance(item, str) and item.strip():
+            names.append(item.strip())
+        else:
+            report.not_supported.append(f"{where}: {item!r} is not a name; left out")
+    return names
+
+
 def json_in_string(value: Any, where: str, report: Report) -> Any:
     """mercure keeps some mappings as JSON text in a string field (a module's environment and
     additional_volumes, say): the parsed value; "" or a broken text gives None (reported)."""
@@ -286,18 +301,27 @@ def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
         rule["trigger"] = "series"
     allowed = raw.get("dynamic_routing_allowed_targets")
     if allowed:
-        rule["dynamic_routing_allowed_targets"] = _as_list(
-            [t.strip() for t in allowed.split(",")] if isinstance(allowed, str) else allowed
+        rule["dynamic_routing_allowed_targets"] = _names(
+            allowed.split(",") if isinstance(allowed, str) else allowed,
+            f"{where} -> dynamic_routing_allowed_targets",
+            report,
         )
     if not rule.get("alternate_target"):
         rule.pop("alternate_target", None)
-    rule["targets"] = _as_list(raw.get("target"))
-    rule["modules"] = _as_list(raw.get("processing_module"))
+    rule["targets"] = _names(raw.get("target"), f"{where} -> target", report)
+    rule["modules"] = _names(raw.get("processing_module"), f"{where} -> processing_module", report)
     settings = json_in_string(
         raw.get("processing_settings"), f"{where} -> processing_settings", report
     )
     if isinstance(settings, dict):
         settings = [settings] if settings else []
+    if settings and not (
+        isinstance(settings, list) and all(isinstance(one, dict) for one in settings)
+    ):
+        report.not_supported.append(
+            f"{where} -> processing_settings: neither an object nor a list of objects; not imported"
+        )
+        settings = []
     rule["module_settings"] = settings or []
     notification = {
         ours: raw[theirs] for theirs, ours in _NOTIFICATION_FIELDS.items() if theirs in raw
@@ -335,10 +359,13 @@ def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     return rule
 
 
-def _trigger_seconds(data: dict[str, Any], key: str, report: Report) -> int:
+def _trigger_seconds(data: dict[str, Any], key: str, report: Report) -> Any:
     """A completion trigger: mercure's test configuration uses zero or negative values (no
     wait); ours waits at least a second."""
-    value = int(data[key])
+    try:
+        value = int(data[key])
+    except (TypeError, ValueError):
+        return data[key]  # not a number: the validation names the field
     if value < 1:
         report.changed.append(f"{key}: {value} seconds becomes 1 second, the shortest wait here")
         return 1
@@ -354,9 +381,9 @@ def _settings(data: dict[str, Any], report: Report) -> dict[str, Any]:
     for theirs, ours in _RENAMED_SETTINGS.items():
         if data.get(theirs) not in (None, ""):
             settings[ours] = data[theirs]
-    if "disk_high_water" in settings:
+    high = settings.get("disk_high_water")
+    if isinstance(high, int) and not isinstance(high, bool):
         # mercure cleans until use is below its percentage; ours stops at a low-water mark.
-        high = int(settings["disk_high_water"])
         settings["disk_low_water"] = max(0, min(80, high - 10))
     if data.get("email_notification_from"):
         settings["smtp"] = {"sender": data["email_notification_from"]}
@@ -376,11 +403,11 @@ def _settings(data: dict[str, Any], report: Report) -> dict[str, Any]:
 def _environment_settings(data: dict[str, Any], report: Report) -> set[str]:
     """Fields that are environment (bootstrap) settings here; reported only where the value
     differs from ours, since the configuration file cannot carry them."""
-    port = data.get("port")
-    if port not in (None, "") and int(port) != _CADUCEUS_DICOM_PORT:
+    port = str(data.get("port", "")).strip()
+    if port and port != str(_CADUCEUS_DICOM_PORT):
         report.changed.append(
             f"port: the receiver's port is the environment setting "
-            f"CADUCEUS_DICOM_PORT; set CADUCEUS_DICOM_PORT={int(port)}"
+            f"CADUCEUS_DICOM_PORT; set CADUCEUS_DICOM_PORT={port}"
         )
     if data.get("support_root_modules"):
         report.changed.append(
@@ -488,12 +515,58 @@ def _valid(model: Any, document: dict[str, Any], where: str, report: Report) -> 
     return True
 
 
+class _Failed:
+    def __init__(self) -> None:
+        self.failed = False
+
+    def __bool__(self) -> bool:
+        return self.failed
+
+
+@contextmanager
+def _unreadable(where: str, report: Report) -> Iterator[_Failed]:
+    """A target, module or rule whose fields have values of the wrong kind (a port "x") is left
+    out with a line, not the whole file. The message names the kind of error only: the value
+    could be a password."""
+    outcome = _Failed()
+    try:
+        yield outcome
+    except (TypeError, ValueError, AttributeError) as exc:
+        outcome.failed = True
+        report.not_supported.append(
+            f"{where}: a field holds a value of the wrong kind ({type(exc).__name__}); not imported"
+        )
+
+
+def _entries(data: dict[str, Any], part: str, report: Report) -> list[tuple[str, dict[str, Any]]]:
+    """The named entries of targets, modules or rules that can be read at all: a name that is
+    not one here, or an entry that is not a mapping, is left out with a line."""
+    found = data.get(part) or {}
+    if not isinstance(found, dict):
+        report.not_supported.append(f"{part}: not a mapping of names; nothing imported")
+        return []
+    entries = []
+    for name, raw in found.items():
+        if not isinstance(name, str) or not re.match(NAME, name):
+            report.not_supported.append(
+                f"{part} -> {name}: a name here has up to 64 letters, digits, spaces, '_', "
+                "'.' or '-', starting with a letter or digit; not imported"
+            )
+        elif not isinstance(raw, dict):
+            report.not_supported.append(f"{part} -> {name}: not a mapping; not imported")
+        else:
+            entries.append((name, raw))
+    return entries
+
+
 def _targets(data: dict[str, Any], report: Report) -> dict[str, Any]:
     targets = {}
-    for name, raw in (data.get("targets") or {}).items():
+    for name, raw in _entries(data, "targets", report):
         mark = len(report.changed)
-        target = _target(name, {**raw, "target_type": _target_type(raw)}, report)
-        if target is None:
+        with _unreadable(f"targets -> {name}", report) as failed:
+            target = _target(name, {**raw, "target_type": _target_type(raw)}, report)
+        if failed or target is None:
+            del report.changed[mark:]
             continue
         if _valid(Target, target, f"targets -> {name}", report):
             targets[name] = target
@@ -504,10 +577,13 @@ def _targets(data: dict[str, Any], report: Report) -> dict[str, Any]:
 
 def _modules(data: dict[str, Any], report: Report) -> dict[str, Any]:
     modules = {}
-    for name, raw in (data.get("modules") or {}).items():
+    for name, raw in _entries(data, "modules", report):
         mark = len(report.changed)
-        module = _module(name, raw, report)
-        if _valid(Module, module, f"modules -> {name}", report):
+        with _unreadable(f"modules -> {name}", report) as failed:
+            module = _module(name, raw, report)
+        if failed:
+            del report.changed[mark:]
+        elif _valid(Module, module, f"modules -> {name}", report):
             modules[name] = module
         else:
             del report.changed[mark:]
@@ -530,9 +606,12 @@ def _rules(
     """The rules, each referring only to what was imported; a rule that cannot work without
     what was left out (a route rule with no target left, say) is left out with the reason."""
     rules = {}
-    for name, raw in (data.get("rules") or {}).items():
+    for name, raw in _entries(data, "rules", report):
         where = f"rules -> {name}"
-        rule = _rule(name, raw, report)
+        with _unreadable(where, report) as failed:
+            rule = _rule(name, raw, report)
+        if failed:
+            continue
         # The settings belong to the module at the same position: keep them paired.
         settings = rule["module_settings"] + [{}] * (
             len(rule["modules"]) - len(rule["module_settings"])
