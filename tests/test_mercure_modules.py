@@ -11,6 +11,7 @@ import pytest
 
 from caduceus.core.config import files
 from caduceus.core.config.mercure_modules import module_from_mercure
+from caduceus.core.config.mercure_report import Report
 from caduceus.core.config.models import Module
 
 # Every field of mercure's Module (app/common/types.py, mercure 0.4 and its processor's
@@ -49,10 +50,10 @@ EVERY_FIELD: dict[str, Any] = {
 
 
 def imported(raw: dict[str, Any], allow_root: bool = False) -> tuple[dict[str, Any], str]:
-    report: list[str] = []
+    report = Report()
     module = module_from_mercure("seg", raw, report, allow_root=allow_root)
     assert module is not None, report
-    return module, "\n".join(report)
+    return module, "\n".join(report.lines())
 
 
 def test_every_field_is_mapped_or_reported() -> None:
@@ -76,14 +77,14 @@ def test_every_field_is_mapped_or_reported() -> None:
     assert parsed.requires_root and parsed.network and parsed.persistence
     assert parsed.persistence_folder_name == "seg-cache"
     for line in (
-        "modules -> seg -> additional_volumes: each host folder must lie inside "
+        "changed meaning: modules -> seg -> additional_volumes: each host folder must lie inside "
         "CADUCEUS_PROCESSOR_VOLUME_ROOT",
-        "modules -> seg -> docker_arguments -> cap_drop: not needed",
-        "modules -> seg -> docker_arguments -> user: changed meaning",
-        "modules -> seg -> resources -> cpu: not supported (Nomad's MHz)",
-        "modules -> seg -> resources -> memory: not needed: docker_arguments' mem_limit",
-        "modules -> seg -> resources: changed meaning",
-        "modules -> seg -> constraints: changed meaning: Nomad's node constraints became "
+        "not needed here: modules -> seg -> docker_arguments -> cap_drop:",
+        "changed meaning: modules -> seg -> docker_arguments -> user:",
+        "not supported: modules -> seg -> resources -> cpu: Nomad's MHz",
+        "not needed here: modules -> seg -> resources -> memory: docker_arguments' mem_limit",
+        "changed meaning: modules -> seg -> resources:",
+        "changed meaning: modules -> seg -> constraints: Nomad's node constraints became "
         "node_selector {'gpu': 'a100'}",
     ):
         assert line in report, line
@@ -117,9 +118,9 @@ def test_mercures_own_test_module_and_defaults() -> None:
     # mercure's defaults: not root, no network, no persistence.
     assert not parsed.requires_root and not parsed.network and not parsed.persistence
     assert report.splitlines() == [
-        "modules -> seg: changed meaning: mercure sets no memory, CPU or time limit; here "
+        "not supported: modules -> seg -> url: no equivalent, not imported",
+        "changed meaning: modules -> seg: mercure sets no memory, CPU or time limit; here "
         "memory_mb 4096, cpus 1.0 and timeout_seconds 3600 apply",
-        "modules -> seg -> url: no equivalent, not imported",
     ]
 
 
@@ -131,9 +132,11 @@ def test_text_that_is_not_json_is_reported_not_a_crash(field: str) -> None:
 
 
 def test_a_module_without_an_image_is_reported_and_left_out() -> None:
-    report: list[str] = []
+    report = Report()
     assert module_from_mercure("empty", {"docker_tag": ""}, report) is None
-    assert report == ["modules -> empty: no docker_tag, so nothing to run; module not imported"]
+    assert report.lines() == [
+        "not supported: modules -> empty: no docker_tag, so nothing to run; module not imported"
+    ]
 
 
 def test_persistence_names_and_older_field_names() -> None:
@@ -147,7 +150,10 @@ def test_persistence_names_and_older_field_names() -> None:
     assert "persistence_folder_name" not in module
     assert "'../etc' is not a plain folder name" in report
     module, report = imported({"docker_tag": "a:1", "persistence_folder_name": "x"})
-    assert "persistence_folder_name: not needed" in report and not module["persistence"]
+    assert (
+        "not needed here: modules -> seg -> persistence_folder_name:" in report
+        and not module["persistence"]
+    )
 
 
 def test_a_mercure_file_with_such_a_module_validates_whole() -> None:
@@ -174,6 +180,8 @@ def test_nomad_resources_alone_become_the_limits_and_other_constraints_are_repor
         }
     )
     assert (module["memory_mb"], module["cpus"]) == (2048, 2.0)
-    assert "resources: changed meaning: Nomad's memory, cores became" in report
-    assert "constraints: not supported" in report and "node_selector" not in module
+    assert "changed meaning: modules -> seg -> resources: Nomad's memory, cores became" in report
+    assert (
+        "not supported: modules -> seg -> constraints:" in report and "node_selector" not in module
+    )
     assert "mercure sets no memory" not in report

@@ -305,3 +305,58 @@ def test_history_diff_settings_and_import_in_a_browser(
     restored = store.current(web_engine)
     assert restored is not None and restored[1] == store.get(web_engine, first)
     assert_no_errors(page)
+
+
+MERCURE_FILES = Path(__file__).parent / "data" / "mercure"
+
+
+def test_mercures_own_files_and_yaml_are_imported(web: TestClient, web_engine: Engine) -> None:
+    """mercure's stock default_mercure.json and its test configuration (a module environment
+    as a JSON string once answered 500), and a YAML file, which the page hands to
+    /api/config/read."""
+    admin = as_role(web, web_engine, "admin")
+    for name in ("default_mercure.json", "test_config.json"):
+        mercure = json.loads((MERCURE_FILES / name).read_text())
+        checked = web.post("/api/config/validate", json=mercure, headers=admin)
+        assert checked.status_code == 200, checked.text
+        assert checked.json()["format"] == "mercure"
+        saved = web.put("/api/config", params={"comment": name}, json=mercure, headers=admin)
+        assert saved.status_code == 200, saved.text
+    assert store.get(web_engine, 2).modules["test_module"].image == "alpine:3.11"
+    text = "rules:\n  ct:\n    rule: \"@Modality@ == 'CT'\"\n    action: notification\n"
+    read = web.post("/api/config/read", json={"text": text}, headers=admin)
+    assert read.status_code == 200 and read.json()["document"]["rules"]["ct"]["action"] == (
+        "notification"
+    )
+    for bad in ("rules: [", "- a list", "!!python/object/apply:os.system ['true']"):
+        refused = web.post("/api/config/read", json={"text": bad}, headers=admin)
+        assert refused.status_code == 422, bad
+
+
+def test_a_yaml_file_is_imported_in_a_browser(
+    served: str, web_engine: Engine, page: Any, tmp_path: Path
+) -> None:
+    add_user(web_engine, "ada", "admin")
+    browser_login(page, served, "ada", "/configuration/import")
+    exported = tmp_path / "site.yaml"
+    exported.write_text(
+        "targets:\n  pacs: {type: dicom, host: 10.0.0.5, port: 104, called_aet: PACS}\n"
+        "rules:\n  ct: {rule: \"@Modality@ == 'CT'\", targets: [pacs]}\n"
+    )
+    page.set_input_files("#import-file", str(exported))
+    page.click("#import-check")
+    page.locator("#import-result").wait_for()
+    assert "1 rules, 1 targets" in page.locator("#import-counts").inner_text()
+    page.click("#import-save button[type=submit]")
+    page.wait_for_url(served + "/configuration")
+    newest = store.current(web_engine)
+    assert newest is not None and newest[1].rules["ct"].targets == ["pacs"]
+
+    page.goto(served + "/configuration/import")
+    page.set_input_files("#import-file", str(MERCURE_FILES / "test_config.json"))
+    page.click("#import-check")
+    page.locator("#import-result").wait_for()
+    listed = page.locator("#import-not-mapped-list").inner_text()
+    assert "not needed here: incoming_folder" in listed
+    assert "targets -> dummy" in listed
+    assert_no_errors(page)

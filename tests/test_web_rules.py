@@ -303,11 +303,16 @@ def test_the_editor_has_every_field(web: TestClient, web_engine: Engine) -> None
         "series_complete_trigger",
         "study_trigger_condition",
         "required_series",
+        "study_force_completion_action",
+        "contact",
+        "tags",
         "disabled",
         "fallback",
         "retain_input_images",
         "notification.webhook_url",
         "notification.webhook_payload",
+        "notification.webhook_payload_body",
+        "notification.webhook_ca_bundle",
         "notification.email",
         "notification.email_subject",
         "notification.email_body",
@@ -334,6 +339,30 @@ def test_the_editor_has_every_field(web: TestClient, web_engine: Engine) -> None
     assert web.get("/rules/nope").status_code == 404
     assert web.get("/static/rules.js").status_code == 200
     assert web.get("/static/rules.css").status_code == 200
+
+
+def test_contact_and_tags_are_kept_and_shown_escaped(web: TestClient, web_engine: Engine) -> None:
+    """mercure's rule contact and tags: kept through an edit, shown on the list and the
+    editor, escaped."""
+    rule = {**CT, "contact": "<b>Dr. Who</b>", "tags": "research, mr"}
+    configure(web_engine, rules={"ct": rule})
+    admin = as_role(web, web_engine, "admin")
+    listed = web.get("/rules").text
+    assert "contact: &lt;b&gt;Dr. Who&lt;/b&gt;" in listed and "tags: research, mr" in listed
+    editor = web.get("/rules/ct").text
+    assert 'value="&lt;b&gt;Dr. Who&lt;/b&gt;"' in editor
+    changed = web.put(
+        "/api/rules/ct",
+        json={**rule, "name": "ct", "study_force_completion_action": "proceed"},
+        headers=admin,
+    )
+    assert changed.status_code == 200, changed.text
+    kept = rules_of(web_engine)["ct"]
+    assert (kept["contact"], kept["tags"], kept["study_force_completion_action"]) == (
+        "<b>Dr. Who</b>",
+        "research, mr",
+        "proceed",
+    )
 
 
 @pytest.fixture

@@ -35,7 +35,9 @@ def _load(path: Path) -> files.Loaded:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
     for line in loaded.not_mapped:
-        err.print(f"[yellow]not imported:[/yellow] {line}", highlight=False)
+        # Each line starts with its group: not needed here, not supported, changed meaning.
+        group, _, rest = line.partition(": ")
+        err.print(f"[yellow]{group}:[/yellow] {rest}", markup=True, highlight=False)
     return loaded
 
 

@@ -143,8 +143,14 @@ def _send(engine: Engine, config: Config, row: Row[Any], now: datetime) -> str |
     if row.channel == "webhook":
         if not settings.webhook_url:
             raise send.DeliveryError("the rule no longer has a webhook", permanent=True)
+        if settings.webhook_payload_body:
+            # mercure's notification_payload_body: rendered as text, offered to the payload
+            # as {{ body }} (the payload's rendering keeps it valid inside a JSON string).
+            body_text = render.render_text(settings.webhook_payload_body, context)
+            context = {**context, "body": body_text}
         body = render.render_payload(settings.webhook_payload, context)
-        send.post_webhook(settings.webhook_url, body)
+        ca_bundle = settings.webhook_ca_bundle or config.settings.webhook_ca_bundle
+        send.post_webhook(settings.webhook_url, body, ca_bundle=ca_bundle)
         return None
     if row.channel == "email":
         if not settings.email:

@@ -92,14 +92,31 @@ def _guard_httpx_log() -> None:
 _guard_httpx_log()
 
 
-def post_webhook(url: str, body: bytes, timeout: float = WEBHOOK_TIMEOUT) -> None:
-    """POST the JSON body; anything but a 2xx answer is a failure (redirects are not followed)."""
+def _verification(ca_bundle: str) -> ssl.SSLContext | bool:
+    """How the webhook server's certificate is checked: against the system's trust store, or
+    against the CAs of a bundle (a site's own CA) when one is configured. Never not at all."""
+    if not ca_bundle:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise DeliveryError(f"the webhook CA bundle {ca_bundle} cannot be used: {reason}") from None
+
+
+def post_webhook(
+    url: str, body: bytes, timeout: float = WEBHOOK_TIMEOUT, ca_bundle: str = ""
+) -> None:
+    """POST the JSON body; anything but a 2xx answer is a failure (redirects are not followed).
+    An https server's certificate is checked against ca_bundle (a PEM file) if given."""
     where = origin(url)
     secrets = url_secrets(url)
+    verify = _verification(ca_bundle)
     try:
         response = httpx.post(
             url,
             content=body,
+            verify=verify,
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": f"caduceus/{__version__}",

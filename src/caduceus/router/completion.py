@@ -34,7 +34,7 @@ from caduceus.core.states import SeriesState
 from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
 from caduceus.router.levels import Level, Opened
-from caduceus.router.rules import match, matches_any
+from caduceus.router.rules import discarding_rule, match, matches_any
 from caduceus.router.taskmaker import Group, MissingFile, NoSpace, make_task
 from caduceus.router.tuning import BATCH, NO_SPACE_RETRY
 
@@ -203,19 +203,25 @@ class Router:
         return [(r.id, r.path) for r in conn.execute(query.order_by(INSTANCES.c.id))]
 
     def _collect(
-        self, conn: Connection, series_ids: list[int], since: datetime | None
+        self, conn: Connection, config: Config, series_ids: list[int], since: datetime | None
     ) -> tuple[list[tuple[int, str]], list[dict[str, Any]]]:
-        """The new instances of several series, and the tags of each series' newest one."""
+        """The new instances of several series, and the tags of each series' newest one;
+        series that a discard rule discarded are left out (as in mercure, they never join
+        their study)."""
         instances: list[tuple[int, str]] = []
         tags_per_series: list[dict[str, Any]] = []
         for series_id in series_ids:
             found = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
-            instances += found
             if not found:
                 continue
             try:
-                tags_per_series.append(stored_tags(self.root, found[-1][1]))
+                tags = stored_tags(self.root, found[-1][1])
+                if discarding_rule(config, tags, self.budget, {}) is not None:
+                    continue
+                tags_per_series.append(tags)
+                instances += found
             except UnreadableSeries as exc:
+                instances += found
                 record_event(
                     conn,
                     "series.error",
@@ -410,6 +416,17 @@ class Router:
                 details={"generation": group.generation, "instances": len(group.instances)},
             )
             return []
+        if matches.discarded_by is not None:
+            rule = matches.discarded_by
+            record_event(
+                conn,
+                "series.discarded",
+                f"discarded by rule {rule!r}"
+                + (" (fallback)" if matches.fallback else "; no other rule is applied"),
+                series_id=series_id,
+                details={"generation": group.generation, "rule": rule},
+            )
+            return self._tasks(conn, config, group, [rule], [rule], now)
         later = matches.by_level["study"] + matches.by_level["patient"]
         triggered = [name for names in matches.by_level.values() for name in names]
         record_event(
@@ -475,7 +492,9 @@ class Router:
         series_rows = conn.execute(
             select(SERIES.c.id, SERIES.c.series_description).where(SERIES.c.study_id == study.id)
         ).all()
-        instances, tags_per_series = self._collect(conn, [r.id for r in series_rows], opened.since)
+        instances, tags_per_series = self._collect(
+            conn, config, [r.id for r in series_rows], opened.since
+        )
         group = Group(
             level="study",
             uid=study.study_uid,
@@ -551,7 +570,9 @@ class Router:
             if rule.study_trigger_condition == "received_series" and not series_condition_met(
                 parse_series_condition(rule.required_series), descriptions
             ):
-                action = config.settings.study_forcecomplete_action
+                action = (
+                    rule.study_force_completion_action or config.settings.study_forcecomplete_action
+                )
                 if not opened.forced or action != "proceed":
                     record_event(
                         opened.conn,
@@ -597,7 +618,7 @@ class Router:
             .scalars()
             .all()
         )
-        instances, tags_per_series = self._collect(conn, list(series_ids), opened.since)
+        instances, tags_per_series = self._collect(conn, config, list(series_ids), opened.since)
         watermark = conn.execute(
             select(func.max(STUDIES.c.last_received_at)).where(STUDIES.c.patient_id == patient_id)
         ).scalar()

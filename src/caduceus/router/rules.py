@@ -28,6 +28,8 @@ class Matches:
     by_level: dict[str, list[str]]  # level -> names of matching rules, config order
     fallback: bool  # the matches are fallback rules (no other rule matched)
     errors: dict[str, str] = field(default_factory=dict)  # rule name -> why it has no answer
+    # The discard rule that matched: the series is discarded and no other rule applies to it.
+    discarded_by: str | None = None
 
     @property
     def any(self) -> bool:
@@ -35,17 +37,42 @@ class Matches:
 
 
 def match(config: Config, tags: Mapping[str, Any], budget: Budget) -> Matches:
-    """Enabled rules that match; fallback rules only when no other rule does."""
+    """Enabled rules that match; fallback rules only when no other rule does. As in mercure,
+    a matching discard rule (the first in the configuration's order) discards the series:
+    it is then the only match, at series level whatever its trigger, so that the series
+    reaches no study or patient rule either."""
+    errors: dict[str, str] = {}
+    discard = discarding_rule(config, tags, budget, errors)
+    if discard is not None:
+        return Matches({"series": [discard], "study": [], "patient": []}, False, errors, discard)
     regular: dict[str, list[str]] = {"series": [], "study": [], "patient": []}
     fallback: dict[str, list[str]] = {"series": [], "study": [], "patient": []}
-    errors: dict[str, str] = {}
     for name, rule in config.rules.items():
+        if rule.action == "discard" and not rule.fallback:
+            continue  # evaluated above
         if rule.disabled or not matches_any(config, name, [tags], budget, errors):
             continue
         (fallback if rule.fallback else regular)[rule.trigger].append(name)
     if any(regular.values()):
         return Matches(regular, False, errors)
+    for names in fallback.values():
+        for name in names:
+            if config.rules[name].action == "discard":
+                levels = {"series": [name], "study": [], "patient": []}
+                return Matches(levels, True, errors, name)
     return Matches(fallback, True, errors)
+
+
+def discarding_rule(
+    config: Config, tags: Mapping[str, Any], budget: Budget, errors: dict[str, str]
+) -> str | None:
+    """The first enabled, non-fallback discard rule that the tags of one series match."""
+    for name, rule in config.rules.items():
+        if rule.action != "discard" or rule.disabled or rule.fallback:
+            continue
+        if matches_any(config, name, [tags], budget, errors):
+            return name
+    return None
 
 
 def matches_any(

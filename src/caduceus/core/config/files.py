@@ -38,6 +38,17 @@ def _read(path: Path) -> Any:
         ) from exc
 
 
+def parse_text(text: str, origin: str = "the file") -> Any:
+    """A YAML (or JSON) text as plain values; a mapping at the top, or ConfigFileError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{origin} is not valid YAML or JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{origin}: the top level must be a mapping")
+    return data
+
+
 def describe(error: ValidationError) -> str:
     """One line per problem, each naming where it is (rules -> NAME -> field)."""
     lines = []
@@ -55,7 +66,8 @@ def parse(data: Any, origin: str = "configuration", *, allow_root_modules: bool 
         raise ConfigFileError(f"{origin}: the top level must be a mapping")
     source_format, not_mapped = "caduceus", list[str]()
     if looks_like_mercure(data):
-        data, not_mapped = from_mercure(data, allow_root_modules=allow_root_modules)
+        data, report = from_mercure(data, allow_root_modules=allow_root_modules)
+        not_mapped = report.lines()
         source_format = "mercure"
     try:
         config = Config.model_validate(data, context={ALLOW_ROOT_KEY: allow_root_modules})

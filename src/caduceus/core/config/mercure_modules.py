@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from caduceus.core.config import docker_arguments as arguments
+from caduceus.core.config.mercure_report import Report
 from caduceus.core.config.models import GRANTABLE_CAPABILITIES, PERSISTENCE_FOLDER, Module
 
 # Fields of mercure's Module and the names older releases wrote.
@@ -51,7 +52,7 @@ _HCL_PAIR = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 _NODE_ATTRIBUTE = re.compile(r"^\$\{(?:meta\.|node\.)?([A-Za-z0-9_.\-/]+)\}$")
 
 
-def _json_text(value: Any, what: str, where: str, report: list[str]) -> Any:
+def _json_text(value: Any, what: str, where: str, report: Report) -> Any:
     """mercure's JSON-in-a-string fields; a mapping given as such is taken too."""
     if value in (None, ""):
         return {}
@@ -62,32 +63,34 @@ def _json_text(value: Any, what: str, where: str, report: list[str]) -> Any:
     except json.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
-        report.append(
+        report.not_supported.append(
             f"{where} -> {what}: not a JSON object (mercure ignores it as well); not imported"
         )
         return {}
     return parsed
 
 
-def _volumes(raw: dict[str, Any], where: str, report: list[str]) -> list[str]:
+def _volumes(raw: dict[str, Any], where: str, report: Report) -> list[str]:
     """Docker's {"HOST": {"bind": "CONTAINER", "mode": "ro"}} as "HOST:CONTAINER[:ro]"."""
     volumes = []
     for host, bind in raw.items():
         target = bind.get("bind") if isinstance(bind, dict) else bind
         if not isinstance(target, str) or not target:
-            report.append(f"{where} -> additional_volumes -> {host}: no bind path; not imported")
+            report.not_supported.append(
+                f"{where} -> additional_volumes -> {host}: no bind path; not imported"
+            )
             continue
         mode = str(bind.get("mode", "rw")) if isinstance(bind, dict) else "rw"
         flags = [flag.strip() for flag in mode.split(",") if flag.strip()]
         others = [flag for flag in flags if flag not in ("ro", "rw")]
         if others:
-            report.append(
+            report.not_supported.append(
                 f"{where} -> additional_volumes -> {host}: mode {', '.join(others)} is not "
                 "supported (bind mounts here are ro or rw); left out"
             )
         volumes.append(f"{host}:{target}" + (":ro" if "ro" in flags else ""))
     if volumes:
-        report.append(
+        report.changed.append(
             f"{where} -> additional_volumes: each host folder must lie inside "
             "CADUCEUS_PROCESSOR_VOLUME_ROOT, or the module's runs fail with the reason"
         )
@@ -116,7 +119,7 @@ def _docker_arguments(
     module: dict[str, Any],
     docker: dict[str, Any],
     where: str,
-    report: list[str],
+    report: Report,
     allow_root: bool,
 ) -> None:
     """mercure's docker_arguments: options with a field of ours go there, the allow-listed
@@ -131,21 +134,25 @@ def _docker_arguments(
         if cpus is not None and cpus > 0:
             module["cpus"] = round(cpus, 3)
     except (arguments.ArgumentError, TypeError, ValueError) as exc:
-        report.append(f"{here}: a memory or CPU limit that cannot be read ({exc}); not imported")
+        report.not_supported.append(
+            f"{here}: a memory or CPU limit that cannot be read ({exc}); not imported"
+        )
     if "memswap_limit" in docker:
         docker.pop("memswap_limit")
-        report.append(f"{here} -> memswap_limit: not needed: no swap beyond memory_mb here")
+        report.not_needed.append(f"{here} -> memswap_limit: no swap beyond memory_mb here")
     runtime = docker.pop("runtime", None)
     if runtime == "nvidia":
         module["gpu"] = True
     elif runtime is not None:
-        report.append(f"{here} -> runtime: {runtime!r} is not supported (only nvidia, as gpu)")
+        report.not_supported.append(f"{here} -> runtime: {runtime!r} (only nvidia, as gpu)")
     requests = docker.pop("device_requests", None)
     if requests is not None:
         if isinstance(requests, list) and requests and all(map(_is_gpu_request, requests)):
             module["gpu"] = True
         else:
-            report.append(f"{here} -> device_requests: only GPU requests (gpu: true) supported")
+            report.not_supported.append(
+                f"{here} -> device_requests: only GPU requests (gpu: true) supported"
+            )
     mode = docker.get("network_mode")
     if mode in ("none", "bridge", "default"):
         docker.pop("network_mode")
@@ -161,34 +168,34 @@ def _docker_arguments(
             docker.pop("cap_add")
     if "cap_drop" in docker:
         docker.pop("cap_drop")
-        report.append(f"{here} -> cap_drop: not needed: every capability is dropped here")
+        report.not_needed.append(f"{here} -> cap_drop: every capability is dropped here")
     if "volumes" in docker:
         extra = docker.pop("volumes")
         if isinstance(extra, dict):
             module.setdefault("volumes", []).extend(_volumes(extra, where, report))
     if "user" in docker:
         docker.pop("user")
-        report.append(
-            f"{here} -> user: changed meaning: a module runs as the processor's user here "
+        report.changed.append(
+            f"{here} -> user: a module runs as the processor's user here "
             "(the image's own user with requires_root)"
         )
     if "environment" in docker:
         docker.pop("environment")
-        report.append(f"{here} -> environment: not supported (mercure refuses it too)")
+        report.not_supported.append(f"{here} -> environment: mercure refuses it too")
     checked: dict[str, Any] = {}
     for key, value in docker.items():
         kept, problems = arguments.check(
             {key: value}, requires_root=bool(module.get("requires_root")), allow_root=allow_root
         )
         if problems:
-            report += [f"{where} -> {problem}; left out" for problem in problems]
+            report.not_supported += [f"{where} -> {problem}; left out" for problem in problems]
         else:
             checked.update(kept)
     if checked:
         module["docker_arguments"] = checked
 
 
-def _resources(module: dict[str, Any], text: str, where: str, report: list[str]) -> None:
+def _resources(module: dict[str, Any], text: str, where: str, report: Report) -> None:
     """Nomad's resources block (mercure's Nomad runner): memory, cores and a GPU device."""
     understood = []
     for name, number in _HCL_NUMBER.findall(text):
@@ -196,33 +203,35 @@ def _resources(module: dict[str, Any], text: str, where: str, report: list[str])
             module["memory_mb"] = max(16, math.ceil(float(number)))
             understood.append(name)
         elif name in ("memory", "memory_max"):
-            report.append(
-                f"{where} -> resources -> {name}: not needed: docker_arguments' mem_limit "
+            report.not_needed.append(
+                f"{where} -> resources -> {name}: docker_arguments' mem_limit "
                 "already sets memory_mb"
             )
         elif name == "cores":
             module["cpus"] = float(number)
             understood.append(name)
         elif name == "cpu":
-            report.append(
-                f"{where} -> resources -> cpu: not supported (Nomad's MHz); set cpus instead"
+            report.not_supported.append(
+                f"{where} -> resources -> cpu: Nomad's MHz; set cpus instead"
             )
     for device in _HCL_DEVICE.findall(text):
         if "gpu" in device:
             module["gpu"] = True
             understood.append(f"device {device}")
         else:
-            report.append(f"{where} -> resources -> device {device!r}: not supported")
+            report.not_supported.append(
+                f"{where} -> resources -> device {device!r}: only a GPU device has a meaning here"
+            )
     if understood:
-        report.append(
-            f"{where} -> resources: changed meaning: Nomad's {', '.join(understood)} became "
+        report.changed.append(
+            f"{where} -> resources: Nomad's {', '.join(understood)} became "
             "the module's limits (memory_mb, cpus, gpu) for every runner"
         )
-    elif not any(line.startswith(f"{where} -> resources") for line in report):
-        report.append(f"{where} -> resources: not supported (Nomad text that says no limit)")
+    elif not any(line.startswith(f"{where} -> resources") for line in report.all()):
+        report.not_supported.append(f"{where} -> resources: Nomad text that says no limit")
 
 
-def _constraints(module: dict[str, Any], text: str, where: str, report: list[str]) -> None:
+def _constraints(module: dict[str, Any], text: str, where: str, report: Report) -> None:
     """Nomad constraints on a node's attribute being equal to a value: a node selector."""
     selector: dict[str, str] = {}
     blocks = _HCL_CONSTRAINT.findall(text)
@@ -233,25 +242,27 @@ def _constraints(module: dict[str, Any], text: str, where: str, report: list[str
             selector[attribute.group(1)] = pairs["value"]
     if selector and len(selector) == len(blocks):
         module["node_selector"] = selector
-        report.append(
-            f"{where} -> constraints: changed meaning: Nomad's node constraints became "
+        report.changed.append(
+            f"{where} -> constraints: Nomad's node constraints became "
             f"node_selector {selector} for the Kubernetes runner; check your nodes' labels"
         )
     else:
-        report.append(
-            f"{where} -> constraints: not supported (only node attributes equal to a value "
-            "map to a Kubernetes node_selector); not imported"
+        report.not_supported.append(
+            f"{where} -> constraints: only node attributes equal to a value "
+            "map to a Kubernetes node_selector; not imported"
         )
 
 
 def module_from_mercure(
-    name: str, raw: dict[str, Any], report: list[str], *, allow_root: bool = False
+    name: str, raw: dict[str, Any], report: Report, *, allow_root: bool = False
 ) -> dict[str, Any] | None:
     """Our module for mercure's, or None (reported) when it cannot run here at all."""
     where = f"modules -> {name}"
     image = str(raw.get("docker_tag") or "").strip()
     if not image:
-        report.append(f"{where}: no docker_tag, so nothing to run; module not imported")
+        report.not_supported.append(
+            f"{where}: no docker_tag, so nothing to run; module not imported"
+        )
         return None
     environment = _json_text(raw.get("environment"), "environment", where, report)
     module: dict[str, Any] = {
@@ -276,42 +287,42 @@ def module_from_mercure(
         _constraints(module, str(raw["constraints"]), where, report)
     _persistence_name(module, raw, where, report)
     if module["requires_root"] and not allow_root:
-        report.append(
+        report.changed.append(
             f"{where} -> requires_root: its runs are refused until the processor allows root "
             "modules (CADUCEUS_PROCESSOR_ALLOW_ROOT, mercure's support_root_modules)"
         )
     if raw.get("container_type") == "monai":
-        report.append(
-            f"{where} -> container_type: not supported: a MONAI app's manifest is not read "
+        report.not_supported.append(
+            f"{where} -> container_type: a MONAI app's manifest is not read "
             "here; give its command in docker_arguments -> command"
         )
     if "memory_mb" not in module and "cpus" not in module:
-        report.append(
-            f"{where}: changed meaning: mercure sets no memory, CPU or time limit; here "
+        report.changed.append(
+            f"{where}: mercure sets no memory, CPU or time limit; here "
             f"memory_mb {_DEFAULTS['memory_mb'].default}, cpus {_DEFAULTS['cpus'].default} "
             f"and timeout_seconds {_DEFAULTS['timeout_seconds'].default} apply"
         )
     for key in sorted(raw.keys() - _HANDLED):
         if raw[key] not in (None, "", [], {}, False):
-            report.append(f"{where} -> {key}: no equivalent, not imported")
+            report.not_supported.append(f"{where} -> {key}: no equivalent, not imported")
     return module
 
 
 def _persistence_name(
-    module: dict[str, Any], raw: dict[str, Any], where: str, report: list[str]
+    module: dict[str, Any], raw: dict[str, Any], where: str, report: Report
 ) -> None:
     folder = next((str(raw[k]) for k in _PERSISTENCE_NAME if raw.get(k)), "")
     if not folder:
         return
     if not module["persistence"]:
-        report.append(
-            f"{where} -> persistence_folder_name: not needed: the module keeps no persistent "
+        report.not_needed.append(
+            f"{where} -> persistence_folder_name: the module keeps no persistent "
             "folder (requires_persistence is off)"
         )
     elif re.match(PERSISTENCE_FOLDER, folder):
         module["persistence_folder_name"] = folder
     else:
-        report.append(
+        report.not_supported.append(
             f"{where} -> persistence_folder_name: {folder!r} is not a plain folder name "
             "(letters, digits, _ . -); the module keeps a folder of its own instead"
         )

@@ -437,6 +437,12 @@ class Notification(Strict):
         default="", pattern=r"^$|^https?://"
     )
     webhook_payload: str = ""
+    # mercure's notification_payload_body: a template rendered first, its text offered to the
+    # payload template as {{ body }} (JSON-escaped, to go inside a JSON string).
+    webhook_payload_body: str = ""
+    # A PEM file of the CAs that may sign the webhook server's certificate (a site's own CA);
+    # empty: the global setting webhook_ca_bundle, then the system's trust store.
+    webhook_ca_bundle: str = ""
     email: list[str] = Field(default_factory=list)
     email_subject: str = ""
     email_body: str = ""
@@ -472,6 +478,10 @@ class Rule(Strict):
     # `required_series` have arrived ("received_series").
     study_trigger_condition: Literal["timeout", "received_series"] = "timeout"
     required_series: str = ""
+    # What a study forced complete (study_forcecomplete_trigger) does when its required series
+    # did not all arrive; empty: the global setting study_forcecomplete_action. Like mercure's
+    # per-rule study_force_completion_action (the import sets mercure's default, discard).
+    study_force_completion_action: Literal["proceed", "discard", "ignore"] | None = None
     notification: Notification = Field(default_factory=Notification)
     # Like mercure: the last module's result.json may choose the targets ("__mercure_routing":
     # {"target": [...]}, {"discard": true} or {"use_alternate_target": true}), when allowed here.
@@ -479,6 +489,9 @@ class Rule(Strict):
     dynamic_routing_allowed_targets: list[Name] = Field(default_factory=list)
     alternate_target: Name | None = None
     comment: str = ""
+    # Kept and shown, as in mercure: who to ask about the rule, and free-form labels.
+    contact: str = ""
+    tags: str = ""
 
     @field_serializer("module_settings")
     def _module_settings_shown(
@@ -575,6 +588,9 @@ class Settings(Strict):
     quarantine_max_files: int = Field(default=10_000, ge=0)
     # Notifications carry patient names, IDs and accession numbers only when this is on.
     notifications_include_phi: bool = False
+    # A PEM file of CAs for every rule's webhook without its own webhook_ca_bundle (mercure's
+    # webhook_certificate_location); empty: the system's trust store.
+    webhook_ca_bundle: str = ""
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     # How long the history (events, finished tasks, received series) is kept, in days.
     history_retention_days: int = Field(default=365, ge=1)

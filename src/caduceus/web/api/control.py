@@ -120,6 +120,21 @@ def validate(request: Request, _: Viewer, document: dict[str, Any] = Body(...)) 
     }
 
 
+class ConfigText(BaseModel):
+    text: str
+
+
+@router.post("/config/read")
+def read_text(_: Viewer, file: ConfigText) -> dict[str, Any]:
+    """A configuration file's text (YAML, of which JSON is a part) as the document the page
+    then checks and saves: browsers read JSON themselves, not YAML. The request body limit
+    bounds its size; safe_load builds plain values only."""
+    try:
+        return {"document": files.parse_text(file.text)}
+    except files.ConfigFileError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
 @router.put("/config")
 def save_config(
     request: Request,

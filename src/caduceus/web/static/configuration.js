@@ -34,11 +34,22 @@
     const file = form.elements.file.files[0];
     if (!file) return;
     let document_;
-    try {
-      document_ = JSON.parse(await file.text());
-    } catch (error) {
-      formError(form, file.name + " is not a JSON file: " + error.message);
-      return;
+    const text = await file.text();
+    if (/\.json$/i.test(file.name)) {
+      try {
+        document_ = JSON.parse(text);
+      } catch (error) {
+        formError(form, file.name + " is not a JSON file: " + error.message);
+        return;
+      }
+    } else {
+      // YAML: the server reads it (safely) and hands the document back to be checked.
+      try {
+        document_ = (await api("POST", "/api/config/read", { text: text })).document;
+      } catch (error) {
+        formError(form, file.name + ": " + error.message);
+        return;
+      }
     }
     try {
       show(await api("POST", "/api/config/validate", document_));
