@@ -35,7 +35,8 @@ def _load(path: Path) -> files.Loaded:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
     for line in loaded.not_mapped:
-        err.print(f"[yellow]not imported:[/yellow] {line}", highlight=False)
+        # Each line says itself what became of the field (not imported, or changed).
+        err.print(f"[yellow]mercure:[/yellow] {line}", highlight=False)
     return loaded
 
 

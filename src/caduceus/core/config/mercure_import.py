@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from caduceus.core.config.mercure_modules import module_from_mercure
+from caduceus.core.config.mercure_targets import target_from_mercure
 
 _MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
 _SETTINGS = {
@@ -63,65 +64,6 @@ def _as_list(value: Any) -> list[Any]:
     if value in (None, "", [], {}):
         return []
     return list(value) if isinstance(value, list) else [value]
-
-
-_DICOM = {
-    "ip": "host",
-    "port": "port",
-    "aet_target": "called_aet",
-    "aet_source": "calling_aet",
-    "pass_sender_aet": "pass_sender_aet",
-    "pass_receiver_aet": "pass_receiver_aet",
-}
-# mercure's field names per target type, and ours.
-_TARGET_FIELDS: dict[str, dict[str, str]] = {
-    "dicom": _DICOM,
-    "dicomtls": {
-        **_DICOM,
-        "tls_key": "tls_key",
-        "tls_cert": "tls_certificate",
-        "ca_cert": "tls_ca_certificate",
-    },
-    "folder": {"folder": "path", "file_filter": "file_filter"},
-    "sftp": {"host": "host", "user": "user", "password": "password", "folder": "folder"},
-    "dicomweb": {
-        "url": "url",
-        "http_user": "username",
-        "http_password": "password",
-        "access_token": "token",
-    },
-    "s3": {
-        "region": "region",
-        "bucket": "bucket",
-        "prefix": "prefix",
-        "access_key_id": "access_key_id",
-        "secret_access_key": "secret_access_key",
-    },
-}
-
-
-def _target(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any] | None:
-    kind = raw.get("target_type", "dicom")
-    where = f"targets -> {name}"
-    fields = _TARGET_FIELDS.get(kind)
-    if fields is None:
-        report.append(f"{where}: target type {kind!r} is not supported yet; target not imported")
-        return None
-    target: dict[str, Any] = {"type": kind, "comment": raw.get("comment", "")}
-    for theirs, ours in fields.items():
-        if raw.get(theirs) not in (None, ""):
-            target[ours] = raw[theirs]
-    if "port" in target:
-        target["port"] = int(target["port"] or 0)
-    if kind == "sftp":
-        # mercure does not check the server's host key; we do, once it is configured.
-        target["accept_unknown_host_key"] = True
-        report.append(f"{where}: the SFTP server's host key is not verified; set host_key")
-    known = {"target_type", "comment", *fields}
-    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
-        if raw[key] not in (None, "", [], {}, False):
-            report.append(f"{where} -> {key}: no equivalent, not imported")
-    return target
 
 
 def _rule(name: str, raw: dict[str, Any], report: list[str]) -> dict[str, Any]:
@@ -190,7 +132,8 @@ def from_mercure(
     settings = {key: data[key] for key in _SETTINGS if key in data}
     targets = {}
     for name, raw in (data.get("targets") or {}).items():
-        target = _target(name, raw, report)
+        target, findings = target_from_mercure(name, raw)
+        report += [finding.line() for finding in findings]
         if target is not None:
             targets[name] = target
     modules = _modules(data.get("modules") or {}, report, allow_root_modules)
