@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dcmtk orthanc orthanc-dicomweb openssh-server openssh-client podman runc busybox-static bubblewrap chromium docker-compose)
+DEBIAN_PACKAGES=(dcmtk orthanc orthanc-dicomweb openssh-server openssh-client rsync podman runc busybox-static bubblewrap chromium docker-compose)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from tests.support.processes import Caduceus, free_port, postgres_admin_engine
+from tests.support.sshd import Sshd, start_sshd
 
 POSTGRES_URL = os.environ.get("CADUCEUS_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
@@ -101,3 +102,19 @@ def reachable_tmp() -> Iterator[Path]:
     folder.chmod(0o777)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A real OpenSSH server of the test's own (the SFTP and rsync targets' peer)."""
+    server = start_sshd(tmp_path / "sshd")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """An empty folder for the SSH server's side of a send."""
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    return folder

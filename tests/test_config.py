@@ -148,18 +148,17 @@ def test_mercure_json_is_imported_and_the_rest_reported(tmp_path: Path) -> None:
     assert brain.notification.email_type == "html"
     report = "\n".join(loaded.not_mapped)
     for name in (
-        "targets -> remote",
-        "rules -> offsite",
+        "changed meaning: targets -> remote -> host:",
         "incoming_folder",
         "router_scan_interval",
         "graphite_ip",
         "appliance_name",
     ):
         assert name in report, name
-    assert "offsite" not in config.rules and "remote" not in config.targets
+    assert "offsite" in config.rules and config.targets["remote"].type == "xnat"
     drop, web, tls = config.targets["drop"], config.targets["web"], config.targets["tls"]
     assert drop.type == "sftp" and drop.password.get_secret_value() == "p"
-    assert "targets -> drop: the SFTP server's host key is not verified" in report
+    assert "changed meaning: targets -> drop: security check off" in report
     assert web.type == "dicomweb" and web.username == "u"
     assert tls.type == "dicomtls" and (tls.port, tls.tls_certificate) == (2762, "/etc/c.pem")
 
@@ -194,7 +193,7 @@ def test_config_commands(tmp_path: Path, sqlite_url: str) -> None:
     mercure = run(
         [*CADUCEUS, "config", "import", str(write(tmp_path, MERCURE, "mercure.json"))], env=env
     )
-    assert mercure.returncode == 0 and "not supported: targets -> remote" in mercure.stderr
+    assert mercure.returncode == 0 and "changed meaning: targets -> drop" in mercure.stderr
     history = json.loads(run([*CADUCEUS, "config", "history", "--json"], env=env).stdout)
     assert [h["version"] for h in history] == [2, 1]
     assert run([*CADUCEUS, "config", "restore", "1"], env=env).returncode == 0

@@ -211,7 +211,7 @@ def test_references_to_what_was_not_imported_are_dropped_not_the_file() -> None:
     for name in ("only_remote", "ai_missing", "broken"):
         assert name not in loaded.config.rules
         assert f"not supported: rules -> {name}: not imported:" in report, name
-    assert "targets -> remote: target type 'carrier-pigeon' is not supported" in report
+    assert "not supported: targets -> remote: target type 'carrier-pigeon' is unknown" in report
 
 
 def test_mercures_stock_configuration_gives_a_short_correct_report() -> None:

@@ -81,6 +81,21 @@ def test_instances_arrive_byte_for_byte_in_several_requests(
         assert back.file_meta.TransferSyntaxUID == dcmread(original).file_meta.TransferSyntaxUID
 
 
+def test_url_prefixes_put_the_services_under_their_own_paths(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    """mercure's stow_url_prefix/qido_url_prefix (dicomweb-client's): <url>/<prefix>/studies.
+    Orthanc's DICOMweb lives under /dicom-web, here given as the prefixes of its root URL."""
+    root = orthanc.dicomweb_url.removesuffix("/dicom-web")
+    prefixed = stow(orthanc, url=root, stow_url_prefix="dicom-web", qido_url_prefix="/dicom-web/")
+    assert "answers (HTTP 200)" in prefixed.test()
+    series = write_series(tmp_path / "ct", SeriesSpec(count=2))
+    assert prefixed.send(series, Shipment("task-8")).accepted == series
+    assert sorted(stored(orthanc)) == sorted(uid(p) for p in series)
+    with pytest.raises(TargetError, match=r"answered HTTP 400"):
+        stow(orthanc, url=root).test()  # without the prefix: Orthanc's REST API, not DICOMweb
+
+
 def test_an_interrupted_send_stops_between_requests(orthanc: Orthanc, tmp_path: Path) -> None:
     series = write_series(tmp_path / "ct", SeriesSpec(count=6, rows=16, columns=16))
     report = stow(orthanc, batch_size=2).send(series, Shipment("task-7", interrupted=after(1)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,36 +13,13 @@ from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from caduceus.dispatcher.targets.sftp import SftpUploader
 from tests.support.interrupt import after
 from tests.support.processes import free_port
-from tests.support.sshd import Sshd, make_key, start_sshd
+from tests.support.sshd import Sshd, login_settings, make_key
 
 MISMATCH = re.escape("host key of 127.0.0.1 does not match the configured one")
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    server = start_sshd(tmp_path / "sshd")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    folder = tmp_path / "remote"
-    folder.mkdir()
-    return folder
-
-
 def target(sshd: Sshd, folder: Path, **changes: object) -> SftpTarget:
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": sshd.port,
-        "user": sshd.user,
-        "private_key_file": str(sshd.client_key),
-        "folder": str(folder),
-        "host_key": sshd.host_key,
-    }
-    values.update(changes)
-    return SftpTarget.model_validate(values)
+    return SftpTarget.model_validate(login_settings(sshd, folder, **changes))
 
 
 def test_sftp_delivers_every_file_byte_for_byte_into_a_published_folder(
@@ -188,3 +164,17 @@ def test_sftp_test_checks_the_folder(sshd: Sshd, remote: Path) -> None:
     (remote / "plain").write_text("not a folder")
     with pytest.raises(TargetError, match="is not a folder"):
         SftpUploader(target(sshd, remote / "plain")).test()
+
+
+def test_sftp_exclude_keeps_back_only_the_matching_files(
+    sshd: Sshd, remote: Path, tmp_path: Path
+) -> None:
+    files = write_series(tmp_path / "task", SeriesSpec(count=3))
+    uploader = SftpUploader(target(sshd, remote, exclude=["00002.dcm", "*.txt"]))
+    report = uploader.send(files, Shipment("task-9"))
+    assert report.complete and report.accepted == [files[0], files[2]]
+    assert sorted(p.name for p in (remote / "task-9").iterdir()) == [
+        ".complete",
+        "00001.dcm",
+        "00003.dcm",
+    ]

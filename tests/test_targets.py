@@ -11,7 +11,7 @@ import yaml
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from caduceus.core.config.models import DicomTarget, FolderTarget
+from caduceus.core.config.models import DicomTarget, DicomWebTarget, DummyTarget, FolderTarget
 from caduceus.core.dicom.synthetic import SeriesSpec, write_series
 from caduceus.dispatcher.targets import Shipment, TargetError, plugin_for
 from tests.support.dicomfiles import dataset_bytes
@@ -156,3 +156,66 @@ def test_a_file_that_cannot_be_read_fails_alone_and_the_association_goes_on(
     finally:
         scu.release()
     assert list(by_uid(storescp.files())) == [meta[0].SOPInstanceUID]
+
+
+def test_folder_exclude_keeps_back_only_the_matching_files(tmp_path: Path) -> None:
+    """mercure's folder target's file_filter ("*.txt,*.json") names files NOT to copy; its
+    import becomes `exclude`, so a series of .dcm files arrives whole."""
+    series = write_series(tmp_path / "ct", SeriesSpec(count=4, rows=8, columns=8))
+    out = tmp_path / "out"
+    out.mkdir()
+    imported = FolderTarget(path=str(out), exclude=["*.txt", "*.json"])
+    report = plugin_for(imported).send(series, Shipment("task-6"))
+    assert report.complete and report.accepted == series
+    assert sorted(p.name for p in (out / "task-6").glob("*.dcm")) == [p.name for p in series]
+    skipping = FolderTarget(path=str(out), exclude=["00002.dcm", "*3.dcm"])
+    report = plugin_for(skipping).send(series, Shipment("task-7"))
+    assert report.complete and report.accepted == [series[0], series[3]]
+    assert sorted(p.name for p in (out / "task-7").glob("*.dcm")) == ["00001.dcm", "00004.dcm"]
+
+
+def test_dummy_target_accepts_everything_and_keeps_nothing(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", SeriesSpec(count=3, rows=8, columns=8))
+    target = plugin_for(DummyTarget())
+    assert "dummy" in target.test()
+    report = target.send(series, Shipment("task-8"))
+    assert report.complete and report.accepted == series
+    stopped = target.send(series, Shipment("task-9", interrupted=after(1)))
+    assert stopped.interrupted and stopped.accepted == [series[0]]
+
+
+def test_dicomweb_file_url_stores_instances_by_uid(tmp_path: Path) -> None:
+    """mercure sends a DICOMweb target with a file:// URL into that folder (dicomweb-client's
+    file store); here each instance lands whole under <study>/<series>/<instance>.dcm."""
+    series = write_series(tmp_path / "ct", SeriesSpec(count=3, rows=8, columns=8))
+    store = tmp_path / "store"
+    store.mkdir()
+    target = plugin_for(DicomWebTarget(url=f"file://{store}"))
+    assert "writable" in target.test()
+    report = target.send(series, Shipment("task-10"))
+    assert report.complete and report.accepted == series
+    for path in series:
+        ds = dcmread(path)
+        stored = store / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert stored.read_bytes() == path.read_bytes()
+        assert stored.stat().st_mode & 0o777 == 0o600
+    assert not list(store.rglob(".*.partial"))
+    # Sent again (a resumed task): the same files, no copies.
+    assert target.send(series, Shipment("task-10")).complete
+    assert len(list(store.rglob("*.dcm"))) == 3
+    with pytest.raises(TargetError, match="does not exist"):
+        plugin_for(DicomWebTarget(url=f"file://{tmp_path / 'missing'}")).test()
+
+
+def test_dicomweb_file_url_refuses_a_uid_that_is_a_path(tmp_path: Path) -> None:
+    [path] = write_series(tmp_path / "ct", SeriesSpec(count=1, rows=8, columns=8))
+    ds = dcmread(path)
+    ds.SeriesInstanceUID = "../../escaped"
+    ds.save_as(path)
+    store = tmp_path / "store"
+    store.mkdir()
+    report = plugin_for(DicomWebTarget(url=f"file://{store}")).send([path], Shipment("t"))
+    assert report.accepted == [] and "SeriesInstanceUID" in report.failed[path]
+    assert list(store.iterdir()) == [] and not (tmp_path / "escaped").exists()
+    with pytest.raises(ValueError, match="file:///path/to/folder"):
+        DicomWebTarget(url="file://server/share")

@@ -137,13 +137,14 @@ def test_a_real_mercure_json_is_imported(web: TestClient, web_engine: Engine) ->
     result = checked.json()
     assert result["format"] == "mercure"
     assert any("targets -> remote" in line for line in result["not_mapped"])
-    assert result["counts"] == {"rules": 2, "targets": 5, "modules": 1}
+    assert result["counts"] == {"rules": 3, "targets": 6, "modules": 1}
     saved = web.put(
         "/api/config", params={"comment": "imported mercure.json"}, json=MERCURE, headers=admin
     )
     assert saved.status_code == 200, saved.text
     config = store.get(web_engine, saved.json()["version"])
-    assert set(config.rules) == {"ct", "brain"} and config.targets["pacs"].type == "dicom"
+    assert set(config.rules) == {"ct", "brain", "offsite"}
+    assert config.targets["pacs"].type == "dicom"
     assert config.settings.series_complete_trigger == 45
     assert "imported mercure.json" in web.get("/configuration").text
 
@@ -296,7 +297,7 @@ def test_history_diff_settings_and_import_in_a_browser(
     page.click("#import-save button[type=submit]")
     page.wait_for_url(served + "/configuration")
     imported = store.current(web_engine)
-    assert imported is not None and set(imported[1].rules) == {"ct", "brain"}
+    assert imported is not None and set(imported[1].rules) == {"ct", "brain", "offsite"}
     assert store.history(web_engine)[0]["comment"] == "imported mercure.json"
 
     page.on("dialog", lambda dialog: dialog.accept())

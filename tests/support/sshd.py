@@ -99,3 +99,16 @@ def start_sshd(home: Path) -> Sshd:
         process.kill()
         raise RuntimeError(f"sshd did not start: {exc}\n{log_path.read_text()}") from exc
     return Sshd(port, host_key, home / "client_key", getpass.getuser(), process, log_path)
+
+
+def login_settings(sshd: Sshd, folder: Path, **changes: object) -> dict[str, object]:
+    """An SSH target's settings (SFTP, rsync) for this server: key login, host key checked."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "user": sshd.user,
+        "private_key_file": str(sshd.client_key),
+        "folder": str(folder),
+        "host_key": sshd.host_key,
+    }
+    return {**values, **changes}

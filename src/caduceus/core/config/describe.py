@@ -8,9 +8,12 @@ from __future__ import annotations
 from caduceus.core.config.models import (
     DicomTarget,
     DicomWebTarget,
+    DummyTarget,
     FolderTarget,
+    RsyncTarget,
     S3Target,
     TargetSettings,
+    XnatTarget,
     masked_url,
 )
 
@@ -26,4 +29,9 @@ def where_of(target: TargetSettings) -> str:
         return masked_url(target.url)
     if isinstance(target, S3Target):
         return f"s3://{target.bucket}/{target.prefix}"
-    return f"sftp://{target.user}@{target.host}:{target.port}/{target.folder}"
+    if isinstance(target, XnatTarget):
+        return f"{masked_url(target.url)} (project {target.project_id})"
+    if isinstance(target, DummyTarget):
+        return "(nowhere: a dummy target)"
+    scheme = "rsync" if isinstance(target, RsyncTarget) else "sftp"
+    return f"{scheme}://{target.user}@{target.host}:{target.port}/{target.folder}"

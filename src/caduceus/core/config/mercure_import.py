@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from caduceus.core.config.docker_arguments import ALLOW_ROOT_KEY
 from caduceus.core.config.mercure_modules import module_from_mercure
 from caduceus.core.config.mercure_report import Report
+from caduceus.core.config.mercure_targets import target_from_mercure
 from caduceus.core.config.models import NAME, Module, Rule, Target
 
 _MERCURE_MARKERS = {"incoming_folder", "router_scan_interval", "appliance_name", "dicom_receiver"}
@@ -132,64 +133,16 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-_DICOM = {
-    "ip": "host",
-    "port": "port",
-    "aet_target": "called_aet",
-    "aet_source": "calling_aet",
-    "pass_sender_aet": "pass_sender_aet",
-    "pass_receiver_aet": "pass_receiver_aet",
-}
-# mercure's field names per target type, and ours.
-_TARGET_FIELDS: dict[str, dict[str, str]] = {
-    "dicom": _DICOM,
-    "dicomtls": {
-        **_DICOM,
-        "tls_key": "tls_key",
-        "tls_cert": "tls_certificate",
-        "ca_cert": "tls_ca_certificate",
-    },
-    "folder": {"folder": "path", "file_filter": "file_filter"},
-    "sftp": {"host": "host", "user": "user", "password": "password", "folder": "folder"},
-    "dicomweb": {
-        "url": "url",
-        "http_user": "username",
-        "http_password": "password",
-        "access_token": "token",
-    },
-    "s3": {
-        "region": "region",
-        "bucket": "bucket",
-        "prefix": "prefix",
-        "access_key_id": "access_key_id",
-        "secret_access_key": "secret_access_key",
-    },
-}
-
-
 def _target(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any] | None:
-    kind = raw.get("target_type", "dicom")
-    where = f"targets -> {name}"
-    fields = _TARGET_FIELDS.get(kind)
-    if fields is None:
-        report.not_supported.append(
-            f"{where}: target type {kind!r} is not supported yet; target not imported"
-        )
-        return None
-    target: dict[str, Any] = {"type": kind, "comment": raw.get("comment", "")}
-    for theirs, ours in fields.items():
-        if raw.get(theirs) not in (None, ""):
-            target[ours] = raw[theirs]
-    if "port" in target:
-        target["port"] = int(target["port"] or 0)
-    if kind == "sftp":
-        # mercure does not check the server's host key; we do, once it is configured.
-        target["accept_unknown_host_key"] = True
-        report.changed.append(f"{where}: the SFTP server's host key is not verified; set host_key")
-    known = {"target_type", "comment", *fields}
-    for key in sorted(raw.keys() - known - _IGNORED_EMPTY):
-        if raw[key] not in (None, "", [], {}, False):
-            report.not_supported.append(f"{where} -> {key}: no equivalent, not imported")
+    """One target, mapped in mercure_targets.py; its findings go into the report's groups."""
+    target, findings = target_from_mercure(name, raw)
+    groups = {
+        "not needed here": report.not_needed,
+        "not supported": report.not_supported,
+        "changed meaning": report.changed,
+    }
+    for finding in findings:
+        groups[finding.group].append(f"{finding.where}: {finding.text}")
     return target
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -89,6 +90,19 @@ def checked_url(url: str, info: ValidationInfo) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("an http:// or https:// URL with a host")
     return url
+
+
+URL_PREFIX = r"^[A-Za-z0-9_.~\-/]*$"
+
+
+def file_folder(url: str) -> str:
+    """The folder of a file:///absolute/path URL; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise ValueError("a file URL names a folder on this machine: file:///path/to/folder")
+    if not parts.path.startswith("/") or "/../" in f"{parts.path}/":
+        raise ValueError("a file URL needs an absolute path without '..': file:///path/to/folder")
+    return parts.path
 
 
 def masked_url(url: str) -> str:
@@ -174,10 +188,21 @@ class DicomTlsTarget(DicomTarget):
         return self
 
 
+# Patterns (fnmatch: * ? [..]) of file names a folder or SFTP target does not send: mercure's
+# folder target's file_filter (comma-separated there) means this.
+Exclude = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=200)]],
+    Field(max_length=100, description="names of files not to send, e.g. *.txt"),
+]
+
+
 class FolderTarget(Strict):
     type: Literal["folder"] = "folder"
     path: str = Field(min_length=1)
+    # Only files whose names match this pattern are written (the opposite of mercure's
+    # file_filter, which is `exclude` here).
     file_filter: str = ""
+    exclude: Exclude = Field(default_factory=list)
     # Delivered folders are 700 and files 600 (private to caduceus's account); with this on,
     # 750 and 640, for another account in the folder's group (an importer) to read them.
     group_access: bool = False
@@ -189,13 +214,26 @@ class DicomWebTarget(Strict):
 
     type: Literal["dicomweb"] = "dicomweb"
     url: Annotated[str, PlainSerializer(_url_shown, return_type=Any)] = Field(
-        min_length=1, pattern=r"^https?://"
+        min_length=1, pattern=r"^(https?|file)://"
     )
 
     @field_validator("url")
     @classmethod
     def _url_checked(cls, url: str, info: ValidationInfo) -> str:
+        if url.startswith("file://"):
+            # Like mercure (dicomweb-client's DICOMfileClient): a folder on this machine that
+            # takes the instances as a file-based DICOMweb store.
+            file_folder(url)
+            return url
         return checked_url(url, info)
+
+    # Put between the URL and the resource, as dicomweb-client does (<url>/<prefix>/studies):
+    # for servers whose STOW-RS and QIDO-RS services live under different paths.
+    stow_url_prefix: str = Field(default="", pattern=URL_PREFIX)
+    qido_url_prefix: str = Field(default="", pattern=URL_PREFIX)
+    # Only for retrieving, which caduceus does not do; kept so that an imported target says
+    # where its WADO-RS service is.
+    wado_url_prefix: str = Field(default="", pattern=URL_PREFIX)
 
     username: str = ""
     password: Secret = SecretStr("")
@@ -232,8 +270,9 @@ class S3Target(Strict):
     comment: str = ""
 
 
-class SftpTarget(Strict):
-    type: Literal["sftp"] = "sftp"
+class _SshTarget(Strict):
+    """What an SFTP and an rsync target need to log in over SSH."""
+
     host: str = Field(min_length=1)
     port: int = Field(default=22, ge=1, le=65535)
     user: str = Field(min_length=1)
@@ -248,18 +287,67 @@ class SftpTarget(Strict):
     comment: str = ""
 
     @model_validator(mode="after")
-    def _credentials_and_host_key(self) -> SftpTarget:
+    def _credentials_and_host_key(self) -> _SshTarget:
+        kind = "an SFTP" if getattr(self, "type", "") == "sftp" else "an rsync"
         if not self.password.get_secret_value() and not self.private_key_file:
-            raise ValueError("an SFTP target needs a password or a private_key_file")
+            raise ValueError(f"{kind} target needs a password or a private_key_file")
         if not self.host_key and not self.accept_unknown_host_key:
             raise ValueError(
-                "an SFTP target needs the server's host_key (or accept_unknown_host_key: true)"
+                f"{kind} target needs the server's host_key (or accept_unknown_host_key: true)"
             )
         return self
 
 
+class SftpTarget(_SshTarget):
+    type: Literal["sftp"] = "sftp"
+    exclude: Exclude = Field(default_factory=list)
+
+
+class RsyncTarget(_SshTarget):
+    """rsync over SSH into <folder>/<task id>, published whole like the SFTP target."""
+
+    type: Literal["rsync"] = "rsync"
+    # Like mercure: once published, run <folder>/mercure_complete.sh on the server with the
+    # published folder and "rsync" as its arguments.
+    run_on_complete: bool = False
+
+
+class XnatTarget(Strict):
+    """XNAT: each task uploaded as a zip through XNAT's image session import service."""
+
+    type: Literal["xnat"] = "xnat"
+    url: Annotated[
+        str,
+        Field(min_length=1, pattern=r"^https?://"),
+        AfterValidator(checked_url),
+        PlainSerializer(_url_shown, return_type=Any),
+    ]
+    project_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    user: str = Field(min_length=1)
+    password: Secret = SecretStr("")
+    tls_ca_certificate: str = ""
+    verify_tls: bool = True
+    timeout_seconds: float = Field(default=600.0, gt=0)
+    comment: str = ""
+
+
+class DummyTarget(Strict):
+    """Accepts everything and keeps nothing: for trying rules out."""
+
+    type: Literal["dummy"] = "dummy"
+    comment: str = ""
+
+
 TargetSettings = (
-    DicomTarget | DicomTlsTarget | FolderTarget | DicomWebTarget | S3Target | SftpTarget
+    DicomTarget
+    | DicomTlsTarget
+    | FolderTarget
+    | DicomWebTarget
+    | S3Target
+    | SftpTarget
+    | RsyncTarget
+    | XnatTarget
+    | DummyTarget
 )
 Target = Annotated[TargetSettings, Field(discriminator="type")]
 

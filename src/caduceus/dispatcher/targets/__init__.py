@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from caduceus.core.config.models import TargetSettings
+from caduceus.core.config.models import DicomWebTarget, TargetSettings
 from caduceus.dispatcher.targets.base import SendReport, Shipment, Target, TargetError
 
 _PLUGINS: dict[str, str] = {
@@ -20,12 +20,20 @@ _PLUGINS: dict[str, str] = {
     "dicomweb": "caduceus.dispatcher.targets.dicomweb:StowSender",
     "s3": "caduceus.dispatcher.targets.s3:S3Uploader",
     "sftp": "caduceus.dispatcher.targets.sftp:SftpUploader",
+    "rsync": "caduceus.dispatcher.targets.rsync:RsyncUploader",
+    "xnat": "caduceus.dispatcher.targets.xnat:XnatUploader",
+    "dummy": "caduceus.dispatcher.targets.dummy:DummySink",
 }
+# A DICOMweb target with a file:// URL writes into a local folder instead (as in mercure).
+_FILE_DICOMWEB = "caduceus.dispatcher.targets.dicomweb_files:FileStore"
 
 
 def plugin_for(settings: TargetSettings) -> Target:
     """The plug-in that sends to a configured target."""
-    module_name, class_name = _PLUGINS[settings.type].split(":")
+    where = _PLUGINS[settings.type]
+    if isinstance(settings, DicomWebTarget) and settings.url.startswith("file://"):
+        where = _FILE_DICOMWEB
+    module_name, class_name = where.split(":")
     plugin: Any = getattr(importlib.import_module(module_name), class_name)
     return plugin(settings)  # type: ignore[no-any-return]
 

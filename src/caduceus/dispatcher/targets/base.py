@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -48,3 +50,20 @@ class Target(Protocol):
     def test(self) -> str:
         """Check that the target answers; return what was checked, or raise TargetError."""
         ...
+
+
+def excluded(path: Path, patterns: Sequence[str]) -> bool:
+    """Whether a target's `exclude` patterns keep this file back (mercure's file_filter)."""
+    return any(fnmatch.fnmatchcase(path.name, pattern) for pattern in patterns)
+
+
+def https_verification(
+    verify_tls: bool, ca_file: str, reason: Callable[[BaseException], str] = str
+) -> bool | ssl.SSLContext:
+    """httpx's `verify` for a target: off, the system's CAs, or the configured CA file."""
+    if not (verify_tls and ca_file):
+        return verify_tls
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TargetError(f"cannot use the CA certificate {ca_file}: {reason(exc)}") from exc

@@ -20,7 +20,12 @@ import httpx
 from pydicom.filereader import read_file_meta_info
 
 from caduceus.core.config.models import DicomWebTarget
-from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
+from caduceus.dispatcher.targets.base import (
+    SendReport,
+    Shipment,
+    TargetError,
+    https_verification,
+)
 
 log = logging.getLogger("caduceus.dispatcher")
 
@@ -64,19 +69,14 @@ class StowSender:
         self.origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
         self.where = self.origin + url.path.rstrip("/")
         # A query in the base URL (an API key some gateways want) stays the query of every
-        # request, after the resource's path, not glued onto it.
-        self.studies = str(url.copy_with(path=url.path.rstrip("/") + "/studies"))
+        # request, after the resource's path, not glued onto it. A service's prefix goes
+        # between the URL and the resource, as in dicomweb-client (mercure's *_url_prefix).
+        self.studies = _resource(url, settings.stow_url_prefix)
+        self.query_studies = _resource(url, settings.qido_url_prefix)
 
     def _client(self) -> httpx.Client:
         s = self.settings
-        verify: bool | ssl.SSLContext = s.verify_tls
-        if s.verify_tls and s.tls_ca_certificate:
-            try:
-                verify = ssl.create_default_context(cafile=s.tls_ca_certificate)
-            except (OSError, ssl.SSLError) as exc:
-                raise TargetError(
-                    f"cannot use the CA certificate {s.tls_ca_certificate}: {_reason(exc)}"
-                ) from exc
+        verify = https_verification(s.verify_tls, s.tls_ca_certificate, _reason)
         headers = {"Accept": DICOM_JSON}
         auth: httpx.Auth | None = None
         token = s.token.get_secret_value()
@@ -111,7 +111,7 @@ class StowSender:
         # QIDO for one study: cheap, needs the same credentials, and only DICOMweb answers it.
         with self._client() as client:
             try:
-                response = client.get(self.studies, params={"limit": "1"})
+                response = client.get(self.query_studies, params={"limit": "1"})
             except httpx.HTTPError as exc:
                 raise TargetError(self._unreachable(exc)) from exc
         refused = self._refused(response)
@@ -207,6 +207,12 @@ class StowSender:
                 report.failed[path] = f"refused (HTTP {code}): {failed[uid]}"
             else:
                 report.failed[path] = f"not confirmed by the server (HTTP {code})"
+
+
+def _resource(url: httpx.URL, prefix: str) -> str:
+    """<url>/<prefix>/studies, keeping the URL's query."""
+    path = "/".join(part for part in (url.path.strip("/"), prefix.strip("/"), "studies") if part)
+    return str(url.copy_with(path="/" + path))
 
 
 def _batches(files: list[Path], sizes: dict[Path, int], batch_size: int) -> list[list[Path]]:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from caduceus.core.config.models import FolderTarget
-from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
+from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError, excluded
 
 MARKER = ".complete"
 
@@ -47,6 +47,8 @@ class FolderWriter:
                 shutil.rmtree(partial, ignore_errors=True)
                 return SendReport(interrupted=True)
             if pattern and not fnmatch.fnmatch(path.name, pattern):
+                continue
+            if excluded(path, self.settings.exclude):  # not sent, by the target's choice
                 continue
             try:
                 _copy(path, partial / path.name, file_mode)

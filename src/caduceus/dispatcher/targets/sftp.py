@@ -22,7 +22,7 @@ from pathlib import Path
 import paramiko
 
 from caduceus.core.config.models import SftpTarget
-from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
+from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError, excluded
 
 MARKER = ".complete"
 CONNECT_TIMEOUT = 15.0
@@ -194,6 +194,8 @@ class SftpUploader:
                     # Published whole or not at all: the next dispatcher uploads it again.
                     _remove_folder(sftp, partial)
                     return SendReport(interrupted=True)
+                if excluded(path, self.settings.exclude):  # not sent, by the target's choice
+                    continue
                 try:
                     with open(path, "rb") as source:
                         sftp.putfo(source, posixpath.join(partial, path.name), confirm=True)

@@ -22,6 +22,9 @@ KIND_LABELS = {
     "dicomweb": "DICOMweb (STOW-RS)",
     "s3": "S3",
     "sftp": "SFTP",
+    "rsync": "rsync over SSH",
+    "xnat": "XNAT",
+    "dummy": "Dummy (keeps nothing)",
 }
 
 # For the fields whose model says nothing about them.
@@ -36,8 +39,15 @@ HELP = {
     "verify_hostname": "check that the target's certificate names its host",
     "path": "a folder on the dispatcher's machine",
     "file_filter": "only files whose names match this pattern (e.g. *.dcm); empty: all",
+    "exclude": "files not to send, one pattern a line (e.g. *.txt): mercure's file_filter",
+    "stow_url_prefix": "path between the URL and /studies for sending (STOW-RS), if any",
+    "qido_url_prefix": "path between the URL and /studies for queries (QIDO-RS), if any",
+    "wado_url_prefix": "path of the retrieve service (WADO-RS); kept, not used for sending",
+    "run_on_complete": "run <folder>/mercure_complete.sh on the server after each delivery",
+    "project_id": "the XNAT project that receives the sessions",
     "group_access": "let the folder's group read the delivered files (750/640 instead of 700/600)",
-    "url": "the DICOMweb base URL, http:// or https://; instances go to <url>/studies",
+    "url": "the base URL, http:// or https:// (DICOMweb: instances go to <url>/studies; "
+    "file:///folder stores them in a local folder)",
     "username": "for basic authentication",
     "password": "for basic authentication",
     "tls_ca_certificate": "CA file that signed the server's certificate; empty: the system's",
