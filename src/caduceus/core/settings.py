@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         description="Seconds over which connections dropped before associating, and repeated "
         "rejections, are summarised into one event per peer address.",
     )
+    receiver_accept_compressed_images: bool = Field(
+        default=False,
+        description="Accept compressed transfer syntaxes (JPEG, JPEG 2000, JPEG-LS, RLE...). "
+        "Off, as in mercure: only uncompressed ones (implicit and explicit VR little endian, "
+        "explicit big endian, deflated) are accepted, so modules get raw pixels and a sender "
+        "must decompress or fail.",
+    )
     dispatcher_lease_seconds: int = Field(
         default=600,
         ge=2,

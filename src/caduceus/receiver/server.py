@@ -52,6 +52,7 @@ def make_config(settings: Settings) -> ReceiverConfig:
             allowed_calling=tuple(settings.receiver_allowed_calling_aets),
             accept_private_sop_classes=settings.receiver_accept_private_sop_classes,
             max_pdu=settings.receiver_max_pdu,
+            accept_compressed=settings.receiver_accept_compressed_images,
         ),
         fsync=settings.fsync,
         disk_reserve_bytes=settings.receiver_disk_reserve_mb * 1024 * 1024,

@@ -21,7 +21,10 @@ _SETTINGS = {
     "retry_max",
     "retention",
 }
-_BOOTSTRAP = {"port": "CADUCEUS_DICOM_PORT"}
+_BOOTSTRAP = {
+    "port": "CADUCEUS_DICOM_PORT",
+    "accept_compressed_images": "CADUCEUS_RECEIVER_ACCEPT_COMPRESSED_IMAGES",
+}
 # Keys that describe mercure's own machinery (folders, scan intervals, metrics endpoints, UI):
 # caduceus has no counterpart, or a different one, so they are reported as not mapped.
 _RULE_FIELDS = {
