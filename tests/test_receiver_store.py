@@ -38,6 +38,14 @@ COMPRESSED = {
 }
 
 
+@pytest.fixture
+def receiver(launch: Launch) -> Caduceus:
+    """This module is about keeping what arrives as it arrived, compressed syntaxes too: its
+    receiver accepts compressed images (off by default, as in mercure; see
+    test_receiver_compressed.py)."""
+    return launch(CADUCEUS_RECEIVER_ACCEPT_COMPRESSED_IMAGES="true")
+
+
 def test_echoscu_gets_an_answer(receiver: Caduceus) -> None:
     result = run([require("echoscu"), "-aec", "CADUCEUS", "127.0.0.1", str(receiver.port)])
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,6 +92,31 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds over which connections dropped before associating, and repeated "
         "rejections, are summarised into one event per peer address.",
+    )
+    receiver_accept_compressed_images: bool = Field(
+        default=True,
+        description="Accept compressed transfer syntaxes (JPEG, JPEG 2000, JPEG-LS, RLE...). "
+        "Off (mercure's accept_compressed_images: false): only uncompressed ones (implicit and "
+        "explicit VR little endian, explicit big endian, deflated) are accepted, so modules get "
+        "raw pixels and a sender must decompress or fail. On by default, so a site keeps "
+        "receiving what its modalities send.",
+    )
+    receiver_tls_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port for DICOM over TLS (a second listening socket); 0: off.",
+    )
+    receiver_tls_certificate: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the TLS port."
+    )
+    receiver_tls_key: Path | None = Field(
+        default=None, description="PEM private key of the TLS port (unencrypted)."
+    )
+    receiver_tls_ca_certificate: Path | None = Field(
+        default=None,
+        description="If set, a TLS peer must present a client certificate signed by a CA in "
+        "this PEM file; if not, client certificates are not asked for.",
     )
     dispatcher_lease_seconds: int = Field(
         default=600,
@@ -324,6 +349,17 @@ class Settings(BaseSettings):
                 "free its space on a full disk"
             )
         return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if self.receiver_tls_port:
+            if not (self.receiver_tls_certificate and self.receiver_tls_key):
+                raise ValueError(
+                    "receiver_tls_port needs receiver_tls_certificate and receiver_tls_key"
+                )
+            if self.receiver_tls_port == self.dicom_port:
+                raise ValueError("receiver_tls_port must differ from dicom_port")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,9 +64,11 @@ class AssociationHandler:
         busy: bool = False,
         summary: ConnectionSummary | None = None,
         peer: tuple[str, int] | None = None,
+        tls: bool = False,
     ):
         """request: the whole A-ASSOCIATE-RQ PDU, already read (see acceptor.py); peer: the
-        address and port accept() gave (asked of the socket if not given)."""
+        address and port accept() gave (asked of the socket if not given); tls: whether it
+        came in on the TLS port (sock is then an ssl.SSLSocket, its handshake done)."""
         self.sock = sock
         self.config = config
         self.request = request
@@ -75,6 +78,7 @@ class AssociationHandler:
         host, port = peer or sock.getpeername()[:2]
         self.peer_host: str = host
         self.peer_port: int = port
+        self.tls = tls
         self.reader = pdu.SocketReader(sock)
         self.association_id: int | None = None
         self.negotiated: negotiation.Negotiated | None = None
@@ -94,6 +98,11 @@ class AssociationHandler:
         # timeout matters as much: a peer that sends requests and never reads the answers
         # would otherwise hold this thread and its connection slots in sendall() for ever.
         timeout = self.config.network_timeout
+        if isinstance(self.sock, ssl.SSLSocket):
+            # Python's TLS layer retries a read that SO_RCVTIMEO interrupted, for ever: over
+            # TLS the timeout must be the socket's own (a poll before each read and write).
+            self.sock.settimeout(timeout)
+            return
         value = struct.pack("ll", int(timeout), int((timeout % 1) * 1_000_000))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
@@ -117,15 +126,20 @@ class AssociationHandler:
             log.warning("aborting the association from %s: protocol error: %s", self.peer_host, exc)
             end_status, reason = "aborted", f"protocol error: {exc}"
             self._send(pdu.a_abort(2, exc.reason))
-        except (TimeoutError, BlockingIOError):
-            # SO_SNDTIMEO expired in sendall(): the peer does not read. Close, send nothing
-            # more (an A-ABORT would wait as long again).
+        except (TimeoutError, BlockingIOError, ssl.SSLWantWriteError):
+            # SO_SNDTIMEO expired in sendall() (over TLS: OpenSSL's "want write"): the peer
+            # does not read. Close, send nothing more (an A-ABORT would wait as long again).
             log.warning("closing the association from %s: it does not read", self.peer_host)
             end_status, reason = "aborted", "network timeout: the peer does not read"
         except ConnectionError as exc:
             # Reset or gone while we answered: the network's doing, not a fault of ours.
             log.info("association from %s: connection lost: %s", self.peer_host, exc)
             end_status, reason = "aborted", f"connection lost: {exc.strerror or exc}"
+        except ssl.SSLError as exc:
+            # The TLS layer failed under us (a bad record, the peer gone without close_notify):
+            # the network's or the peer's doing; one line, no traceback.
+            log.warning("association from %s: TLS error: %s", self.peer_host, exc.reason or exc)
+            end_status, reason = "aborted", f"TLS error: {exc.reason or type(exc).__name__}"
         except Exception as exc:
             log.exception("association from %s failed", self.peer_host)
             end_status, reason = "aborted", f"internal error: {type(exc).__name__}"
@@ -174,9 +188,10 @@ class AssociationHandler:
         except Exception:
             log.exception("could not record the end of association %s", self.association_id)
         log.info(
-            "association %s from %s ended: %s %s (%d stored, %d failed)",
+            "association %s from %s%s ended: %s %s (%d stored, %d failed)",
             self.association_id,
             self.peer_host,
+            " over TLS" if self.tls else "",
             end_status,
             reason,
             self.stored,
@@ -219,7 +234,13 @@ class AssociationHandler:
             return False
         try:
             self.association_id = records.open_association(
-                self.config.engine, calling, called, self.peer_host, self.peer_port, "open"
+                self.config.engine,
+                calling,
+                called,
+                self.peer_host,
+                self.peer_port,
+                "open",
+                tls=self.tls,
             )
         except SQLAlchemyError as exc:
             # An outage, not a fault of the peer's or a bug: one line each, and a transient
@@ -264,6 +285,7 @@ class AssociationHandler:
                     self.peer_port,
                     "rejected",
                     rejection.reason,
+                    tls=self.tls,
                 )
             except SQLAlchemyError as exc:
                 log.warning("could not record the rejection: %s", type(exc).__name__)

@@ -33,6 +33,11 @@ VERIFICATION = "1.2.840.10008.1.1"
 # Transfer syntaxes whose encoding we know, so the stored file can be read back. Compressed ones
 # are stored as received; the JPIP and other referenced-pixel syntaxes carry no pixel data.
 STORABLE_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
+# With compressed images refused (mercure's accept_compressed_images off): the syntaxes whose
+# pixel data is native. mercure's storescp then accepts implicit and explicit little endian and
+# explicit big endian; deflated is kept too, its pixels are native once inflated (every DICOM
+# reader inflates it) and refusing it would only make a sender transcode for nothing.
+UNCOMPRESSED_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes if not ts.is_compressed)
 
 # A-ASSOCIATE-RJ (result, source, reason) per PS3.8 9.3.4.
 REJECT_NO_REASON = (1, 1, 1)
@@ -67,6 +72,7 @@ class Policy:
     allowed_calling: tuple[str, ...]  # "AET" or "AET@host"; empty allows everyone
     accept_private_sop_classes: bool
     max_pdu: int
+    accept_compressed: bool = True  # False: UNCOMPRESSED_SYNTAXES only
 
 
 class Rejection(Exception):
@@ -143,6 +149,7 @@ def negotiate(rq: A_ASSOCIATE_RQ, policy: Policy, peer_host: str) -> tuple[bytes
 
     result = Negotiated(calling_aet=calling, called_aet=called, peer_max_pdu=peer_max)
     results: list[PresentationContext] = []
+    acceptable = STORABLE_SYNTAXES if policy.accept_compressed else UNCOMPRESSED_SYNTAXES
     for proposed in request.presentation_context_definition_list:
         context_id = int(proposed.context_id or 0)
         context = PresentationContext()
@@ -153,9 +160,7 @@ def negotiate(rq: A_ASSOCIATE_RQ, policy: Policy, peer_host: str) -> tuple[bytes
             context.result = 0x03  # abstract syntax not supported
             context.transfer_syntax = [proposed.transfer_syntax[0]]
         else:
-            chosen = next(
-                (ts for ts in proposed.transfer_syntax if str(ts) in STORABLE_SYNTAXES), None
-            )
+            chosen = next((ts for ts in proposed.transfer_syntax if str(ts) in acceptable), None)
             if chosen is None:
                 context.result = 0x04  # transfer syntaxes not supported
                 context.transfer_syntax = [proposed.transfer_syntax[0]]

@@ -21,7 +21,15 @@ def now() -> datetime:
 
 
 def open_association(
-    engine: Engine, calling: str, called: str, host: str, port: int, status: str, reason: str = ""
+    engine: Engine,
+    calling: str,
+    called: str,
+    host: str,
+    port: int,
+    status: str,
+    reason: str = "",
+    *,
+    tls: bool = False,
 ) -> int:
     with engine.begin() as conn:
         result = conn.execute(
@@ -33,6 +41,7 @@ def open_association(
                 called_aet=called,
                 peer_host=host,
                 peer_port=port,
+                tls=tls,
                 status=status,
                 reason=reason or None,
                 instances_stored=0,

@@ -26,11 +26,12 @@ from caduceus.core.db.group_commit import GroupCommitter
 from caduceus.core.heartbeat import Heartbeat, beating
 from caduceus.core.settings import Settings
 from caduceus.core.storage import DataRoot, TempFiles
-from caduceus.receiver.acceptor import Acceptor
+from caduceus.receiver.acceptor import Acceptor, Listener
 from caduceus.receiver.association import AssociationHandler, ReceiverConfig
 from caduceus.receiver.connection_limits import ConnectionCounts, raise_fd_limit
 from caduceus.receiver.negotiation import Policy, quiet_codec_logs
 from caduceus.receiver.summary import ConnectionSummary
+from caduceus.receiver.tls import TlsSetupError, server_context
 
 log = logging.getLogger("caduceus.receiver")
 
@@ -52,6 +53,7 @@ def make_config(settings: Settings) -> ReceiverConfig:
             allowed_calling=tuple(settings.receiver_allowed_calling_aets),
             accept_private_sop_classes=settings.receiver_accept_private_sop_classes,
             max_pdu=settings.receiver_max_pdu,
+            accept_compressed=settings.receiver_accept_compressed_images,
         ),
         fsync=settings.fsync,
         disk_reserve_bytes=settings.receiver_disk_reserve_mb * 1024 * 1024,
@@ -60,11 +62,21 @@ def make_config(settings: Settings) -> ReceiverConfig:
     )
 
 
-def bind(settings: Settings) -> socket.socket:
+def bind(settings: Settings, port: int | None = None) -> socket.socket:
     sock = socket.create_server(
-        (settings.dicom_host, settings.dicom_port), family=socket.AF_INET, backlog=256
+        (settings.dicom_host, port or settings.dicom_port), family=socket.AF_INET, backlog=256
     )
     return sock
+
+
+def listeners(settings: Settings) -> list[Listener]:
+    """The plain DICOM port, and the TLS port when one is configured (its certificate and key
+    are loaded here, so that a mistake in them stops the receiver at start)."""
+    context = server_context(settings)
+    bound = [Listener(bind(settings))]
+    if context is not None:
+        bound.append(Listener(bind(settings, settings.receiver_tls_port), context))
+    return bound
 
 
 class Worker:
@@ -72,12 +84,12 @@ class Worker:
 
     def __init__(
         self,
-        listener: socket.socket,
+        listeners: list[Listener],
         settings: Settings,
         counts: ConnectionCounts,
         parent_pid: int | None = None,
     ):
-        self.listener = listener
+        self.listeners = listeners
         self.settings = settings
         self.counts = counts
         self.parent_pid = parent_pid
@@ -94,7 +106,7 @@ class Worker:
         quiet_codec_logs()
         self.config = config = make_config(self.settings)
         acceptor = Acceptor(
-            self.listener,
+            self.listeners,
             self.counts,
             self.summary,
             self.settings.receiver_association_request_timeout,
@@ -118,11 +130,13 @@ class Worker:
         config.temp_files.close()
         config.engine.dispose()
 
-    def _hand_off(self, conn: socket.socket, host: str, port: int, request: bytes) -> None:
+    def _hand_off(
+        self, conn: socket.socket, host: str, port: int, request: bytes, tls: bool
+    ) -> None:
         with self.lock:
             busy = len(self.active) >= self.counts.per_worker()
             thread = threading.Thread(
-                target=self._serve, args=(conn, host, port, request, busy), daemon=True
+                target=self._serve, args=(conn, host, port, request, busy, tls), daemon=True
             )
             self.active.add(thread)
         try:
@@ -135,7 +149,9 @@ class Worker:
             self.counts.release(host)
             self.summary.dropped(host, "no thread available")
 
-    def _serve(self, conn: socket.socket, host: str, port: int, request: bytes, busy: bool) -> None:
+    def _serve(
+        self, conn: socket.socket, host: str, port: int, request: bytes, busy: bool, tls: bool
+    ) -> None:
         assert self.config is not None
         try:
             try:
@@ -146,6 +162,7 @@ class Worker:
                     request=request,
                     summary=self.summary,
                     peer=(host, port),
+                    tls=tls,
                 )
             except Exception as exc:
                 # Nothing of the association exists yet: close, count, no traceback.
@@ -180,14 +197,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(
-    listener: socket.socket, settings: Settings, counts: ConnectionCounts, row: int, parent: int
+    bound: list[Listener], settings: Settings, counts: ConnectionCounts, row: int, parent: int
 ) -> None:
     from caduceus.core.logs import setup_logging
 
     _die_with_parent(parent)
     setup_logging("receiver", home=settings.home, file_mode=settings.file_mode)
     counts.use_row(row)
-    worker = Worker(listener, settings, counts, parent_pid=parent)
+    worker = Worker(bound, settings, counts, parent_pid=parent)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run()
@@ -212,19 +229,25 @@ def serve(settings: Settings) -> None:
     purged = root.purge_stale_temp()
     if purged:
         log.info("removed %d stale temporary files", purged)
-    listener = bind(settings)
+    try:
+        bound = listeners(settings)
+    except TlsSetupError as exc:
+        log.error("%s", exc)  # one line: the receiver cannot start like this
+        raise SystemExit(2) from None
     count = settings.effective_receiver_workers
+    tls = f", TLS on port {settings.receiver_tls_port}" if len(bound) > 1 else ""
     log.info(
-        "receiver listening on %s:%d as %s with %d worker(s)",
+        "receiver listening on %s:%d%s as %s with %d worker(s)",
         settings.dicom_host,
         settings.dicom_port,
+        tls,
         settings.ae_title,
         count,
     )
-    detail = f"{settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}"
+    detail = f"{settings.ae_title} on {settings.dicom_host}:{settings.dicom_port}{tls}"
     counts = connection_counts(settings, count)
     if count == 1:
-        worker = Worker(listener, settings, counts)
+        worker = Worker(bound, settings, counts)
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
         heart_engine = open_database(settings, pool_size=1)
@@ -251,7 +274,7 @@ def serve(settings: Settings) -> None:
         counts.clear_row(row)  # the connections of a dead worker died with it
         process = context.Process(
             target=_worker_main,
-            args=(listener, settings, counts, row, parent),
+            args=(bound, settings, counts, row, parent),
             name="caduceus-receiver-worker",
         )
         process.start()
@@ -281,6 +304,7 @@ def serve(settings: Settings) -> None:
         process.join(SHUTDOWN_GRACE + 5)
         if process.is_alive():
             process.kill()
-    listener.close()
+    for listener in bound:
+        listener.sock.close()
     heart.end("stopped")
     heart_engine.dispose()

@@ -55,11 +55,16 @@ class ConnectionSummary:
     def _peer(self, table: dict[str, Counter[str]], host: str) -> str:
         return host if host in table or len(table) < MAX_PEERS else OTHERS
 
-    def dropped(self, host: str, why: str) -> None:
-        """A connection closed before it became an association (timeout, garbage, limit...)."""
+    def dropped(self, host: str, why: str) -> bool:
+        """A connection closed before it became an association (timeout, garbage, limit...).
+
+        True if it is the first for this reason from this address in the interval (a caller
+        that logs a line of its own logs that one only)."""
         with self.lock:
             table = self.current.dropped
-            table.setdefault(self._peer(table, host), Counter())[why] += 1
+            reasons = table.setdefault(self._peer(table, host), Counter())
+            reasons[why] += 1
+            return reasons[why] == 1
 
     def first_rejection(self, host: str, kind: str) -> bool:
         """True if this is the first rejection of this kind from host in the interval.

@@ -305,7 +305,15 @@ def _environment_settings(data: dict[str, Any], report: Report) -> set[str]:
             "process_runner: modules run in containers (CADUCEUS_PROCESSOR_RUNNER=container or "
             "kubernetes); under Nomad, run caduceus itself as a Nomad job (deploy/nomad)"
         )
-    return {"port", "support_root_modules", "process_runner"}
+    if data.get("accept_compressed_images") is False:
+        # mercure then proposes only uncompressed syntaxes; caduceus accepts both by default.
+        report.changed.append(
+            "accept_compressed_images: the environment setting "
+            "CADUCEUS_RECEIVER_ACCEPT_COMPRESSED_IMAGES; set "
+            "CADUCEUS_RECEIVER_ACCEPT_COMPRESSED_IMAGES=false to refuse compressed images as "
+            "this mercure did"
+        )
+    return {"port", "support_root_modules", "process_runner", "accept_compressed_images"}
 
 
 def _not_needed(data: dict[str, Any], report: Report) -> set[str]:
@@ -349,18 +357,11 @@ def _not_supported_settings(data: dict[str, Any], report: Report) -> set[str]:
         report.not_supported.append(
             f"local_time: {data['local_time']!r}: the web shows times in UTC"
         )
-    if data.get("accept_compressed_images") is False:
-        # mercure then proposes only uncompressed syntaxes; this receiver accepts both.
-        report.not_supported.append(
-            "accept_compressed_images: false: the receiver also accepts compressed transfer "
-            "syntaxes; modules get the images as they were sent"
-        )
     return {
         "processing_runtime",
         "dicom_receiver",
         "dicom_retrieve",
         "local_time",
-        "accept_compressed_images",
     }
 
 

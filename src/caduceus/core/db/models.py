@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -58,6 +59,8 @@ class Association(Base):
     called_aet: Mapped[str] = mapped_column(AET)
     peer_host: Mapped[str] = mapped_column(Text)
     peer_port: Mapped[int] = mapped_column(Integer)
+    # Whether it came in on the receiver's TLS port.
+    tls: Mapped[bool] = mapped_column(default=False, server_default=false())
     # open, released, aborted, rejected
     status: Mapped[str] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)

@@ -9,6 +9,7 @@ the stall without any change on the sender.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 
@@ -74,7 +75,8 @@ class SocketReader:
             self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[arg-type]
         try:
             n = self.sock.recv_into(self.view[self.end :])
-        except (TimeoutError, BlockingIOError) as exc:
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError) as exc:
+            # Over TLS, SO_RCVTIMEO expiring surfaces as OpenSSL's "want read".
             raise PeerClosed("network timeout: the peer sent nothing") from exc
         except OSError as exc:
             raise PeerClosed(f"connection error: {exc}") from exc
