@@ -20,6 +20,7 @@ _SETTINGS = {
     "retry_delay",
     "retry_max",
     "retention",
+    "local_time",  # the zone the web shows times in (server_time is not needed: all is UTC)
 }
 _BOOTSTRAP = {"port": "CADUCEUS_DICOM_PORT"}
 # Keys that describe mercure's own machinery (folders, scan intervals, metrics endpoints, UI):
