@@ -124,6 +124,7 @@ def test_every_config_and_rule_field_is_mapped_or_reported_once() -> None:
         "targets": list(loaded.config.targets) == ["pacs"],
         "modules": loaded.config.modules["ai"].environment == {"MODE": "fast"},
         "rules": list(loaded.config.rules) == ["brain"],
+        "local_time": settings.local_time == "Europe/Berlin",
     }
     assert all(mapped_settings.values()), mapped_settings
     lines = report.lines()

@@ -25,11 +25,12 @@ console = Console()
 
 
 def _add_subcommands() -> None:
-    from caduceus.cli import config, health, secrets, targets, tasks
+    from caduceus.cli import config, health, secrets, targets, tasks, users
 
     app.add_typer(config.app, name="config")
     app.add_typer(secrets.app, name="secrets")
     app.add_typer(targets.app, name="targets")
+    app.add_typer(users.app, name="users")
     app.add_typer(tasks.task_actions, name="tasks")
     app.add_typer(tasks.queue_actions, name="queue")
     rules = typer.Typer(help="Routing rules.", no_args_is_help=True)

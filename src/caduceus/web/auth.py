@@ -17,45 +17,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import Engine, and_, delete, insert, select, update
 
+# The user store lives in core (the command line shares it); its names stay reachable here.
+from caduceus.core.accounts import ROLES as ROLES
+from caduceus.core.accounts import check_new_password as check_new_password
+from caduceus.core.accounts import create_user as create_user
+from caduceus.core.accounts import hash_password as hash_password
+from caduceus.core.accounts import password_matches as password_matches
 from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
 from caduceus.core.events import record_event
 
 log = logging.getLogger("caduceus.web")
 
-ROLES = ("viewer", "operator", "admin")
 SESSION_COOKIE = "caduceus_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_LIFETIME = timedelta(hours=12)
 TOKEN_TOUCH = timedelta(minutes=1)
 INITIAL_PASSWORD_FILE = "initial-admin-password"  # noqa: S105 - a file name, not a password
 TOKEN_PREFIX = "cdc_"  # noqa: S105 - a marker that makes leaked tokens easy to find
-_hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def password_matches(stored: str, password: str) -> bool:
-    try:
-        return _hasher.verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
-def check_new_password(password: str) -> None:
-    if len(password) < 10:
-        raise ValueError("a password has at least 10 characters")
 
 
 @dataclass(frozen=True)
@@ -74,31 +60,7 @@ class Principal:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
-# -- users -----------------------------------------------------------------------------------
-
-
-def create_user(
-    engine: Engine, username: str, password: str, role: str, must_change: bool = False
-) -> int:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    check_new_password(password)
-    with engine.begin() as conn:
-        user_id = conn.execute(
-            insert(USERS)
-            .values(
-                username=username,
-                password_hash=hash_password(password),
-                role=role,
-                must_change_password=must_change,
-                disabled=False,
-                created_at=datetime.now(UTC),
-                generation=0,
-            )
-            .returning(USERS.c.id)
-        ).scalar_one()
-        record_event(conn, "user.created", f"user {username} ({role})")
-    return int(user_id)
+# -- users (kept in caduceus.core.accounts) -----------------------------------------------
 
 
 def ensure_initial_admin(engine: Engine, home: Path) -> Path | None:

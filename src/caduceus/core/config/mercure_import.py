@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -31,6 +32,7 @@ _SETTINGS = {
     "retry_delay",
     "retry_max",
     "retention",
+    "local_time",  # the zone the web shows times in (server_time is not needed: all is UTC)
 }
 # ... under another name (ours is in settings:, the smtp sender one level down).
 _RENAMED_SETTINGS = {
@@ -257,9 +259,22 @@ def _trigger_seconds(data: dict[str, Any], key: str, report: Report) -> Any:
     return value
 
 
+def _known_zone(name: Any) -> bool:
+    try:
+        ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _settings(data: dict[str, Any], report: Report) -> dict[str, Any]:
     """The top-level fields of mercure's Config other than targets, modules and rules."""
     settings = {key: data[key] for key in _SETTINGS if key in data}
+    if "local_time" in settings and not _known_zone(settings["local_time"]):
+        report.not_supported.append(
+            f"local_time: {settings.pop('local_time')!r} is not a time zone this system knows; "
+            "the web shows UTC"
+        )
     for key in ("series_complete_trigger", "study_complete_trigger", "study_forcecomplete_trigger"):
         if key in settings:
             settings[key] = _trigger_seconds(data, key, report)
@@ -340,8 +355,9 @@ def _not_supported_settings(data: dict[str, Any], report: Report) -> set[str]:
     extra_tags = receiver.get("additional_tags") if isinstance(receiver, dict) else None
     if extra_tags:
         report.not_supported.append(
-            "dicom_receiver -> additional_tags: rules read tags from DICOM's standard "
-            f"dictionary; {', '.join(sorted(extra_tags))} not imported"
+            "dicom_receiver -> additional_tags: rules read every attribute of the file, "
+            'private ones as tags["(gggg,eeee)"] or by creator and element; the names '
+            f"{', '.join(sorted(extra_tags))} are not defined here"
         )
     retrieve = data.get("dicom_retrieve") or {}
     if isinstance(retrieve, dict) and any(retrieve.values()):
@@ -353,15 +369,10 @@ def _not_supported_settings(data: dict[str, Any], report: Report) -> set[str]:
             f"processing_runtime: {data['processing_runtime']!r}: modules run with the "
             "container engine's default runtime; a module that needs a GPU sets gpu: true"
         )
-    if data.get("local_time") not in (None, "", "UTC"):
-        report.not_supported.append(
-            f"local_time: {data['local_time']!r}: the web shows times in UTC"
-        )
     return {
         "processing_runtime",
         "dicom_receiver",
         "dicom_retrieve",
-        "local_time",
     }
 
 

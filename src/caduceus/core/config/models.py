@@ -30,6 +30,7 @@ from pydantic import (
 
 from caduceus.core.config import docker_arguments
 from caduceus.core.rules import RuleError, parse_rule
+from caduceus.core.time_zones import DEFAULT_ZONE, zone_named
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME)]
@@ -682,6 +683,21 @@ class Settings(Strict):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     # How long the history (events, finished tasks, received series) is kept, in days.
     history_retention_days: int = Field(default=365, ge=1)
+    # The zone the web interface shows times in (mercure's local_time, with its default);
+    # stored times, logs and the API stay UTC.
+    local_time: str = Field(
+        default=DEFAULT_ZONE,
+        max_length=64,
+        description="time zone of the times the web shows (an IANA name: Europe/Berlin, UTC)",
+    )
+
+    @field_validator("local_time")
+    @classmethod
+    def _known_zone(cls, value: str, info: ValidationInfo) -> str:
+        # A stored version still loads where the zone went missing (the web then shows UTC).
+        if not (info.context or {}).get(STORED_KEY):
+            zone_named(value)
+        return value
 
     @model_validator(mode="after")
     def _water_marks(self) -> Settings:

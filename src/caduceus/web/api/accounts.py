@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, select, update
 from starlette.concurrency import run_in_threadpool
 
-from caduceus.core.db.models import API_TOKENS, USERS, WEB_SESSIONS
+from caduceus.core import accounts
+from caduceus.core.db.models import API_TOKENS, USERS
 from caduceus.core.events import record_event
 from caduceus.core.ids import RowId
 from caduceus.web import auth
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/api", tags=["accounts"])
 
 class Credentials(BaseModel):
     username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=1, max_length=accounts.MAX_PASSWORD)
 
 
 @router.post("/login")
@@ -176,108 +177,77 @@ def _forget_initial_password(request: Request, old_password: str) -> None:
 
 
 class NewUser(BaseModel):
-    username: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
-    password: str = Field(min_length=10, max_length=1024)
+    username: str = Field(pattern=accounts.USERNAME)
+    password: str = Field(min_length=accounts.MIN_PASSWORD, max_length=accounts.MAX_PASSWORD)
     role: str = Field(pattern="^(" + "|".join(ROLES) + ")$")
 
 
 class UserChange(BaseModel):
     role: str | None = Field(default=None, pattern="^(" + "|".join(ROLES) + ")$")
     disabled: bool | None = None
-    password: str | None = Field(default=None, min_length=10, max_length=1024)
+    password: str | None = Field(
+        default=None, min_length=accounts.MIN_PASSWORD, max_length=accounts.MAX_PASSWORD
+    )
+
+
+def _refused(exc: accounts.AccountError) -> HTTPException:
+    if isinstance(exc, accounts.NoSuchUser):
+        return HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
+    if isinstance(exc, accounts.NameTaken):
+        return HTTPException(status.HTTP_409_CONFLICT, "that user name is taken")
+    if isinstance(exc, accounts.LastAdmin):
+        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
 
 
 @router.get("/users")
 def users(request: Request, _: Admin) -> list[dict[str, Any]]:
-    with reader(request).connect() as conn:
-        return [
-            dict(r._mapping)
-            for r in conn.execute(
-                select(
-                    USERS.c.id,
-                    USERS.c.username,
-                    USERS.c.role,
-                    USERS.c.disabled,
-                    USERS.c.must_change_password,
-                    USERS.c.created_at,
-                ).order_by(USERS.c.username)
-            )
-        ]
+    return accounts.list_users(reader(request))
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED)
 def add_user(request: Request, user: NewUser, who: Admin) -> dict[str, Any]:
-    engine = reader(request)
-    with engine.connect() as conn:
-        if conn.execute(select(USERS.c.id).where(USERS.c.username == user.username)).first():
-            raise HTTPException(status.HTTP_409_CONFLICT, "that user name is taken")
-    user_id = auth.create_user(
-        writer(request), user.username, user.password, user.role, must_change=True
-    )
+    try:
+        user_id = accounts.create_user(
+            writer(request),
+            user.username,
+            user.password,
+            user.role,
+            must_change=True,
+            author=who.username,
+        )
+    except accounts.AccountError as exc:
+        raise _refused(exc) from None
     return {"id": user_id, "username": user.username, "role": user.role}
 
 
 @router.patch("/users/{user_id}")
 def change_user(request: Request, user_id: RowId, change: UserChange, who: Admin) -> dict[str, Any]:
-    """A demotion, a disabling or a new password ends the user's sessions at once."""
-    values: dict[str, Any] = {}
-    if change.role is not None:
-        values["role"] = change.role
-    if change.disabled is not None:
-        values["disabled"] = change.disabled
-    if change.password is not None:
-        values["password_hash"] = auth.hash_password(change.password)
-        values["must_change_password"] = True
-    if not values:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "nothing to change")
-    with writer(request).begin() as conn:
-        if change.role not in (None, "admin") or change.disabled:
-            _keep_an_admin(conn, user_id)
-        found = conn.execute(
-            update(USERS)
-            .where(USERS.c.id == user_id)
-            .values(generation=USERS.c.generation + 1, **values)
-        ).rowcount
-        if not found:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
-        conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.user_id == user_id))
-        if change.password is not None:  # a reset after a compromise: the tokens go too
-            conn.execute(
-                update(API_TOKENS).where(API_TOKENS.c.user_id == user_id).values(revoked=True)
-            )
-        shown = {k: v for k, v in values.items() if k != "password_hash"}
-        record_event(conn, "user.changed", f"user {user_id} changed by {who.username}: {shown}")
-    return {"id": user_id, **{k: v for k, v in values.items() if k != "password_hash"}}
+    """A demotion, a disabling or a new password ends the user's sessions at once; a
+    disabling or a new password revokes the user's API tokens too."""
+    try:
+        changed = accounts.change_user(
+            writer(request),
+            user_id,
+            who.username,
+            role=change.role,
+            disabled=change.disabled,
+            password=change.password,
+        )
+    except accounts.AccountError as exc:
+        raise _refused(exc) from None
+    return {"id": user_id, **changed.shown}
 
 
 @router.delete("/users/{user_id}")
 def remove_user(request: Request, user_id: RowId, who: Admin) -> dict[str, Any]:
     if user_id == who.user_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot remove yourself")
-    with writer(request).begin() as conn:
-        _keep_an_admin(conn, user_id)
-        found = conn.execute(delete(USERS).where(USERS.c.id == user_id)).rowcount
-        if not found:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
-        conn.execute(delete(WEB_SESSIONS).where(WEB_SESSIONS.c.user_id == user_id))
-        conn.execute(delete(API_TOKENS).where(API_TOKENS.c.user_id == user_id))
-        record_event(conn, "user.removed", f"user {user_id} removed by {who.username}")
+    try:
+        accounts.remove_user(writer(request), user_id, who.username)
+    except accounts.AccountError as exc:
+        raise _refused(exc) from None
     return {"removed": user_id}
-
-
-def _keep_an_admin(conn: Connection, user_id: int) -> None:
-    """Refuse a change that would leave no enabled admin: nobody could undo it."""
-    # Two admins demoting each other at the same moment must not both pass the count: the
-    # admins' rows stay locked until this transaction ends (SQLite's writer lock does the
-    # same there).
-    conn.execute(select(USERS.c.id).where(USERS.c.role == "admin").with_for_update()).all()
-    others = conn.execute(
-        select(func.count()).where(
-            and_(USERS.c.role == "admin", USERS.c.disabled.is_(False), USERS.c.id != user_id)
-        )
-    ).scalar_one()
-    if not others:
-        raise HTTPException(status.HTTP_409_CONFLICT, "this would leave no enabled admin")
 
 
 # -- API tokens -------------------------------------------------------------------------------

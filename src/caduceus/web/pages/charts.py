@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 WIDTH = 720
 HEIGHT = 190
@@ -68,11 +68,20 @@ def _time_step(span: timedelta) -> timedelta:
 
 
 def bar_chart(
-    key: str, title: str, unit: str, starts: list[datetime], counts: list[int], bucket: timedelta
+    key: str,
+    title: str,
+    unit: str,
+    starts: list[datetime],
+    counts: list[int],
+    bucket: timedelta,
+    zone: tzinfo = UTC,
+    zone_name: str = "UTC",
 ) -> BarChart:
     """The geometry of one bar chart, ready for the template to draw as SVG: a bar per
     bucket, time ticks on whole hours, count ticks on round numbers, and a sentence that
-    says the same for a screen reader. Drawn on the server, so the page needs no script."""
+    says the same for a screen reader. Drawn on the server, so the page needs no script.
+    Times are shown in `zone` (the web's configured zone); ticks fall on its whole hours."""
+    starts = [start.astimezone(zone) for start in starts]
     plot_width = WIDTH - LEFT - RIGHT
     plot_height = HEIGHT - TOP - BOTTOM
     bottom = TOP + plot_height
@@ -97,16 +106,20 @@ def bar_chart(
     if starts:
         first, span = starts[0], bucket * len(starts)
         step = _time_step(span)
-        # Ticks on whole hours (UTC) inside the window.
-        tick = first.replace(minute=0, second=0, microsecond=0)
-        if tick < first:
-            tick += timedelta(hours=1)
-        while tick.hour % int(step.total_seconds() // 3600):
-            tick += timedelta(hours=1)
-        while tick <= first + span:
-            x = LEFT + plot_width * ((tick - first) / span)
-            time_ticks.append(Tick(round(x, 2), tick.strftime("%H:%M")))
-            tick += step
+        # Ticks on whole hours of the shown zone inside the window. Stepped in UTC (a zone
+        # may be half an hour off UTC, and wall-clock hours repeat or skip at DST changes).
+        hour = timedelta(hours=1)
+        every = int(step.total_seconds() // 3600)
+        tick = first.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        while tick < first or tick.astimezone(zone).minute:
+            tick += timedelta(minutes=15)  # zones are whole quarter hours off UTC
+        end = first + span
+        while tick <= end:
+            shown = tick.astimezone(zone)
+            if shown.minute == 0 and shown.hour % every == 0:
+                x = LEFT + plot_width * ((tick - first) / span)
+                time_ticks.append(Tick(round(x, 2), shown.strftime("%H:%M")))
+            tick += hour
     count_ticks = [
         Tick(round(bottom - plot_height * part, 2), f"{round(top_value * part):,}")
         for part in (0.0, 0.5, 1.0)
@@ -117,7 +130,8 @@ def bar_chart(
     minutes = int(bucket.total_seconds() // 60)
     description = (
         f"{unit.capitalize()} per {minutes} minutes from {starts[0]:%Y-%m-%d %H:%M} to "
-        f"{starts[-1] + bucket:%H:%M} UTC: {total:,} in all, at most {peak:,} in one interval."
+        f"{starts[-1] + bucket:%H:%M} {zone_name}: {total:,} in all, at most {peak:,} in one "
+        "interval."
         if starts
         else "No data."
     )

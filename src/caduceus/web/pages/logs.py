@@ -43,8 +43,8 @@ def _line(entry: dict[str, Any]) -> LogLine:
     stamp = _text(entry.get("ts"))
     level = _text(entry.get("level")).lower()
     return LogLine(
-        # 2026-01-02T03:04:05.678+00:00 -> 2026-01-02 03:04:05.678 (the page says UTC)
-        time=stamp[:23].replace("T", " "),
+        # 2026-01-02T03:04:05.678+00:00: the page shows it in the configured zone
+        time=stamp,
         level=level if level in logfiles.LEVELS else "info",
         service=_text(entry.get("service")),
         pid=_text(entry.get("pid")),

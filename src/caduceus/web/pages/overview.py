@@ -22,6 +22,7 @@ from caduceus.core.service_names import SERVICES
 from caduceus.web.api.engines import reader
 from caduceus.web.pages.charts import BarChart, bar_chart
 from caduceus.web.pages.rendering import PageViewer, fragment, render
+from caduceus.web.pages.times import configured_zone
 
 router = APIRouter(include_in_schema=False)
 
@@ -60,6 +61,7 @@ def _charts(request: Request, asked: str) -> dict[str, Any]:
     window = Window.last(hours)
     found = throughput(reader(request), window)
     starts = window.starts()
+    shown = configured_zone(request)
     charts: list[BarChart] = [
         bar_chart(
             "received",
@@ -68,6 +70,8 @@ def _charts(request: Request, asked: str) -> dict[str, Any]:
             starts,
             found.received,
             window.bucket,
+            shown.zone,
+            shown.name,
         ),
         bar_chart(
             "dispatched",
@@ -76,6 +80,8 @@ def _charts(request: Request, asked: str) -> dict[str, Any]:
             starts,
             found.dispatched,
             window.bucket,
+            shown.zone,
+            shown.name,
         ),
     ]
     return {"charts": charts, "hours": hours}

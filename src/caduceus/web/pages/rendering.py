@@ -9,7 +9,6 @@ without one is sent to the login page instead of getting a JSON error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -20,8 +19,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from caduceus import __version__
-from caduceus.core.clock import as_utc
 from caduceus.web.auth import Principal, authenticate
+from caduceus.web.pages.times import configured_zone, shown_in, when, when_text, zone_name
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -102,20 +101,6 @@ def static_url(name: str) -> str:
     return f"/static/{quote(name)}?v={quote(__version__)}"
 
 
-def when(value: datetime | str | None) -> str:
-    """A stored time as shown on every page: UTC, to the second."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    else:
-        parsed = value
-    return as_utc(parsed).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def size(value: int | float | None) -> str:
     """Bytes for a human: 1.4 GB, 830 kB."""
     if value is None:
@@ -129,7 +114,9 @@ def size(value: int | float | None) -> str:
 
 
 templates.env.globals["static"] = static_url
+templates.env.globals["zone_name"] = zone_name
 templates.env.filters["when"] = when
+templates.env.filters["when_text"] = when_text
 templates.env.filters["size"] = size
 
 
@@ -143,22 +130,24 @@ def render(
 ) -> HTMLResponse:
     """A whole page: the layout (menu for the user's role, CSRF token) around the template."""
     nav = [item for item in NAV if who is not None and who.can(item.role)]
-    return templates.TemplateResponse(
-        request,
-        template,
-        {
-            "who": who,
-            "title": title,
-            "nav": nav,
-            "path": request.url.path,
-            "csrf_token": who.csrf_token if who else "",
-            "version": __version__,
-            **context,
-        },
-        status_code=status_code,
-    )
+    with shown_in(configured_zone(request)):
+        return templates.TemplateResponse(
+            request,
+            template,
+            {
+                "who": who,
+                "title": title,
+                "nav": nav,
+                "path": request.url.path,
+                "csrf_token": who.csrf_token if who else "",
+                "version": __version__,
+                **context,
+            },
+            status_code=status_code,
+        )
 
 
 def fragment(request: Request, template: str, **context: Any) -> HTMLResponse:
     """Part of a page, for the live views that refresh themselves (no layout around it)."""
-    return templates.TemplateResponse(request, template, context)
+    with shown_in(configured_zone(request)):
+        return templates.TemplateResponse(request, template, context)

@@ -15,16 +15,30 @@
     return span;
   }
 
+  // A time from the API (UTC) as the pages show it: in the zone the server is configured to
+  // show (the body's data-time-zone), with the UTC time on hover.
   function when(iso) {
-    return iso ? iso.replace("T", " ").slice(0, 19) + " UTC" : "";
+    const moment = new Date(iso);
+    if (!iso || isNaN(moment.getTime())) return document.createTextNode(iso || "");
+    const parts = {};
+    new Intl.DateTimeFormat("en-GB", {
+      timeZone: document.body.dataset.timeZone || "UTC",
+      year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+    }).formatToParts(moment).forEach(function (part) { parts[part.type] = part.value; });
+    const shown = document.createElement("time");
+    shown.dateTime = moment.toISOString();
+    shown.title = moment.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+    shown.textContent = parts.year + "-" + parts.month + "-" + parts.day + " " +
+      parts.hour + ":" + parts.minute + ":" + parts.second;
+    return shown;
   }
 
   function showSummary(run) {
     const summary = document.getElementById("selftest-summary");
     summary.replaceChildren(badge(run.state));
-    let text = " started " + when(run.started_at) + " by " + run.started_by;
-    if (run.finished_at) text += ", finished " + when(run.finished_at);
-    summary.append(document.createTextNode(text));
+    summary.append(" started ", when(run.started_at), " by " + run.started_by);
+    if (run.finished_at) summary.append(", finished ", when(run.finished_at));
     const heading = document.getElementById("selftest-result");
     heading.textContent = run.state === "running" ? "Running" : "Last run";
   }
