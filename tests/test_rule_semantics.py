@@ -149,3 +149,28 @@ def test_the_rules_own_force_completion_action(
     router.run_pass(cfg, later(61))
     router.run_pass(cfg, later(3601))
     assert bool(tasks(receiver)) is expect_task
+
+
+def test_a_rule_from_mercure_sees_tags_as_text(receiver: Caduceus, tmp_path: Path) -> None:
+    """mercure's rules compare the text of a tag (`@SeriesNumber@ == '1'`); the import marks
+    its rules tag_values: text so they keep matching, while a typed rule compares numbers."""
+    from caduceus.core.config.mercure_import import from_mercure
+
+    document, _ = from_mercure(
+        {
+            "appliance_name": "site",
+            "targets": {"pacs": {"target_type": "dicom", "ip": "10.0.0.5", "port": "104"}},
+            "rules": {"first_series": {"rule": "@SeriesNumber@ == '1'", "target": "pacs"}},
+        }
+    )
+    imported = document["rules"]["first_series"]
+    assert imported["tag_values"] == "text"
+    send(receiver, tmp_path / "ct", count=2, modality="CT")
+    rules = {
+        "first_series": {"rule": imported["rule"], "targets": ["pacs"], "tag_values": "text"},
+        "typed_text": {"rule": "@SeriesNumber@ == '1'", "targets": ["pacs"]},
+        "typed_number": {"rule": "@SeriesNumber@ == 1 and 'CT' in @Modality@", "targets": []},
+    }
+    rules["typed_number"]["action"] = "notification"
+    router_for(receiver).run_pass(config(rules), later(61))
+    assert sorted(t["rule"] for t in tasks(receiver)) == ["first_series", "typed_number"]

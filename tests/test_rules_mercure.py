@@ -95,3 +95,17 @@ def test_private_tags_are_read_from_the_file(tmp_path: Path) -> None:
 def test_refusals_name_the_construct(text: str, words: str) -> None:
     with pytest.raises(RuleError, match=re.escape(words)):
         parse_rule(text)
+
+
+def test_tags_as_text_are_what_mercure_gives_its_rules() -> None:
+    """A rule with tag_values: text (every rule imported from mercure) sees DICOM's text."""
+    from pydicom.valuerep import DS, IS
+
+    from caduceus.core.rules.text_values import as_text
+
+    tags = {"ImageType": ["ORIGINAL", "PRIMARY"], "SeriesNumber": IS("3"), "Thick": DS("1.50")}
+    assert as_text(tags) == {
+        "ImageType": "ORIGINAL\\PRIMARY",
+        "SeriesNumber": "3",
+        "Thick": "1.50",
+    }

@@ -231,6 +231,14 @@ def test_an_expression_is_tried_on_a_received_series(
     assert absent["result"] is False and absent["tags"] == {"PatientComments": None}
     mercure_forms = attempt("tags['Modality'][:1] == 'C' and any(c in 'CT' for c in 'XC')")
     assert mercure_forms.json()["result"] is True, mercure_forms.text
+    # As a rule imported from mercure sees the tags: every value its DICOM text.
+    as_text = web.post(
+        "/api/rules/test",
+        json={"rule": "@SeriesNumber@ == '1'", "series_id": series["id"], "tag_values": "text"},
+        headers=headers,
+    )
+    assert as_text.json()["result"] is True, as_text.text
+    assert attempt("@SeriesNumber@ == '1'").json()["result"] is False  # typed: a number
     too_big = attempt("len('a' * 10**9) > 0")
     assert too_big.status_code == 422
     assert "CADUCEUS_RULES_MAX_TEXT" in too_big.json()["detail"][0]["msg"]

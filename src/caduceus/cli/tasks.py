@@ -80,6 +80,13 @@ def tasks_command(
 def rules_test_command(
     expression: Annotated[str, typer.Argument(help="A rule, e.g. \"@Modality@ == 'CT'\".")],
     source: Annotated[str, typer.Argument(help="A DICOM file, or a SeriesInstanceUID received.")],
+    text: Annotated[
+        bool,
+        typer.Option(
+            "--tags-as-text",
+            help="Give the rule every tag as text, as mercure does (rules with tag_values: text).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a rule on a file's or a received series' tags; show the values it used.
 
@@ -101,6 +108,10 @@ def rules_test_command(
     except UnreadableSeries as exc:
         console.print(f"[red]cannot read tags:[/red] {exc}")
         raise typer.Exit(1) from exc
+    if text:
+        from caduceus.core.rules.text_values import as_text
+
+        tags = as_text(tags)
     try:
         result, used = rule.explain(tags, Budget.of(load_settings()))
     except EvaluationError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 from caduceus.core.config.models import Config
 from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
 from caduceus.core.rules import Rule as Expression
+from caduceus.core.rules.text_values import as_text
 
 
 @lru_cache(maxsize=1024)
@@ -90,9 +91,10 @@ def matches_any(
     except RuleError as exc:  # stored by an earlier release that accepted it
         errors.setdefault(name, f"the rule is no longer valid: {exc}")
         return False
+    as_mercure = config.rules[name].tag_values == "text"
     for tags in tags_per_series:
         try:
-            if expression.evaluate(tags, budget):
+            if expression.evaluate(as_text(tags) if as_mercure else tags, budget):
                 return True
         except EvaluationError as exc:
             errors.setdefault(name, str(exc))

@@ -180,6 +180,8 @@ def _rule(name: str, raw: dict[str, Any], report: Report) -> dict[str, Any]:
     rule: dict[str, Any] = {
         ours: raw[theirs] for theirs, ours in _RULE_FIELDS.items() if theirs in raw
     }
+    # mercure's rules see every tag as text ('3', 'A\\B'): so do they here, to mean the same.
+    rule["tag_values"] = "text"
     if rule.get("trigger") not in (None, "series", "study"):
         report.not_supported.append(
             f"{where} -> action_trigger: {rule['trigger']!r} is not one of mercure's; "

@@ -571,6 +571,10 @@ class Rule(Strict):
     # did not all arrive; empty: the global setting study_forcecomplete_action. Like mercure's
     # per-rule study_force_completion_action (the import sets mercure's default, discard).
     study_force_completion_action: Literal["proceed", "discard", "ignore"] | None = None
+    # "text": the rule sees every tag as its DICOM text, as mercure's rules do (@SeriesNumber@
+    # is '3', a multi-valued @ImageType@ is 'ORIGINAL\\PRIMARY'); rules imported from a
+    # mercure.json say so, to keep their meaning. "typed": numbers and lists.
+    tag_values: Literal["typed", "text"] = "typed"
     notification: Notification = Field(default_factory=Notification)
     # Like mercure: the last module's result.json may choose the targets ("__mercure_routing":
     # {"target": [...]}, {"discard": true} or {"use_alternate_target": true}), when allowed here.

@@ -11,7 +11,7 @@ answered while one runs.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, HTTPException, Request, status
@@ -24,6 +24,7 @@ from caduceus.core.db.models import SERIES
 from caduceus.core.dicom.series_tags import SeriesNotStored, UnreadableSeries, series_tags
 from caduceus.core.rules import Budget, EvaluationError, RuleError, parse_rule
 from caduceus.core.rules import Rule as Expression
+from caduceus.core.rules.text_values import as_text
 from caduceus.core.storage import DataRoot
 from caduceus.web.api.config_edit import Refused, edit_config
 from caduceus.web.api.control import shown_to
@@ -43,6 +44,8 @@ class ExpressionCheck(BaseModel):
 
 class ExpressionTry(ExpressionCheck):
     series_id: int
+    # As the rule will see the tags: typed, or as text (a rule imported from mercure).
+    tag_values: Literal["typed", "text"] = "typed"
 
 
 def shown_rules(request: Request, who: Principal) -> Rules:
@@ -256,6 +259,8 @@ def _test(request: Request, attempt: ExpressionTry) -> dict[str, Any]:
         if series is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such series")
     tags = _series_tags(request, attempt.series_id)
+    if attempt.tag_values == "text":
+        tags = as_text(tags)
     try:
         result, used = expression.explain(tags, Budget.of(request.app.state.settings))
     except EvaluationError as exc:

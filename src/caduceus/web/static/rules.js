@@ -133,6 +133,7 @@
       const answer = await api("POST", "/api/rules/test", {
         rule: field.value,
         series_id: Number(series.value),
+        tag_values: document.getElementById("rule-tag-values")?.value || "typed",
       });
       showResult(out, answer);
     } catch (error) {
