@@ -174,3 +174,24 @@ def test_a_rule_from_mercure_sees_tags_as_text(receiver: Caduceus, tmp_path: Pat
     rules["typed_number"]["action"] = "notification"
     router_for(receiver).run_pass(config(rules), later(61))
     assert sorted(t["rule"] for t in tasks(receiver)) == ["first_series", "typed_number"]
+
+
+def test_rules_route_by_sender_as_in_mercure(receiver: Caduceus, tmp_path: Path) -> None:
+    """SenderAET, SenderAddress and ReceiverAET: what mercure's receiver adds to the tags,
+    filled in from the association that brought the series (storescu calls as STORESCU)."""
+    send(receiver, tmp_path / "ct", count=2, modality="CT")
+    rules = {
+        "from_storescu": {
+            "rule": "@SenderAET@ == 'STORESCU' and @SenderAddress@ == '127.0.0.1' "
+            f"and tags.ReceiverAET == '{receiver.ae_title}'",
+            "targets": ["pacs"],
+        },
+        "from_ct1": {"rule": "@SenderAET@ == 'CT1'", "targets": ["pacs"]},
+        "study_from_storescu": {
+            "rule": "@SenderAET@ == 'STORESCU'",
+            "targets": ["pacs"],
+            "trigger": "study",
+        },
+    }
+    router_for(receiver).run_pass(config(rules, study_complete_trigger=1), later(61))
+    assert sorted(t["rule"] for t in tasks(receiver)) == ["from_storescu", "study_from_storescu"]

@@ -30,6 +30,7 @@ from caduceus.core.dicom.series_tags import UnreadableSeries, series_tags, store
 from caduceus.core.events import record_event
 from caduceus.core.logs import log_context, phi
 from caduceus.core.rules import Budget
+from caduceus.core.rules.tagnames import SENDER_TAGS
 from caduceus.core.states import SeriesState
 from caduceus.core.storage import DataRoot
 from caduceus.router.exclusive import claim_group
@@ -215,7 +216,7 @@ class Router:
             if not found:
                 continue
             try:
-                tags = stored_tags(self.root, found[-1][1])
+                tags = self._with_sender(conn, stored_tags(self.root, found[-1][1]), found[-1][0])
                 if discarding_rule(config, tags, self.budget, {}) is not None:
                     continue
                 tags_per_series.append(tags)
@@ -231,13 +232,26 @@ class Router:
                 )
         return instances, tags_per_series
 
-    def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
-        study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
-        sender = conn.execute(
+    @staticmethod
+    def _sender(conn: Connection, instance_id: int) -> Any:
+        return conn.execute(
             select(ASSOCIATIONS.c.calling_aet, ASSOCIATIONS.c.called_aet, ASSOCIATIONS.c.peer_host)
             .join(INSTANCES, INSTANCES.c.association_id == ASSOCIATIONS.c.id)
             .where(INSTANCES.c.id == instance_id)
         ).first()
+
+    def _with_sender(
+        self, conn: Connection, tags: dict[str, Any], instance_id: int
+    ) -> dict[str, Any]:
+        """The tags with what mercure's receiver adds to them: who sent the instance, from
+        where, and which AE title it called (rules route by sender: @SenderAET@ == 'CT1')."""
+        sender = self._sender(conn, instance_id)
+        values = (sender.calling_aet, sender.peer_host, sender.called_aet) if sender else ()
+        return {**tags, **dict(zip(SENDER_TAGS, values, strict=False))}
+
+    def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
+        study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
+        sender = self._sender(conn, instance_id)
         return {
             "patient_name": study.patient_name,
             "accession_number": study.accession_number,
@@ -368,7 +382,9 @@ class Router:
         else:
             group.info = self._info(conn, study.id, instances[-1][0])
             try:
-                tags = stored_tags(self.root, instances[-1][1])
+                tags = self._with_sender(
+                    conn, stored_tags(self.root, instances[-1][1]), instances[-1][0]
+                )
             except UnreadableSeries as exc:
                 state = SeriesState.ERROR
                 record_event(

@@ -17,6 +17,13 @@ _NUMBER = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?")
 _PRIVATE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{2}|[0-9A-Fa-f]{4})\s*,(.+?)\)?")
 _BY_LOWER = {keyword.lower(): keyword for keyword in keyword_dict}
 
+# What mercure's receiver adds to every file's tags about the association that brought it:
+# the sender's AE title and address and the AE title it called. The router fills them in from
+# the association's row; where no association is known (a rule tried on a file), they are ''.
+SENDER_TAGS = ("SenderAET", "SenderAddress", "ReceiverAET")
+_SENDER_BY_LOWER = {name.lower(): name for name in SENDER_TAGS}
+
+
 # The tags mercure's receiver writes for every file, empty when the file lacks them
 # (getdcmtags' fixed list); a rule that reads one of them sees '' rather than missing.
 MERCURE_ALWAYS_PRESENT = frozenset(
@@ -31,7 +38,7 @@ MERCURE_ALWAYS_PRESENT = frozenset(
         "StationName", "DeviceSerialNumber", "DeviceUID", "SoftwareVersions",
         "ContrastBolusAgent", "ImageComments", "SliceThickness", "InstanceNumber",
         "AcquisitionNumber", "InstitutionName", "AcquisitionType", "ImageType",
-        "MediaStorageSOPClassUID",
+        "MediaStorageSOPClassUID", *SENDER_TAGS,
     }
 )  # fmt: skip
 
@@ -47,8 +54,10 @@ def private_key(group: int, element: int, creator: str) -> str:
 
 def tag_key(name: str, *, exact_case: bool) -> str | None:
     """The key a rule's name for a tag stands for, or None when it names no tag."""
-    if tag_for_keyword(name) is not None:
+    if tag_for_keyword(name) is not None or name in SENDER_TAGS:
         return name
+    if not exact_case and name.lower() in _SENDER_BY_LOWER:
+        return _SENDER_BY_LOWER[name.lower()]
     if not exact_case and name.lower() in _BY_LOWER:
         return _BY_LOWER[name.lower()]
     if match := _NUMBER.fullmatch(name):
