@@ -195,3 +195,30 @@ def test_rules_route_by_sender_as_in_mercure(receiver: Caduceus, tmp_path: Path)
     }
     router_for(receiver).run_pass(config(rules, study_complete_trigger=1), later(61))
     assert sorted(t["rule"] for t in tasks(receiver)) == ["from_storescu", "study_from_storescu"]
+
+
+def test_a_discarded_series_does_not_count_as_a_required_series(
+    receiver: Caduceus, tmp_path: Path
+) -> None:
+    """A study rule that requires a series the site discards is not met by the discarded one:
+    in mercure the discarded series never reaches the study."""
+    study = "1.2.826.0.1.3680043.8.498.4343"
+    send(receiver, tmp_path / "s", count=2, study_uid=study, series_description="SCOUT")
+    send(receiver, tmp_path / "a", count=3, study_uid=study, series_description="AX")
+    rules = {
+        "needs_scout": {
+            "rule": "True",
+            "trigger": "study",
+            "targets": ["pacs"],
+            "study_trigger_condition": "received_series",
+            "required_series": "'SCOUT'",
+        },
+        "no_scouts": {"rule": "'SCOUT' in @SeriesDescription@", "action": "discard"},
+    }
+    router = router_for(receiver)
+    cfg = config(rules, study_complete_trigger=900)
+    router.run_pass(cfg, later(61))
+    router.run_pass(cfg, later(901))
+    assert sorted(t["rule"] for t in tasks(receiver)) == ["no_scouts"]
+    [incomplete] = events(receiver, "study.incomplete")
+    assert "required series 'SCOUT' not received" in incomplete["message"]

@@ -205,12 +205,13 @@ class Router:
 
     def _collect(
         self, conn: Connection, config: Config, series_ids: list[int], since: datetime | None
-    ) -> tuple[list[tuple[int, str]], list[dict[str, Any]]]:
-        """The new instances of several series, and the tags of each series' newest one;
-        series that a discard rule discarded are left out (as in mercure, they never join
-        their study)."""
+    ) -> tuple[list[tuple[int, str]], list[dict[str, Any]], set[int]]:
+        """The new instances of several series, the tags of each series' newest one, and the
+        series that a discard rule discarded: those are left out (as in mercure, they never
+        join their study, nor count as its received series)."""
         instances: list[tuple[int, str]] = []
         tags_per_series: list[dict[str, Any]] = []
+        discarded: set[int] = set()
         for series_id in series_ids:
             found = self._group_instances(conn, INSTANCES.c.series_id, series_id, since)
             if not found:
@@ -218,6 +219,7 @@ class Router:
             try:
                 tags = self._with_sender(conn, stored_tags(self.root, found[-1][1]), found[-1][0])
                 if discarding_rule(config, tags, self.budget, {}) is not None:
+                    discarded.add(series_id)
                     continue
                 tags_per_series.append(tags)
                 instances += found
@@ -230,7 +232,7 @@ class Router:
                     severity="error",
                     series_id=series_id,
                 )
-        return instances, tags_per_series
+        return instances, tags_per_series, discarded
 
     @staticmethod
     def _sender(conn: Connection, instance_id: int) -> Any:
@@ -508,7 +510,7 @@ class Router:
         series_rows = conn.execute(
             select(SERIES.c.id, SERIES.c.series_description).where(SERIES.c.study_id == study.id)
         ).all()
-        instances, tags_per_series = self._collect(
+        instances, tags_per_series, discarded = self._collect(
             conn, config, [r.id for r in series_rows], opened.since
         )
         group = Group(
@@ -520,7 +522,7 @@ class Router:
             patient_id=study.patient_id,
             study_id=study.id,
         )
-        descriptions = [s.series_description for s in series_rows]
+        descriptions = [s.series_description for s in series_rows if s.id not in discarded]
         errors: dict[str, str] = {}
         matched = self._study_matches(opened, tags_per_series, descriptions, errors)
         if instances:
@@ -634,7 +636,7 @@ class Router:
             .scalars()
             .all()
         )
-        instances, tags_per_series = self._collect(conn, config, list(series_ids), opened.since)
+        instances, tags_per_series, _ = self._collect(conn, config, list(series_ids), opened.since)
         watermark = conn.execute(
             select(func.max(STUDIES.c.last_received_at)).where(STUDIES.c.patient_id == patient_id)
         ).scalar()
