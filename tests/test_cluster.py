@@ -306,8 +306,8 @@ def test_a_patient_group_that_grows_while_one_router_completes_it_is_completed_w
     first.run_pass(document, later(901))
     collect = first._collect
 
-    def meanwhile(conn: Any, series_ids: list[int], since: Any) -> Any:
-        found = collect(conn, series_ids, since)
+    def meanwhile(conn: Any, config: Any, series_ids: list[int], since: Any) -> Any:
+        found = collect(conn, config, series_ids, since)
         monkeypatch.setattr(first, "_collect", collect)  # once
         send(receiver, tmp_path / "s3", count=1, modality="CT", patient_id="PAT7")
         second.run_pass(document, later(961))

@@ -140,7 +140,7 @@ def test_every_field_of_every_target_type_is_mapped_or_reported() -> None:
         "/etc/c.pem",
         "/etc/ca.pem",
     )
-    assert "targets -> tls: changed meaning: the target's certificate must also name" in report
+    assert "changed meaning: targets -> tls: the target's certificate must also name" in report
     web = got["web"]
     assert (web["url"], web["username"], web["password"], web["token"]) == (
         "https://pacs.example/",
@@ -154,12 +154,12 @@ def test_every_field_of_every_target_type_is_mapped_or_reported() -> None:
         "stow",
     )
     assert got["local-web"]["url"] == "file:///var/dicomweb" and got["local-web"]["token"] == ""
-    assert "targets -> local-web -> access_token: not needed here" in report
+    assert "not needed here: targets -> local-web -> access_token:" in report
     for name in ("drop", "sync"):
         ssh = got[name]
         assert (ssh["user"], ssh["password"], ssh["folder"], ssh["port"]) == ("u", "p", "/in", 22)
         assert ssh["accept_unknown_host_key"] is True
-        assert f"targets -> {name}: changed meaning: security check off" in report
+        assert f"changed meaning: targets -> {name}: security check off" in report
     assert got["sync"]["run_on_complete"] is True
     assert "StrictHostKeyChecking=accept-new" in report
     research = got["research"]
@@ -229,10 +229,10 @@ def test_a_target_that_cannot_be_imported_leaves_the_rest_of_the_file() -> None:
         }
     )
     assert set(config.targets) == {"pacs"}
-    assert "targets -> bad-web: not supported: url: " in report
+    assert "not supported: targets -> bad-web: url: " in report
     assert "file:///path/to/folder; target not imported" in report
-    assert "targets -> keyless: not supported: no password" in report
-    assert "targets -> future: not supported: target type 'carrier-pigeon' is unknown" in report
+    assert "not supported: targets -> keyless: no password" in report
+    assert "not supported: targets -> future: target type 'carrier-pigeon' is unknown" in report
 
 
 def test_reported_once_in_plain_groups() -> None:

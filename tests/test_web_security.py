@@ -51,6 +51,7 @@ LEAST_ROLE: dict[tuple[str, str], str] = {
     ("DELETE", "/api/tokens/{token_id}"): "viewer",
     # checks that store nothing
     ("POST", "/api/config/validate"): "viewer",
+    ("POST", "/api/config/read"): "viewer",
     ("POST", "/api/rules/validate"): "viewer",
     ("POST", "/api/rules/test"): "viewer",
     # the queue
