@@ -10,6 +10,7 @@ group is looked at again later.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -217,7 +218,9 @@ class Router:
             if not found:
                 continue
             try:
-                tags = self._with_sender(conn, stored_tags(self.root, found[-1][1]), found[-1][0])
+                tags = self._with_sender(
+                    stored_tags(self.root, found[-1][1]), self._sender(conn, found[-1][0])
+                )
                 if discarding_rule(config, tags, self.budget, {}) is not None:
                     discarded.add(series_id)
                     continue
@@ -235,31 +238,32 @@ class Router:
         return instances, tags_per_series, discarded
 
     @staticmethod
-    def _sender(conn: Connection, instance_id: int) -> Any:
-        return conn.execute(
+    def _sender(conn: Connection, instance_id: int) -> dict[str, str]:
+        """Who sent the instance, from where, and which AE title it called ('' if unknown)."""
+        sender = conn.execute(
             select(ASSOCIATIONS.c.calling_aet, ASSOCIATIONS.c.called_aet, ASSOCIATIONS.c.peer_host)
             .join(INSTANCES, INSTANCES.c.association_id == ASSOCIATIONS.c.id)
             .where(INSTANCES.c.id == instance_id)
         ).first()
-
-    def _with_sender(
-        self, conn: Connection, tags: dict[str, Any], instance_id: int
-    ) -> dict[str, Any]:
-        """The tags with what mercure's receiver adds to them: who sent the instance, from
-        where, and which AE title it called (rules route by sender: @SenderAET@ == 'CT1')."""
-        sender = self._sender(conn, instance_id)
-        values = (sender.calling_aet, sender.peer_host, sender.called_aet) if sender else ()
-        return {**tags, **dict(zip(SENDER_TAGS, values, strict=False))}
-
-    def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
-        study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
-        sender = self._sender(conn, instance_id)
         return {
-            "patient_name": study.patient_name,
-            "accession_number": study.accession_number,
             "sender_aet": sender.calling_aet if sender else "",
             "sender_address": sender.peer_host if sender else "",
             "receiver_aet": sender.called_aet if sender else "",
+        }
+
+    @staticmethod
+    def _with_sender(tags: dict[str, Any], sender: Mapping[str, Any]) -> dict[str, Any]:
+        """The tags with what mercure's receiver adds to them (rules route by sender:
+        @SenderAET@ == 'CT1'), from a sender as _sender() or a task's info gives it."""
+        values = (sender["sender_aet"], sender["sender_address"], sender["receiver_aet"])
+        return {**tags, **dict(zip(SENDER_TAGS, values, strict=True))}
+
+    def _info(self, conn: Connection, study_id: int, instance_id: int) -> dict[str, Any]:
+        study = conn.execute(select(STUDIES).where(STUDIES.c.id == study_id)).one()
+        return {
+            "patient_name": study.patient_name,
+            "accession_number": study.accession_number,
+            **self._sender(conn, instance_id),
         }
 
     def _tasks(
@@ -384,9 +388,8 @@ class Router:
         else:
             group.info = self._info(conn, study.id, instances[-1][0])
             try:
-                tags = self._with_sender(
-                    conn, stored_tags(self.root, instances[-1][1]), instances[-1][0]
-                )
+                # The sender is in the task's info already: not asked for a second time.
+                tags = self._with_sender(stored_tags(self.root, instances[-1][1]), group.info)
             except UnreadableSeries as exc:
                 state = SeriesState.ERROR
                 record_event(
