@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from caduceus.core.config.models import DicomWebTarget, file_folder
+from caduceus.core.storage import fsync_dir
 from caduceus.dispatcher.targets.base import SendReport, Shipment, TargetError
 
 # A UID becomes a path component: only what a UID may hold (PS3.5 9.1), so that a hostile
@@ -77,11 +79,12 @@ def _write(source: Path, destination: Path) -> None:
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as given:
-            while chunk := given.read(1024 * 1024):
-                out.write(chunk)
+            shutil.copyfileobj(given, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
         os.replace(aside, destination)
     except BaseException:
         aside.unlink(missing_ok=True)
         raise
+    # The rename is durable only with its folder: the send is recorded done after this.
+    fsync_dir(destination.parent)
